@@ -1,0 +1,63 @@
+"""What a run writes: CSV logs row by row, checkpoints and the final model, each written atomically."""
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pruning_cli.errors import UserError
+
+METRICS_COLUMNS = (
+    "iteration", "phase", "epochs", "params_total", "params_nonzero", "compression",
+    "top1", "top5", "loss", "train_loss", "seconds",
+)  # fmt: skip
+LAYERS_COLUMNS = (
+    "iteration", "phase", "layer", "weights_total", "weights_nonzero", "kept", "std", "sensitivity", "threshold",
+    "flops_total", "flops_nonzero",
+)  # fmt: skip
+
+
+class CsvLog:
+    """Appends rows to a CSV file and flushes each one, so a crash keeps every row written before it."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = path
+        self.columns = columns
+        with path.open("w", newline="") as file:
+            csv.writer(file).writerow(columns)
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        with self.path.open("a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.columns)
+            writer.writerows({key: _format(value) for key, value in row.items()} for row in rows)
+            file.flush()
+
+
+def _format(value: Any) -> Any:
+    # Seven significant digits keep the CSVs readable and the counts exact (they are ints, untouched).
+    return f"{value:.7g}" if isinstance(value, float) and math.isfinite(value) else value
+
+
+def save_atomic(payload: Any, path: Path) -> None:
+    """`torch.save` to a temporary file, then rename: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def load_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """A model state_dict from a plain state_dict file or from one of this tool's checkpoints."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; give the path of a saved model (e.g. a run's model.pt)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: pickle and zip errors vary
+        raise UserError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}); is it a torch.save file?"
+        ) from error
+    return payload["model"] if isinstance(payload, dict) and "model" in payload else payload

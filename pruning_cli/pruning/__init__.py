@@ -1,0 +1,1 @@
+"""Pruning math: thresholds, masks, counts and schedules, as pure functions on tensors."""

@@ -1,0 +1,61 @@
+"""Magnitude masks (Han et al. 2015, section 3): which connections survive, and keeping the pruned ones at zero.
+
+A mask is a bool tensor shaped like the weight it gates; `True` keeps the connection. Masks only ever shrink:
+a connection pruned at one iteration is never revived by a later one.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def sensitivity_threshold(weights: Tensor, sensitivity: float) -> float:
+    """The paper's threshold: `sensitivity x std(weights)` (unbiased std of the weights given)."""
+    return sensitivity * weights.detach().float().std().item()
+
+
+def threshold_mask(weight: Tensor, threshold: float, mask: Tensor | None = None) -> Tensor:
+    """Keep every connection with `|w| >= threshold`; the paper removes those below it."""
+    keep = weight.detach().abs() >= threshold
+    return keep if mask is None else keep & mask
+
+
+def top_fraction_mask(weight: Tensor, fraction: float, mask: Tensor | None = None) -> tuple[Tensor, float]:
+    """Keep exactly `round(fraction * numel)` largest-magnitude survivors; return the mask and its threshold.
+
+    The fraction is of all the layer's weights (the paper's "% kept"), so the same call at every iteration
+    with a shrinking fraction walks the layer down to its target.
+    """
+    magnitudes = weight.detach().abs().flatten()
+    alive = torch.ones_like(magnitudes, dtype=torch.bool) if mask is None else mask.flatten()
+    keep_count = min(round(fraction * magnitudes.numel()), int(alive.sum()))
+    # Pruned connections score -1 so that they are never picked over a survivor, even a zero-valued one.
+    scores = magnitudes.masked_fill(~alive, -1.0)
+    kept_indices = torch.topk(scores, keep_count, sorted=False).indices
+    new_mask = torch.zeros_like(alive)
+    new_mask[kept_indices] = True
+    threshold = scores[kept_indices].min().item() if keep_count else float("inf")
+    return new_mask.view_as(weight), threshold
+
+
+def scheduled_fraction(final_kept: float, iteration: int, iterations: int) -> float:
+    """Fraction kept after `iteration` of `iterations`: the same share of survivors goes at every step."""
+    return final_kept ** (iteration / iterations)
+
+
+def full_masks(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """All-True masks: the dense network."""
+    return {name: torch.ones_like(weight, dtype=torch.bool) for name, weight in weights.items()}
+
+
+@torch.no_grad()
+def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
+    """Zero the pruned entries of `tensors` in place, in one fused call (masks as 0/1 floats of the same dtype)."""
+    if tensors:
+        torch._foreach_mul_(list(tensors), list(masks))
+
+
+def count_nonzero(tensors: Sequence[Tensor]) -> int:
+    """Number of non-zero entries over all tensors: what a sparse format would have to store."""
+    return sum(int(torch.count_nonzero(tensor)) for tensor in tensors)

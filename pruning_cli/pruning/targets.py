@@ -1,0 +1,60 @@
+"""Per-layer pruning targets: a sensitivity (threshold = s x std) or a final fraction of weights kept."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from pruning_cli.errors import UserError
+from pruning_cli.pruning.masks import scheduled_fraction, threshold_mask, top_fraction_mask
+
+
+@dataclass(frozen=True)
+class LayerTarget:
+    """Exactly one of the two is set: a sensitivity (the paper's quality parameter) or a final kept fraction."""
+
+    sensitivity: float | None = None
+    kept: float | None = None
+
+
+def resolve_targets(
+    layer_names: Sequence[str],
+    sensitivity: float | None,
+    layer_sensitivity: Mapping[str, float],
+    kept: Mapping[str, float],
+) -> dict[str, LayerTarget]:
+    """Per-layer targets: `kept` wins over `layer_sensitivity`, which wins over the global `sensitivity`.
+
+    Layers with no target (global sensitivity null and not named) are left dense. Every check runs here,
+    before any training, so a typo costs the user seconds rather than a dense training run.
+    """
+    unknown = sorted((set(layer_sensitivity) | set(kept)) - set(layer_names))
+    if unknown:
+        raise UserError(
+            f"pruning names layer(s) {', '.join(unknown)} that this model does not have; "
+            f"its prunable layers are: {', '.join(layer_names)}"
+        )
+    sensitivities = {name: value for name, value in layer_sensitivity.items() if name not in kept}
+    if sensitivity is not None:
+        sensitivities = {name: sensitivities.get(name, sensitivity) for name in layer_names if name not in kept}
+    for name, value in sensitivities.items():
+        if value < 0:
+            raise UserError(f"sensitivity of layer {name} is {value}; it must be >= 0 (threshold = sensitivity x std)")
+    for name, value in kept.items():
+        if not 0 < value <= 1:
+            raise UserError(f"kept fraction of layer {name} is {value}; it must be in (0, 1]")
+    return {
+        name: LayerTarget(kept=kept[name]) if name in kept else LayerTarget(sensitivity=sensitivities[name])
+        for name in layer_names
+        if name in kept or name in sensitivities
+    }
+
+
+def prune_layer(
+    weight: Tensor, mask: Tensor, target: LayerTarget, std: float, iteration: int, iterations: int
+) -> tuple[Tensor, float]:
+    """One pruning step of one layer: the new (never larger) mask and the magnitude threshold it used."""
+    if target.kept is not None:
+        return top_fraction_mask(weight, scheduled_fraction(target.kept, iteration, iterations), mask)
+    threshold = target.sensitivity * std
+    return threshold_mask(weight, threshold, mask), threshold

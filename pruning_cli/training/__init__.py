@@ -1,0 +1,1 @@
+"""The training loop: masked SGD for a phase, and evaluation."""

@@ -1,0 +1,89 @@
+"""Train a phase with masks that keep pruned weights at exactly zero, and evaluate top-1/top-5/loss."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pruning_cli.config import PhaseConfig, Regularization
+from pruning_cli.data.tensors import TensorSplit
+from pruning_cli.pruning.masks import apply_masks_
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracies in [0, 1] and the mean cross-entropy."""
+
+    top1: float
+    top5: float
+    loss: float
+
+
+class MaskedWeights:
+    """Pruned weights and their masks, as parallel lists so that masking one step is one fused call.
+
+    Masking the gradients keeps SGD momentum buffers at zero for pruned weights; masking the weights after
+    `optimizer.step()` makes "exactly zero" hold whatever the optimizer does (weight decay, Adam's epsilon, ...).
+    """
+
+    def __init__(self, weights: list[Tensor], masks: list[Tensor]) -> None:
+        self.weights = weights
+        self.masks = [mask.to(weight.dtype) for weight, mask in zip(weights, masks, strict=True)]
+
+    def mask_grads(self) -> None:
+        apply_masks_([weight.grad for weight in self.weights], self.masks)
+
+    def mask_weights(self) -> None:
+        apply_masks_(self.weights, self.masks)
+
+
+def train_phase(
+    model: nn.Module,
+    data: TensorSplit,
+    phase: PhaseConfig,
+    masked: MaskedWeights,
+    generator: torch.Generator,
+    description: str,
+) -> float:
+    """Run `phase.epochs` epochs of SGD on `data`; return the mean training loss of the last epoch."""
+    decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=phase.lr, momentum=phase.momentum, weight_decay=decay)
+    steps = max(1, phase.epochs * data.num_batches(phase.batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if phase.cosine else None
+    epoch_loss = float("nan")
+    for _ in tqdm(range(phase.epochs), desc=description, unit="epoch", disable=None, leave=False):
+        model.train()
+        loss_sum = torch.zeros((), device=data.labels.device)
+        batches = data.batches(phase.batch_size, generator)
+        for images, labels in tqdm(batches, total=data.num_batches(phase.batch_size), disable=None, leave=False):
+            loss = nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            if phase.regularization is Regularization.l1 and phase.weight_decay:
+                grads = [parameter.grad for parameter in parameters]
+                torch._foreach_add_(grads, torch._foreach_sign(parameters), alpha=phase.weight_decay)
+            masked.mask_grads()
+            optimizer.step()
+            masked.mask_weights()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.detach() * len(labels)
+        epoch_loss = loss_sum.item() / len(data)
+    return epoch_loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorSplit, batch_size: int = 1000) -> Evaluation:
+    """Top-1 and top-5 accuracy and mean cross-entropy of `model` on `data`."""
+    model.eval()
+    loss_sum = torch.zeros((), device=data.labels.device)
+    hits = torch.zeros(2, device=data.labels.device)
+    for images, labels in data.batches(batch_size):
+        logits = model(images)
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
+        hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
+    top1, top5 = (hits / len(data)).tolist()
+    return Evaluation(top1=top1, top5=top5, loss=loss_sum.item() / len(data))

@@ -6,6 +6,7 @@ at compose time), and the CLI hands the core instances of them: the core never s
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -67,9 +68,12 @@ class PruningConfig:
     iterations: int = 1
     # Threshold = sensitivity x std for every prunable layer; null leaves unnamed layers dense.
     sensitivity: float | None = 1.0
-    layer_sensitivity: dict[str, float] = field(default_factory=dict)
-    # Final fraction of each layer's weights kept (the paper's per-layer %); wins over sensitivities.
-    kept: dict[str, float] = field(default_factory=dict)
+    # Per-layer overrides, {layer: sensitivity}. Untyped and null by default so that `pruning.kept={fc1:0.08}`
+    # replaces the node (Hydra would merge a dict into a typed dict node and refuse its new keys);
+    # resolve_targets checks names and values instead.
+    layer_sensitivity: Any = None
+    # Final fraction of each layer's weights kept, {layer: fraction} (the paper's per-layer %); wins over sensitivities.
+    kept: Any = None
     std: StdSource = StdSource.surviving
 
 

@@ -20,14 +20,15 @@ class LayerTarget:
 def resolve_targets(
     layer_names: Sequence[str],
     sensitivity: float | None,
-    layer_sensitivity: Mapping[str, float],
-    kept: Mapping[str, float],
+    layer_sensitivity: Mapping[str, float] | None,
+    kept: Mapping[str, float] | None,
 ) -> dict[str, LayerTarget]:
     """Per-layer targets: `kept` wins over `layer_sensitivity`, which wins over the global `sensitivity`.
 
     Layers with no target (global sensitivity null and not named) are left dense. Every check runs here,
     before any training, so a typo costs the user seconds rather than a dense training run.
     """
+    layer_sensitivity, kept = _numbers(layer_sensitivity, "layer_sensitivity"), _numbers(kept, "kept")
     unknown = sorted((set(layer_sensitivity) | set(kept)) - set(layer_names))
     if unknown:
         raise UserError(
@@ -58,3 +59,15 @@ def prune_layer(
         return top_fraction_mask(weight, scheduled_fraction(target.kept, iteration, iterations), mask)
     threshold = target.sensitivity * std
     return threshold_mask(weight, threshold, mask), threshold
+
+
+def _numbers(values: Mapping[str, float] | None, option: str) -> dict[str, float]:
+    """`{layer: number}` from a config value, or a one-line error saying what shape it must have."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise UserError(f"pruning.{option} must be a mapping of layer to number, e.g. pruning.{option}={{fc1:0.5}}")
+    try:
+        return {str(name): float(value) for name, value in values.items()}
+    except (TypeError, ValueError) as error:
+        raise UserError(f"pruning.{option} must map layers to numbers, got {dict(values)}") from error

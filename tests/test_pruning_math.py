@@ -1,0 +1,148 @@
+"""The pruning math on hand-made tensors: thresholds, which weights go, schedules, and masks through SGD."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pruning_cli.config import PhaseConfig, Regularization
+from pruning_cli.data.tensors import TensorSplit
+from pruning_cli.errors import UserError
+from pruning_cli.pruning.dropout import rescaled_dropout
+from pruning_cli.pruning.masks import (
+    count_nonzero,
+    scheduled_fraction,
+    sensitivity_threshold,
+    threshold_mask,
+    top_fraction_mask,
+)
+from pruning_cli.pruning.stats import layer_stats
+from pruning_cli.pruning.targets import LayerTarget, prune_layer, resolve_targets
+from pruning_cli.training.loop import MaskedWeights, train_phase
+
+
+def test_threshold_is_sensitivity_times_std():
+    weights = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])  # unbiased std = sqrt(10 / 4)
+    assert sensitivity_threshold(weights, 0.5) == pytest.approx(0.5 * math.sqrt(2.5))
+    assert sensitivity_threshold(weights, 0.0) == 0.0
+
+
+def test_threshold_mask_removes_exactly_the_weights_below_the_threshold():
+    weight = torch.tensor([[0.5, -0.05, 0.2], [-0.3, 0.1, -0.09]])
+    mask = threshold_mask(weight, 0.1)
+    assert mask.tolist() == [[True, False, True], [True, True, False]]
+
+
+def test_threshold_mask_never_revives_a_pruned_weight():
+    weight = torch.tensor([0.9, 0.8, 0.7])
+    previous = torch.tensor([True, False, True])
+    assert threshold_mask(weight, 0.0, previous).tolist() == [True, False, True]
+
+
+def test_top_fraction_keeps_the_largest_magnitudes_and_reports_their_threshold():
+    weight = torch.tensor([0.1, -0.9, 0.3, -0.2, 0.05, 0.6, -0.4, 0.7])
+    mask, threshold = top_fraction_mask(weight, 0.5)
+    assert mask.tolist() == [False, True, False, False, False, True, True, True]
+    assert threshold == pytest.approx(0.4)
+
+
+def test_top_fraction_counts_from_all_weights_and_only_picks_survivors():
+    weight = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])
+    previous = torch.tensor([False, True, True, True, True, True])  # the largest one is already pruned
+    mask, _ = top_fraction_mask(weight, 0.5, previous)
+    assert mask.tolist() == [False, True, True, True, False, False]
+
+
+def test_schedule_walks_geometrically_to_the_target():
+    fractions = [scheduled_fraction(0.08, i, 4) for i in range(1, 5)]
+    assert fractions[-1] == pytest.approx(0.08)
+    ratios = [b / a for a, b in zip(fractions, fractions[1:], strict=False)]
+    assert ratios == pytest.approx([0.08**0.25] * 3)
+
+
+def test_prune_layer_with_sensitivity_uses_the_given_std():
+    weight = torch.tensor([0.1, -0.3, 0.5, -0.7])
+    mask, threshold = prune_layer(weight, torch.ones(4, dtype=torch.bool), LayerTarget(sensitivity=2.0), 0.2, 1, 1)
+    assert threshold == pytest.approx(0.4)
+    assert mask.tolist() == [False, False, True, True]
+
+
+def test_resolve_targets_precedence_kept_over_layer_over_global():
+    targets = resolve_targets(["fc1", "fc2", "fc3"], 1.0, {"fc2": 0.5, "fc3": 2.0}, {"fc3": 0.3})
+    assert targets == {
+        "fc1": LayerTarget(sensitivity=1.0),
+        "fc2": LayerTarget(sensitivity=0.5),
+        "fc3": LayerTarget(kept=0.3),
+    }
+    assert resolve_targets(["fc1", "fc2"], None, {"fc2": 0.7}, {}) == {"fc2": LayerTarget(sensitivity=0.7)}
+
+
+@pytest.mark.parametrize(
+    ("sensitivity", "layer_sensitivity", "kept", "message"),
+    [
+        (1.0, {"conv9": 1.0}, {}, "layer(s) conv9 that this model does not have; its prunable layers are: fc1, fc2"),
+        (-0.5, {}, {}, "sensitivity of layer fc1 is -0.5; it must be >= 0"),
+        (1.0, {}, {"fc2": 1.5}, "kept fraction of layer fc2 is 1.5; it must be in (0, 1]"),
+        (1.0, {}, {"fc2": 0.0}, "kept fraction of layer fc2 is 0.0; it must be in (0, 1]"),
+    ],
+)
+def test_resolve_targets_refuses_bad_settings(sensitivity, layer_sensitivity, kept, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_targets(["fc1", "fc2"], sensitivity, layer_sensitivity, kept)
+
+
+def _train_pruned_layer(mask_it: bool) -> tuple[nn.Linear, torch.Tensor, torch.optim.Optimizer | None]:
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 5)
+    mask = threshold_mask(layer.weight, sensitivity_threshold(layer.weight, 1.0))
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+    masked = MaskedWeights([layer.weight], [mask]) if mask_it else MaskedWeights([], [])
+    data = TensorSplit(torch.randn(256, 20), torch.randint(5, (256,)))
+    phase = PhaseConfig(epochs=25, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-2)
+    train_phase(layer, data, phase, masked, torch.Generator().manual_seed(0), "test")
+    return layer, mask
+
+
+def test_masks_keep_pruned_weights_exactly_zero_through_momentum_and_weight_decay():
+    layer, mask = _train_pruned_layer(mask_it=True)  # 25 epochs x 16 steps of SGD, momentum 0.9, decay 1e-2
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert torch.all(layer.weight[~mask] == 0)
+    assert torch.all(layer.weight[mask] != 0)
+
+
+def test_without_masks_sgd_revives_pruned_weights():
+    layer, mask = _train_pruned_layer(mask_it=False)
+    assert torch.count_nonzero(layer.weight[~mask]) == int((~mask).sum())
+
+
+def test_l1_regularisation_also_keeps_masks():
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 3)
+    mask = torch.rand_like(layer.weight) > 0.5
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+    data = TensorSplit(torch.randn(64, 10), torch.randint(3, (64,)))
+    phase = PhaseConfig(epochs=5, batch_size=8, lr=0.1, weight_decay=1e-2, regularization=Regularization.l1)
+    train_phase(layer, data, phase, MaskedWeights([layer.weight], [mask]), torch.Generator(), "test")
+    assert torch.all(layer.weight[~mask] == 0)
+
+
+def test_dropout_rescaling_follows_the_paper():
+    assert rescaled_dropout(0.5, 10_000, 900) == pytest.approx(0.15)  # AlexNet fc6 at 9% kept
+    assert rescaled_dropout(0.5, 100, 100) == 0.5
+
+
+def test_layer_stats_count_weights_and_flops_of_a_conv():
+    weight = torch.zeros(20, 1, 5, 5)
+    weight[:, :, 2, 2] = 1.0  # 20 of 500 weights survive
+    stats = layer_stats(weight, positions=24 * 24)
+    assert stats == {
+        "weights_total": 500,
+        "weights_nonzero": 20,
+        "kept": 0.04,
+        "flops_total": 2 * 500 * 576,
+        "flops_nonzero": 2 * 20 * 576,
+    }
+    assert count_nonzero([weight, torch.tensor([0.0, 3.0])]) == 21

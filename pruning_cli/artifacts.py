@@ -61,3 +61,24 @@ def load_model_state(path: Path) -> dict[str, torch.Tensor]:
             f"checkpoint {path} cannot be read ({type(error).__name__}); is it a torch.save file?"
         ) from error
     return payload["model"] if isinstance(payload, dict) and "model" in payload else payload
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
+    """What keeps `given` from loading into a model whose state_dict is `expected` ('' if it fits), on one line."""
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [
+        f"{key} is {tuple(given[key].shape)}, model wants {tuple(expected[key].shape)}"
+        for key in expected
+        if key in given and given[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"missing keys {listed(missing)}" if missing else "",
+        f"unexpected keys {listed(unexpected)}" if unexpected else "",
+        f"shapes differ: {listed(shapes)}" if shapes else "",
+    ]
+    return "; ".join(problem for problem in problems if problem)

@@ -6,7 +6,14 @@ from typing import Any
 
 import torch
 
-from pruning_cli.artifacts import LAYERS_COLUMNS, METRICS_COLUMNS, CsvLog, load_model_state, save_atomic
+from pruning_cli.artifacts import (
+    LAYERS_COLUMNS,
+    METRICS_COLUMNS,
+    CsvLog,
+    load_model_state,
+    save_atomic,
+    state_dict_mismatch,
+)
 from pruning_cli.config import PhaseConfig, RunConfig, StdSource
 from pruning_cli.data import ImageData, load_data
 from pruning_cli.errors import UserError
@@ -91,13 +98,15 @@ class PruningRun:
         return train_phase(self.model, self.data.train, phase, self._masked(), self.generator, description)
 
     def _load_dense(self, path: Path) -> None:
-        try:
-            self.model.load_state_dict(load_model_state(path))
-        except RuntimeError as error:
-            detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-            raise UserError(f"checkpoint {path} does not fit model={self.config.model.name}: {detail}") from error
+        state = load_model_state(path)
+        mismatch = state_dict_mismatch(self.model.state_dict(), state)
+        if mismatch:
+            raise UserError(f"checkpoint {path} does not fit model={self.config.model.name}: {mismatch}")
+        self.model.load_state_dict(state)
 
     def _record(self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruning=None) -> dict:
+        """Evaluate, then append this phase's rows to metrics.csv and layers.csv."""
+        self._check_masks()
         evaluation = evaluate(self.model, self.data.test, self.config.dataset.eval_batch_size)
         parameters = list(self.model.parameters())
         total, nonzero = sum(parameter.numel() for parameter in parameters), count_nonzero(parameters)
@@ -108,19 +117,29 @@ class PruningRun:
             "seconds": time.perf_counter() - start,
         }  # fmt: skip
         self.metrics.write([row])
+        key = {"iteration": iteration, "phase": phase}
         self.layers.write(
             [
-                {
-                    "iteration": iteration,
-                    "phase": phase,
-                    "layer": name,
-                    **(pruning or {}).get(name, {}),
-                    **layer_stats(weight, self.positions[name]),
-                }  # fmt: skip
+                {**key, "layer": name, **(pruning or {}).get(name, {}), **layer_stats(weight, self.positions[name])}
                 for name, weight in self.weights.items()
             ]
         )
         return row
+
+    def _check_masks(self) -> None:
+        """Fail loudly if any pruned weight is not exactly zero: sparsity silently lost is the worst bug here."""
+        for name, weight in self.weights.items():
+            if torch.any(weight.detach()[~self.masks[name]] != 0):
+                raise RuntimeError(f"mask violated: pruned weights of layer {name} are not zero")
+
+
+def check_phase(name: str, phase: PhaseConfig) -> None:
+    """Refuse settings no training phase can run with, before any work starts."""
+    for key, value, low in (("epochs", phase.epochs, 0), ("batch_size", phase.batch_size, 1)):
+        if value < low:
+            raise UserError(f"{name}.{key} is {value}; it must be >= {low}")
+    if phase.lr <= 0:
+        raise UserError(f"{name}.lr is {phase.lr}; it must be > 0")
 
 
 def run(config: RunConfig, out_dir: Path) -> list[dict[str, Any]]:
@@ -128,6 +147,10 @@ def run(config: RunConfig, out_dir: Path) -> list[dict[str, Any]]:
     spec = get_model_spec(config.model.name)
     pruning = config.pruning
     targets = resolve_targets(list(spec.layers), pruning.sensitivity, pruning.layer_sensitivity, pruning.kept)
+    check_phase("train", config.train)
+    check_phase("retrain", config.retrain)
+    if pruning.iterations < 0:
+        raise UserError(f"pruning.iterations is {pruning.iterations}; it must be >= 0")
     device = resolve_device(config.device.name)
     torch.manual_seed(config.seed)
     data = load_data(config.dataset, spec.input_shape, config.seed).to(device)

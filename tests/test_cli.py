@@ -79,6 +79,25 @@ def test_model_pt_is_a_plain_state_dict_whose_zeros_match_the_count(lenet5_run):
         assert torch.all(checkpoint["model"][f"{name}.weight"][~mask] == 0)
 
 
+def test_a_dense_checkpoint_replaces_phase_one(lenet5_run, tmp_path):
+    dense = lenet5_run / "checkpoints" / "dense.pt"
+    result = prune_run(
+        "model=lenet5", *SMOKE, "pruning.iterations=1", f"train.checkpoint={dense}", f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    loaded, trained = pd.read_csv(tmp_path / "metrics.csv").iloc[0], pd.read_csv(lenet5_run / "metrics.csv").iloc[0]
+    assert loaded.epochs == 0 and loaded.top1 == trained.top1 and loaded.loss == pytest.approx(trained.loss)
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_its_keys(lenet5_run, tmp_path):
+    dense = lenet5_run / "checkpoints" / "dense.pt"
+    stderr = _one_line_error(prune_run(*SMOKE, f"train.checkpoint={dense}", f"hydra.run.dir={tmp_path}", cwd=tmp_path))
+    assert stderr.startswith(f"prune-run: error: checkpoint {dense} does not fit model=lenet300: missing keys fc3.")
+    assert "unexpected keys conv1.bias, conv1.weight, conv2.bias and 1 more" in stderr
+    assert "shapes differ: fc1.weight is (500, 800), model wants (300, 784)" in stderr and stderr.count("\n") == 1
+
+
 def test_sensitivity_pruning_logs_threshold_as_s_times_surviving_std(tmp_path):
     result = prune_run(
         *SMOKE, "pruning.sensitivity=0.7", "pruning.iterations=2", f"hydra.run.dir={tmp_path}", cwd=tmp_path
@@ -121,6 +140,8 @@ def test_unknown_names_fail_with_hydras_message(tmp_path, overrides, expected):
         ),
         (["pruning.kept={fc1:1.5}"], "kept fraction of layer fc1 is 1.5; it must be in (0, 1]"),
         (["pruning.kept={fc1:0}"], "kept fraction of layer fc1 is 0.0; it must be in (0, 1]"),
+        (["train.epochs=-1"], "train.epochs is -1; it must be >= 0"),
+        (["retrain.batch_size=0"], "retrain.batch_size is 0; it must be >= 1"),
         (
             ["pruning.layer_sensitivity={conv1:0.5}"],
             "pruning names layer(s) conv1 that this model does not have; its prunable layers are: fc1, fc2, fc3",

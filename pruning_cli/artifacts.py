@@ -22,19 +22,28 @@ LAYERS_COLUMNS = (
 
 
 class CsvLog:
-    """Appends rows to a CSV file and flushes each one, so a crash keeps every row written before it."""
+    """Appends rows to a CSV file and flushes each one, so a crash keeps every row written before it.
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        self.path = path
-        self.columns = columns
-        with path.open("w", newline="") as file:
-            csv.writer(file).writerow(columns)
+    `keep_rows` reopens an existing log for a resumed run: rows past that count (written after the checkpoint
+    the run resumes from, perhaps half-written) are dropped, so that every row ends up in the file exactly once.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str], keep_rows: int | None = None) -> None:
+        self.path, self.columns = path, columns
+        lines = [",".join(columns) + "\n"]
+        if keep_rows is not None:
+            with path.open(newline="") as file:
+                lines = file.readlines()[: keep_rows + 1]
+        write_atomic("".join(lines), path)
+        self.rows = len(lines) - 1
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         with self.path.open("a", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns)
+            writer = csv.DictWriter(file, fieldnames=self.columns, lineterminator="\n")
             writer.writerows({key: _format(value) for key, value in row.items()} for row in rows)
             file.flush()
+            os.fsync(file.fileno())
+        self.rows += len(rows)
 
 
 def _format(value: Any) -> Any:
@@ -47,6 +56,13 @@ def save_atomic(payload: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def write_atomic(text: str, path: Path) -> None:
+    """Write a text file through a temporary file and a rename."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
     os.replace(temporary, path)
 
 

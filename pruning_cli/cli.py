@@ -1,17 +1,24 @@
 """`prune-run`: the only module that reads the Hydra config; it hands typed dataclasses to the pipeline."""
 
+import os
+import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import hydra
+import pandas as pd
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pruning_cli.config import RunConfig
 from pruning_cli.errors import UserError
-from pruning_cli.pipeline import run
+from pruning_cli.pipeline import STATE_FILE, run
+from pruning_cli.training.loop import StopRequested
 
 
 def register_configs() -> None:
@@ -19,35 +26,91 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
-def format_summary(rows: list[dict[str, Any]], out_dir: Path) -> str:
+def format_summary(metrics: pd.DataFrame, out_dir: Path) -> str:
     """One screen: dense vs final accuracy, parameters and compression, and where the outputs are."""
-    dense, final = rows[0], rows[-1]
+    dense, final = metrics.iloc[0], metrics.iloc[-1]
     lines = [
         f"{'':10}{'top-1':>9}{'top-5':>9}{'params':>12}{'compression':>13}",
         *(
-            f"{label:10}{row['top1']:9.2%}{row['top5']:9.2%}{row['params_nonzero']:12,}{row['compression']:12.1f}x"
+            f"{label:10}{row.top1:9.2%}{row.top5:9.2%}{row.params_nonzero:12,}{row.compression:12.1f}x"
             for label, row in (("dense", dense), ("pruned", final))
         ),
-        f"top-1 change: {100 * (final['top1'] - dense['top1']):+.2f} points; outputs in {out_dir}",
+        f"top-1 change: {100 * (final.top1 - dense.top1):+.2f} points; outputs in {out_dir}",
     ]
     return "\n".join(lines)
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag that the training loop polls between batches; a second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    @contextmanager
+    def installed(self) -> Iterator["StopSignal"]:
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def make_deterministic() -> None:
+    """Ask torch for deterministic kernels (cuBLAS needs its workspace setting before CUDA starts)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 @hydra.main(version_base="1.3", config_path="pkg://pruning_cli.configs", config_name="config")
 def _run_from_hydra(cfg: DictConfig) -> None:
     config: RunConfig = OmegaConf.to_object(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.deterministic:
+        make_deterministic()
+    stop = StopSignal()
     try:
-        rows = run(config, out_dir)
+        with stop.installed():
+            metrics = run(config, out_dir, stop)
+    except StopRequested:
+        overrides = " ".join(HydraConfig.get().overrides.task)
+        print(
+            f"prune-run: stopped by {signal.Signals(stop.received).name}; progress up to the last completed epoch "
+            f"is in {out_dir / STATE_FILE}; resume with: prune-run {overrides} hydra.run.dir={out_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.received)
     except UserError as error:
         # One line, no traceback; SystemExit passes through Hydra's error reporting untouched.
         print(f"prune-run: error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(format_summary(rows, out_dir))
+    print(format_summary(metrics, out_dir))
+
+
+def check_output_dir(arguments: list[str]) -> None:
+    """Refuse an output directory that cannot be created or written, before Hydra fails on it with a traceback."""
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            try:
+                Path(value).expanduser().mkdir(parents=True, exist_ok=True)
+                tempfile.TemporaryFile(dir=Path(value).expanduser()).close()
+            except OSError as error:
+                sys.exit(f"prune-run: error: cannot write the output directory {value} ({error.strerror})")
 
 
 def main() -> None:
     """Console-script entry point."""
+    check_output_dir(sys.argv[1:])
     register_configs()
     _run_from_hydra()
 

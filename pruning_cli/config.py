@@ -91,3 +91,7 @@ class RunConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     seed: int = 0
+    # Continue the run found in the output directory (checkpoints/last.pt) instead of starting it over.
+    resume: bool = True
+    # Deterministic kernels (matters on GPU; CPU runs are repeatable without it).
+    deterministic: bool = False

@@ -1,9 +1,12 @@
 """The paper's method end to end: train (or load) the dense model, then prune -> retrain, iterated."""
 
+import json
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+import pandas as pd
 import torch
 
 from pruning_cli.artifacts import (
@@ -22,7 +25,14 @@ from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import count_nonzero, full_masks
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.targets import LayerTarget, prune_layer, resolve_targets
-from pruning_cli.training.loop import MaskedWeights, evaluate, train_phase
+from pruning_cli.training.loop import (
+    MaskedWeights,
+    NonFiniteLoss,
+    PhaseProgress,
+    StopRequested,
+    evaluate,
+    train_phase,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,8 +44,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+STATE_FILE = Path("checkpoints") / "last.pt"
+
+
 class PruningRun:
-    """One run's state (model, masks, logs) and its phases; each phase writes its rows as soon as it ends."""
+    """One run's state (model, masks, logs, progress) and its steps: train, then (prune, retrain) per iteration.
+
+    After every epoch and every step the whole state goes to `checkpoints/last.pt` (atomically), so a run that
+    is killed at any moment continues, when started again into the same directory, from its last completed
+    epoch, with the same numbers it would have produced uninterrupted.
+    """
 
     def __init__(self, config: RunConfig, out_dir: Path, spec: ModelSpec, data: ImageData, device: torch.device):
         self.config, self.out_dir, self.spec, self.data = config, out_dir, spec, data
@@ -44,23 +62,46 @@ class PruningRun:
         self.masks = full_masks(self.weights)
         self.positions = spec.output_positions(self.model)
         self.dropout_rates = {name: self.model.get_submodule(path).p for name, path in spec.dropouts.items()}
+        self.dense_std: dict[str, float] = {}
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.metrics = CsvLog(out_dir / "metrics.csv", METRICS_COLUMNS)
-        self.layers = CsvLog(out_dir / "layers.csv", LAYERS_COLUMNS)
+        iterations = range(1, config.pruning.iterations + 1)
+        self.steps = [("train", 0)] + [(phase, i) for i in iterations for phase in ("prune", "retrain")]
+        self.step, self.phase_progress = 0, PhaseProgress()
+        self.stop_requested: Callable[[], bool] = lambda: False
+        rows = self._restore() if config.resume and (out_dir / STATE_FILE).is_file() else None
+        self.metrics = CsvLog(out_dir / "metrics.csv", METRICS_COLUMNS, rows and rows["metrics"])
+        self.layers = CsvLog(out_dir / "layers.csv", LAYERS_COLUMNS, rows and rows["layers"])
 
-    def dense(self) -> dict[str, Any]:
+    def execute(self, targets: dict[str, LayerTarget]) -> None:
+        """Run every step not yet done, checkpointing after each."""
+        while self.step < len(self.steps):
+            phase, iteration = self.steps[self.step]
+            if self.stop_requested():
+                raise StopRequested
+            if phase == "train":
+                self.dense()
+            elif phase == "prune":
+                self.prune(iteration, targets)
+            else:
+                self.retrain(iteration)
+            self.step, self.phase_progress = self.step + 1, PhaseProgress()
+            self._save_state()
+        self.save_model()
+
+    def dense(self) -> None:
         """Phase 1: train the dense model, or load it from `train.checkpoint` and only evaluate it."""
-        start, train_loss, epochs = time.perf_counter(), float("nan"), 0
+        start, epochs = time.perf_counter(), 0
         if self.config.train.checkpoint:
             self._load_dense(Path(self.config.train.checkpoint).expanduser())
+            train_loss = float("nan")
         else:
             epochs = self.config.train.epochs
             train_loss = self._train(self.config.train, "dense training")
         self.dense_std = {name: weight.std().item() for name, weight in self.weights.items()}
         save_atomic({"model": self.model.state_dict(), "iteration": 0}, self.out_dir / "checkpoints" / "dense.pt")
-        return self._record(0, "train", epochs, start, train_loss)
+        self._record(0, "train", epochs, start, train_loss)
 
-    def prune(self, iteration: int, targets: dict[str, LayerTarget]) -> dict[str, Any]:
+    def prune(self, iteration: int, targets: dict[str, LayerTarget]) -> None:
         """Phase 2: shrink each layer's mask (threshold = s x std, or the scheduled kept fraction)."""
         start, pruning = time.perf_counter(), {}
         iterations = self.config.pruning.iterations
@@ -70,9 +111,9 @@ class PruningRun:
             self.masks[name], threshold = prune_layer(weight, mask, target, std, iteration, iterations)
             pruning[name] = {"std": std, "threshold": threshold, "sensitivity": threshold / std if std else None}
         self._masked().mask_weights()
-        return self._record(iteration, "prune", 0, start, float("nan"), pruning)
+        self._record(iteration, "prune", 0, start, float("nan"), pruning)
 
-    def retrain(self, iteration: int) -> dict[str, Any]:
+    def retrain(self, iteration: int) -> None:
         """Phase 3: retrain the survivors from their current values, dropout rescaled to the layers' sparsity."""
         start = time.perf_counter()
         for name, path in self.spec.dropouts.items():
@@ -80,10 +121,9 @@ class PruningRun:
             dropout = self.model.get_submodule(path)
             dropout.p = rescaled_dropout(self.dropout_rates[name], mask.numel(), int(mask.sum()))
         train_loss = self._train(self.config.retrain, f"retraining {iteration}")
-        row = self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
+        self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
         checkpoint = {"model": self.model.state_dict(), "masks": self.masks, "iteration": iteration}
         save_atomic(checkpoint, self.out_dir / "checkpoints" / f"iteration_{iteration}.pt")
-        return row
 
     def save_model(self) -> Path:
         """The final pruned weights as a plain state_dict, zeros in place, the model's own keys."""
@@ -95,7 +135,22 @@ class PruningRun:
         return MaskedWeights(list(self.weights.values()), [self.masks[name] for name in self.weights])
 
     def _train(self, phase: PhaseConfig, description: str) -> float:
-        return train_phase(self.model, self.data.train, phase, self._masked(), self.generator, description)
+        def checkpoint_epoch(progress: PhaseProgress) -> None:
+            self.phase_progress = progress
+            self._save_state()
+
+        try:
+            return train_phase(
+                self.model, self.data.train, phase, self._masked(), self.generator, description,
+                self.phase_progress, checkpoint_epoch, self.stop_requested,
+            )  # fmt: skip
+        except NonFiniteLoss as fault:
+            iteration, state = self.steps[self.step][1], self.out_dir / STATE_FILE
+            kept = f"; completed epochs are kept in {state}" if state.is_file() else ""
+            raise UserError(
+                f"training loss became NaN or infinite in iteration {iteration} ({description}), epoch {fault.epoch}: "
+                f"lower the learning rate or the weight decay and run again{kept}"
+            ) from fault
 
     def _load_dense(self, path: Path) -> None:
         state = load_model_state(path)
@@ -104,7 +159,40 @@ class PruningRun:
             raise UserError(f"checkpoint {path} does not fit model={self.config.model.name}: {mismatch}")
         self.model.load_state_dict(state)
 
-    def _record(self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruning=None) -> dict:
+    def _save_state(self) -> None:
+        """Everything a resumed run needs, as of the end of the last completed epoch or step."""
+        state = {
+            "fingerprint": fingerprint(self.config), "step": self.step, "phase": asdict(self.phase_progress),
+            "model": self.model.state_dict(), "masks": self.masks, "dense_std": self.dense_std,
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            "rows": {"metrics": self.metrics.rows, "layers": self.layers.rows},
+        }  # fmt: skip
+        save_atomic(state, self.out_dir / STATE_FILE)
+
+    def _restore(self) -> dict[str, int]:
+        """Load `last.pt` into this run; return how many rows of each CSV it had written."""
+        path = self.out_dir / STATE_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated or foreign file: the errors of zip and pickle vary
+            raise UserError(
+                f"cannot resume: {path} is unreadable ({type(error).__name__}); delete it to restart"
+            ) from error
+        if state["fingerprint"] != fingerprint(self.config):
+            raise UserError(
+                f"{self.out_dir} holds a run with a different configuration; resume it with the same overrides, "
+                "give a new hydra.run.dir, or pass resume=false to start it over"
+            )
+        self.model.load_state_dict(state["model"])
+        device = next(self.model.parameters()).device
+        self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
+        self.dense_std, self.step = state["dense_std"], state["step"]
+        self.phase_progress = PhaseProgress(**state["phase"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        return state["rows"]
+
+    def _record(self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruning=None) -> None:
         """Evaluate, then append this phase's rows to metrics.csv and layers.csv."""
         self._check_masks()
         evaluation = evaluate(self.model, self.data.test, self.config.dataset.eval_batch_size)
@@ -124,13 +212,20 @@ class PruningRun:
                 for name, weight in self.weights.items()
             ]
         )
-        return row
 
     def _check_masks(self) -> None:
         """Fail loudly if any pruned weight is not exactly zero: sparsity silently lost is the worst bug here."""
         for name, weight in self.weights.items():
             if torch.any(weight.detach()[~self.masks[name]] != 0):
                 raise RuntimeError(f"mask violated: pruned weights of layer {name} are not zero")
+
+
+def fingerprint(config: RunConfig) -> str:
+    """The settings that determine a run's numbers; a run resumes only under the same fingerprint."""
+    settings = asdict(config)
+    for key in ("resume", "device", "deterministic"):
+        settings.pop(key)
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def check_phase(name: str, phase: PhaseConfig) -> None:
@@ -142,8 +237,8 @@ def check_phase(name: str, phase: PhaseConfig) -> None:
         raise UserError(f"{name}.lr is {phase.lr}; it must be > 0")
 
 
-def run(config: RunConfig, out_dir: Path) -> list[dict[str, Any]]:
-    """Run every phase into `out_dir`; return the metrics rows. Bad input fails here, before any training."""
+def run(config: RunConfig, out_dir: Path, stop_requested: Callable[[], bool] = lambda: False) -> pd.DataFrame:
+    """Run (or resume) every phase into `out_dir`; return metrics.csv. Bad input fails here, before any training."""
     spec = get_model_spec(config.model.name)
     pruning = config.pruning
     targets = resolve_targets(list(spec.layers), pruning.sensitivity, pruning.layer_sensitivity, pruning.kept)
@@ -155,9 +250,6 @@ def run(config: RunConfig, out_dir: Path) -> list[dict[str, Any]]:
     torch.manual_seed(config.seed)
     data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
     experiment = PruningRun(config, out_dir, spec, data, device)
-    rows = [experiment.dense()]
-    for iteration in range(1, pruning.iterations + 1):
-        rows.append(experiment.prune(iteration, targets))
-        rows.append(experiment.retrain(iteration))
-    experiment.save_model()
-    return rows
+    experiment.stop_requested = stop_requested
+    experiment.execute(targets)
+    return pd.read_csv(out_dir / "metrics.csv")

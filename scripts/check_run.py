@@ -34,7 +34,11 @@ def check(run_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
-    rows = [check(run_dir) for run_dir in parser.parse_args().run_dirs]
+    run_dirs = parser.parse_args().run_dirs
+    finished = [run_dir for run_dir in run_dirs if (run_dir / "model.pt").is_file()]
+    for run_dir in sorted(set(run_dirs) - set(finished)):
+        print(f"skipped {run_dir}: no model.pt (the run is missing or unfinished)")
+    rows = [check(run_dir) for run_dir in finished]
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
 
 

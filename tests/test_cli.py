@@ -72,7 +72,7 @@ def test_model_pt_is_a_plain_state_dict_whose_zeros_match_the_count(lenet5_run):
     biases = sum(v.numel() for k, v in state.items() if k.endswith("bias"))
     assert weights_nonzero == metrics.params_nonzero.iloc[-1] - biases
     assert sorted(path.name for path in (lenet5_run / "checkpoints").iterdir()) == [
-        "dense.pt", "iteration_1.pt", "iteration_2.pt",
+        "dense.pt", "iteration_1.pt", "iteration_2.pt", "last.pt",
     ]  # fmt: skip
     checkpoint = torch.load(lenet5_run / "checkpoints" / "iteration_2.pt", weights_only=True)
     for name, mask in checkpoint["masks"].items():

@@ -1,5 +1,7 @@
 """Train a phase with masks that keep pruned weights at exactly zero, and evaluate top-1/top-5/loss."""
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +40,28 @@ class MaskedWeights:
         apply_masks_(self.weights, self.masks)
 
 
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite during the given (1-based) epoch of a phase."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"non-finite training loss in epoch {epoch}")
+        self.epoch = epoch
+
+
+class StopRequested(Exception):
+    """The run was asked to stop (SIGINT/SIGTERM) and stopped between two batches."""
+
+
+@dataclass
+class PhaseProgress:
+    """What resuming a phase needs: epochs done, optimizer and scheduler state, the last epoch's loss."""
+
+    epochs_done: int = 0
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    train_loss: float = float("nan")
+
+
 def train_phase(
     model: nn.Module,
     data: TensorSplit,
@@ -45,15 +69,28 @@ def train_phase(
     masked: MaskedWeights,
     generator: torch.Generator,
     description: str,
+    progress: PhaseProgress | None = None,
+    on_epoch_end: Callable[[PhaseProgress], None] = lambda progress: None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> float:
-    """Run `phase.epochs` epochs of SGD on `data`; return the mean training loss of the last epoch."""
+    """Run the remaining epochs of `phase` on `data`; return the mean training loss of the last epoch.
+
+    `progress` resumes a phase where it stopped; `on_epoch_end` receives the progress after every epoch (to
+    checkpoint it); `stop_requested` is polled between batches and raises StopRequested when true.
+    """
+    progress = progress or PhaseProgress()
     decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=phase.lr, momentum=phase.momentum, weight_decay=decay)
     steps = max(1, phase.epochs * data.num_batches(phase.batch_size))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if phase.cosine else None
-    epoch_loss = float("nan")
-    for _ in tqdm(range(phase.epochs), desc=description, unit="epoch", disable=None, leave=False):
+    if progress.optimizer is not None:
+        optimizer.load_state_dict(progress.optimizer)
+    if scheduler is not None and progress.scheduler is not None:
+        scheduler.load_state_dict(progress.scheduler)
+    epoch_loss = progress.train_loss
+    epochs = range(progress.epochs_done, phase.epochs)
+    for epoch in tqdm(epochs, desc=description, unit="epoch", disable=None, leave=False):
         model.train()
         loss_sum = torch.zeros((), device=data.labels.device)
         batches = data.batches(phase.batch_size, generator)
@@ -70,7 +107,13 @@ def train_phase(
             if scheduler is not None:
                 scheduler.step()
             loss_sum += loss.detach() * len(labels)
-        epoch_loss = loss_sum.item() / len(data)
+            if stop_requested():
+                raise StopRequested
+        epoch_loss = loss_sum.item() / len(data)  # one host sync per epoch
+        if not math.isfinite(epoch_loss):
+            raise NonFiniteLoss(epoch + 1)
+        scheduler_state = scheduler.state_dict() if scheduler is not None else None
+        on_epoch_end(PhaseProgress(epoch + 1, optimizer.state_dict(), scheduler_state, epoch_loss))
     return epoch_loss
 
 

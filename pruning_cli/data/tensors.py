@@ -1,0 +1,52 @@
+"""Data sets held in memory as tensors and batched by index: no per-sample Python, no worker processes."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def normalise(pixels: Tensor, mean: float, std: float) -> Tensor:
+    """uint8 images (N, H, W) -> float32 (N, 1, H, W), scaled to [0, 1] and standardised."""
+    return ((pixels.float() / 255 - mean) / std).unsqueeze(1)
+
+
+@dataclass
+class TensorSplit:
+    """One split (train or test): images and integer labels, on one device."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Mini-batches in a random order drawn from `generator` (a CPU generator, so runs repeat on any device),
+        or in storage order without one."""
+        order = None if generator is None else torch.randperm(len(self), generator=generator).to(self.labels.device)
+        for start in range(0, len(self), batch_size):
+            if order is None:
+                yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+            else:
+                index = order[start : start + batch_size]
+                yield self.images[index], self.labels[index]
+
+    def to(self, device: torch.device | str) -> "TensorSplit":
+        return TensorSplit(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class ImageData:
+    """A classification data set: train and test splits and the number of classes."""
+
+    train: TensorSplit
+    test: TensorSplit
+    num_classes: int
+
+    def to(self, device: torch.device | str) -> "ImageData":
+        return ImageData(self.train.to(device), self.test.to(device), self.num_classes)

@@ -1,6 +1,7 @@
 """The paper's method end to end: train (or load) the dense model, then prune -> retrain, iterated."""
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -22,7 +23,7 @@ from pruning_cli.data import ImageData, load_data
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.pruning.dropout import rescaled_dropout
-from pruning_cli.pruning.masks import count_nonzero, full_masks
+from pruning_cli.pruning.masks import count_nonzero, full_masks, strongest_per_output, unmasked_layers
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.targets import LayerTarget, prune_layer, resolve_targets
 from pruning_cli.training.loop import (
@@ -45,6 +46,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 STATE_FILE = Path("checkpoints") / "last.pt"
+log = logging.getLogger(__name__)
 
 
 class PruningRun:
@@ -108,7 +110,14 @@ class PruningRun:
         for name, target in targets.items():
             weight, mask = self.weights[name], self.masks[name]
             std = self.dense_std[name] if self.config.pruning.std is StdSource.dense else weight[mask].std().item()
-            self.masks[name], threshold = prune_layer(weight, mask, target, std, iteration, iterations)
+            new_mask, threshold = prune_layer(weight, mask, target, std, iteration, iterations)
+            if not new_mask.any():
+                new_mask = strongest_per_output(weight, mask)
+                log.warning(
+                    f"iteration {iteration}: pruning would remove every weight of {name} (threshold {threshold:.4g}); "
+                    f"capped: each of its output units keeps its largest weight ({int(new_mask.sum())} kept)"
+                )
+            self.masks[name] = new_mask
             pruning[name] = {"std": std, "threshold": threshold, "sensitivity": threshold / std if std else None}
         self._masked().mask_weights()
         self._record(iteration, "prune", 0, start, float("nan"), pruning)
@@ -129,6 +138,7 @@ class PruningRun:
         """The final pruned weights as a plain state_dict, zeros in place, the model's own keys."""
         path = self.out_dir / "model.pt"
         save_atomic({key: value.cpu() for key, value in self.model.state_dict().items()}, path)
+        self._check_saved(path)
         return path
 
     def _masked(self) -> MaskedWeights:
@@ -186,6 +196,12 @@ class PruningRun:
         self.model.load_state_dict(state["model"])
         device = next(self.model.parameters()).device
         self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
+        violated = unmasked_layers(self.weights, self.masks)
+        if violated:
+            raise UserError(
+                f"cannot resume: {path} has non-zero pruned weights in {', '.join(violated)} (edited or corrupt); "
+                "delete it to restart"
+            )
         self.dense_std, self.step = state["dense_std"], state["step"]
         self.phase_progress = PhaseProgress(**state["phase"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -215,9 +231,17 @@ class PruningRun:
 
     def _check_masks(self) -> None:
         """Fail loudly if any pruned weight is not exactly zero: sparsity silently lost is the worst bug here."""
-        for name, weight in self.weights.items():
-            if torch.any(weight.detach()[~self.masks[name]] != 0):
-                raise RuntimeError(f"mask violated: pruned weights of layer {name} are not zero")
+        violated = unmasked_layers(self.weights, self.masks)
+        if violated:
+            raise RuntimeError(f"mask violated: pruned weights of {', '.join(violated)} are not zero in the model")
+
+    def _check_saved(self, path: Path) -> None:
+        """Read `model.pt` back from disk and check its pruned weights are zero there too."""
+        state = torch.load(path, weights_only=True)
+        saved = {name: state[f"{module}.weight"] for name, module in self.spec.layers.items()}
+        violated = unmasked_layers(saved, self.masks)
+        if violated:
+            raise RuntimeError(f"mask violated: pruned weights of {', '.join(violated)} are not zero in {path}")
 
 
 def fingerprint(config: RunConfig) -> str:

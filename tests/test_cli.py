@@ -154,13 +154,26 @@ def test_bad_pruning_settings_are_refused_before_training(tmp_path, overrides, e
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_missing_mnist_offline_names_the_folder(tmp_path):
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_missing_or_empty_mnist_folder_offline_names_the_folder(tmp_path, state):
+    if state == "empty":
+        (tmp_path / "MNIST" / "raw").mkdir(parents=True)
     result = prune_run(
         "dataset=mnist", "dataset.download=false", f"dataset.root={tmp_path}", f"hydra.run.dir={tmp_path}", cwd=tmp_path
     )
     stderr = _one_line_error(result)
     assert stderr.startswith(f"prune-run: error: MNIST not found in {tmp_path / 'MNIST' / 'raw'}")
     assert "dataset=fashion_mnist" in stderr and stderr.count("\n") == 1
+
+
+def test_pruning_that_would_empty_a_layer_is_capped_with_a_warning(tmp_path):
+    result = prune_run(*SMOKE, "pruning=oneshot", "pruning.sensitivity=50", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "pruning would remove every weight of fc1" in result.stdout
+    assert "capped: each of its output units keeps its largest weight (300 kept)" in result.stdout
+    layers = pd.read_csv(tmp_path / "layers.csv")
+    final = layers[layers.phase == "retrain"].set_index("layer")
+    assert final.weights_nonzero.to_dict() == {"fc1": 300, "fc2": 100, "fc3": 10}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -14,6 +14,7 @@ from pruning_cli.pruning.masks import (
     count_nonzero,
     scheduled_fraction,
     sensitivity_threshold,
+    strongest_per_output,
     threshold_mask,
     top_fraction_mask,
 )
@@ -66,6 +67,16 @@ def test_prune_layer_with_sensitivity_uses_the_given_std():
     mask, threshold = prune_layer(weight, torch.ones(4, dtype=torch.bool), LayerTarget(sensitivity=2.0), 0.2, 1, 1)
     assert threshold == pytest.approx(0.4)
     assert mask.tolist() == [False, False, True, True]
+
+
+def test_strongest_per_output_keeps_one_surviving_weight_per_unit():
+    weight = torch.tensor([[0.1, -0.9, 0.5], [0.4, 0.2, -0.3], [0.8, 0.1, 0.1]])
+    mask = torch.tensor([[True, False, True], [True, True, True], [False, False, False]])
+    capped = strongest_per_output(weight, mask)
+    # Row 0: -0.9 is already pruned, so 0.5 stays; row 2 had no survivors and stays empty.
+    assert capped.tolist() == [[False, False, True], [True, False, False], [False, False, False]]
+    conv = torch.randn(4, 2, 3, 3)
+    assert strongest_per_output(conv, torch.ones_like(conv, dtype=torch.bool)).flatten(1).sum(1).tolist() == [1] * 4
 
 
 def test_resolve_targets_precedence_kept_over_layer_over_global():

@@ -1,5 +1,6 @@
 """Runs that survive being killed, stop cleanly on signals and faults, and repeat exactly."""
 
+import shutil
 import signal
 import subprocess
 import time
@@ -93,6 +94,19 @@ def test_resuming_with_another_config_is_refused(uninterrupted):
     result = prune_run(*LONG, "seed=7", f"hydra.run.dir={uninterrupted}", cwd=uninterrupted)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{uninterrupted} holds a run with a different configuration" in result.stderr
+
+
+def test_a_checkpoint_that_lost_its_sparsity_is_refused_on_resume(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    state["model"]["fc2.weight"][~state["masks"]["fc2"]] = 0.5  # sparsity lost, as a buggy tool would save it
+    torch.save(state, run_dir / "checkpoints" / "last.pt")
+    metrics_before = (run_dir / "metrics.csv").read_text()
+    result = prune_run(*LONG, f"hydra.run.dir={run_dir}", cwd=run_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot resume: {run_dir / 'checkpoints' / 'last.pt'} has non-zero pruned weights in fc2" in result.stderr
+    assert (run_dir / "metrics.csv").read_text() == metrics_before
 
 
 def test_a_truncated_state_file_is_named(tmp_path):

@@ -4,7 +4,7 @@ A mask is a bool tensor shaped like the weight it gates; `True` keeps the connec
 a connection pruned at one iteration is never revived by a later one.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -39,6 +39,19 @@ def top_fraction_mask(weight: Tensor, fraction: float, mask: Tensor | None = Non
     return new_mask.view_as(weight), threshold
 
 
+def strongest_per_output(weight: Tensor, mask: Tensor) -> Tensor:
+    """Each output unit (row of an fc weight, filter of a conv) keeps only its largest surviving weight.
+
+    The cap for a pruning step that would empty a layer and cut the network in two: every unit that still
+    had an input keeps one, so signal still flows and retraining can recover.
+    """
+    scores = weight.detach().abs().flatten(1).masked_fill(~mask.flatten(1), -1.0)
+    best, strongest = scores.max(dim=1)
+    capped = torch.zeros_like(scores, dtype=torch.bool)
+    capped[torch.arange(len(capped), device=capped.device), strongest] = best >= 0
+    return capped.view_as(weight)
+
+
 def scheduled_fraction(final_kept: float, iteration: int, iterations: int) -> float:
     """Fraction kept after `iteration` of `iterations`: the same share of survivors goes at every step."""
     return final_kept ** (iteration / iterations)
@@ -59,3 +72,8 @@ def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
 def count_nonzero(tensors: Sequence[Tensor]) -> int:
     """Number of non-zero entries over all tensors: what a sparse format would have to store."""
     return sum(int(torch.count_nonzero(tensor)) for tensor in tensors)
+
+
+def unmasked_layers(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> list[str]:
+    """Layers holding a non-zero weight where their mask says pruned: sparsity lost somewhere."""
+    return [name for name, weight in weights.items() if torch.any(weight.detach()[~masks[name].to(weight.device)] != 0)]

@@ -1,0 +1,102 @@
+"""`prune-export RUN_DIR`: write a run's pruned model.pt as sparse CSR layers (model_sparse.pt) and print its sizes.
+
+Bad input gets one line `prune-export: error: ...` on stderr and exit code 2, never a traceback.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mismatch
+from pruning_cli.errors import UserError
+from pruning_cli.models import MODELS, get_model_spec
+from pruning_cli.sparse.export import export_state_dict, format_report
+
+PROG = "prune-export"
+OUTPUT_NAME = "model_sparse.pt"
+EXIT_BAD_INPUT = 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same single line as every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see {PROG} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a prune-run output directory with model.pt")
+    parser.add_argument(
+        "--model",
+        help=f"model name ({', '.join(MODELS)}); default: model.name in RUN_DIR/.hydra/config.yaml",
+    )
+    parser.add_argument(
+        "--remove-dead",
+        action="store_true",
+        help="physically remove hidden fc units with no input or no output connection (paper sec. 3.5)",
+    )
+    return parser
+
+
+def model_name_from_run(run_dir: Path) -> str:
+    """The run's `model.name` from Hydra's saved config."""
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise UserError(f"{config_file} does not exist, so the model is unknown; pass --model {'|'.join(MODELS)}")
+    try:
+        name = OmegaConf.select(OmegaConf.load(config_file), "model.name")
+    except Exception as error:  # YAML and OmegaConf errors vary
+        raise UserError(f"{config_file} cannot be read ({type(error).__name__}); pass --model instead") from error
+    if not isinstance(name, str):
+        raise UserError(f"{config_file} has no model.name; pass --model {'|'.join(MODELS)}")
+    return name
+
+
+def export_run(run_dir: Path, model_name: str | None, remove_dead: bool) -> str:
+    """Export RUN_DIR/model.pt to RUN_DIR/model_sparse.pt; return the printed report."""
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist; give a prune-run output directory")
+    model_file = run_dir / "model.pt"
+    if not model_file.is_file():
+        raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
+    name = model_name or model_name_from_run(run_dir)
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} with --model")
+    state = load_model_state(model_file)
+    if not isinstance(state, dict) or not all(hasattr(value, "shape") for value in state.values()):
+        raise UserError(f"{model_file} is not a state_dict of tensors")
+    spec = get_model_spec(name)
+    last_weight = state.get(f"{list(spec.layers.values())[-1]}.weight")
+    num_classes = last_weight.shape[0] if last_weight is not None else 10
+    mismatch = state_dict_mismatch(spec.build(num_classes).state_dict(), state)
+    if mismatch:
+        raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
+    exported, report = export_state_dict(state, name, remove_dead=remove_dead)
+    output = run_dir / OUTPUT_NAME
+    try:
+        save_atomic(exported, output)
+    except OSError as error:
+        raise UserError(f"cannot write {output}: {error.strerror or error}") from error
+    return f"{format_report(report)}\nwrote {output}"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        print(export_run(args.run_dir, args.model, args.remove_dead))
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

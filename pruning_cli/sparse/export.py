@@ -1,0 +1,219 @@
+"""Export a pruned state_dict as CSR layers plus the untouched tensors, report its sizes, and load it back.
+
+The export is a plain dict of tensors, ints, strings and tuples, so `torch.load(..., weights_only=True)` reads it:
+
+    {"format": EXPORT_FORMAT, "model": "lenet300",
+     "layers": {paper name: {"module": path, "shape", "values", "col_indices", "crow_indices", "bias"}},
+     "tensors": {every other state_dict key: tensor},
+     "removed_units": {paper name of the layer before the hidden units: count}}
+
+With `remove_dead=True`, hidden units between consecutive fc layers that have no incoming or no outgoing connection
+are physically removed (paper sec. 3.5), so the exported fc layers have smaller dense shapes.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from pruning_cli.models import get_model_spec
+from pruning_cli.sparse.formats import (
+    Csr,
+    compact_bytes,
+    csr_bytes,
+    dead_units,
+    decode_csr,
+    encode_compact,
+    encode_csr,
+)
+
+EXPORT_FORMAT = "pruning_cli.sparse/1"
+FLOAT32_BYTES = 4
+
+
+def fc_chains(weights: Mapping[str, Tensor]) -> list[tuple[str, str]]:
+    """Pairs of consecutive prunable fc layers (2-D weights, in forward order) that share a hidden layer.
+
+    In both LeNets such a pair is joined by a ReLU and nothing else, which the dead-unit removal relies on.
+    """
+    names = list(weights)
+    return [(a, b) for a, b in zip(names, names[1:], strict=False) if weights[a].dim() == 2 and weights[b].dim() == 2]
+
+
+def remove_dead_hidden_units(
+    weights: Mapping[str, Tensor], biases: Mapping[str, Tensor | None]
+) -> tuple[dict[str, Tensor], dict[str, Tensor | None], dict[str, int]]:
+    """Drop hidden units with no incoming (a zero row of the first layer) or no outgoing (a zero column of the
+    next layer) connection; return new weights, biases and the count removed after each first layer.
+
+    A unit without inputs still outputs relu(bias), a constant: its share W_next[:, j] * relu(b_j) moves into the
+    next layer's bias so that the network computes the same function. Removing units can leave others dead
+    (a row of the next layer may lose its last input), so passes repeat until nothing changes.
+    """
+    weights, biases = dict(weights), dict(biases)
+    chains = fc_chains(weights)
+    removed = {first: 0 for first, _ in chains}
+    changed = True
+    while changed:
+        changed = False
+        for first, second in chains:
+            _, no_input = dead_units(weights[first])
+            no_output, _ = dead_units(weights[second])
+            bias = biases[first]
+            constant = torch.zeros_like(no_input, dtype=weights[first].dtype) if bias is None else torch.relu(bias)
+            constant = torch.where(no_input & ~no_output, constant.detach(), 0)
+            if biases[second] is None:  # nowhere to fold a constant: keep those units
+                no_input &= constant == 0
+            dead = no_input | no_output
+            if not dead.any():
+                continue
+            if biases[second] is not None and constant.any():
+                biases[second] = biases[second].detach() + weights[second][:, dead] @ constant[dead]
+            keep = ~dead
+            weights[first] = weights[first][keep]
+            biases[first] = None if bias is None else bias.detach()[keep]
+            weights[second] = weights[second][:, keep]
+            removed[first] += int(dead.sum())
+            changed = True
+    return weights, biases, removed
+
+
+def export_state_dict(
+    state: Mapping[str, Tensor], model_name: str, remove_dead: bool = False
+) -> tuple[dict, pd.DataFrame]:
+    """The export payload (see the module docstring) and its size report (`size_report`)."""
+    layers = get_model_spec(model_name).layers
+    missing = [f"{path}.weight" for path in layers.values() if f"{path}.weight" not in state]
+    if missing:
+        raise ValueError(f"the state_dict has no {', '.join(missing)}; is it a {model_name} model?")
+    original = {name: state[f"{path}.weight"].detach().cpu() for name, path in layers.items()}
+    biases = {name: _cpu(state.get(f"{path}.bias")) for name, path in layers.items()}
+    weights, removed = dict(original), {}
+    if remove_dead:
+        weights, biases, removed = remove_dead_hidden_units(original, biases)
+    weight_keys = {f"{path}.weight" for path in layers.values()}
+    layer_keys = weight_keys | {f"{path}.bias" for path in layers.values()}
+    exported = {
+        "format": EXPORT_FORMAT,
+        "model": model_name,
+        "layers": {
+            name: {"module": path, **encode_csr(weights[name]), "bias": biases[name]} for name, path in layers.items()
+        },
+        "tensors": {key: _cpu(value) for key, value in state.items() if key not in layer_keys},
+        "removed_units": removed,
+    }
+    dense_rest = sum(value.numel() for key, value in state.items() if key not in weight_keys)
+    return exported, size_report(original, exported, dense_rest)
+
+
+def _cpu(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.detach().cpu()
+
+
+def size_report(original: Mapping[str, Tensor], exported: dict, dense_rest: int) -> pd.DataFrame:
+    """One row per prunable layer, one for the rest stored dense (biases etc.), and the total.
+
+    dense_bytes is the original model in float32 (`original` weights, `dense_rest` other numbers, before any
+    dead-unit removal); csr_bytes what the export file stores; compact_bytes the paper's relative-index storage
+    (k-bit gaps incl. fillers) with the rest dense. Ratios are dense / sparse.
+    """
+    removed = exported["removed_units"]
+    names = list(original)
+    rows = []
+    for position, (name, weight) in enumerate(original.items()):
+        layer = exported["layers"][name]
+        compact = encode_compact(decode_csr(layer))
+        previous = names[position - 1] if position else None
+        rows.append(
+            {
+                "layer": name,
+                "shape": "x".join(map(str, weight.shape)),
+                "exported_shape": "x".join(map(str, layer["shape"])),
+                "nonzero": len(layer["values"]),
+                "kept": len(layer["values"]) / weight.numel(),
+                "dense_bytes": weight.numel() * FLOAT32_BYTES,
+                "csr_bytes": csr_bytes(layer),
+                "compact_bytes": compact_bytes(compact),
+                "index_bits": compact["bits"],
+                "fillers": compact["count"] - len(layer["values"]),
+                "removed_inputs": removed.get(previous, 0),
+                "removed_outputs": removed.get(name, 0),
+            }
+        )
+    rest = [layer["bias"] for layer in exported["layers"].values() if layer["bias"] is not None]
+    rest += list(exported["tensors"].values())
+    rest_stored = sum(t.nbytes for t in rest)
+    rows.append(
+        {"layer": "biases+other", "nonzero": sum(int(torch.count_nonzero(t)) for t in rest)}
+        | {"dense_bytes": dense_rest * FLOAT32_BYTES, "csr_bytes": rest_stored, "compact_bytes": rest_stored}
+    )
+    report = pd.DataFrame(rows)
+    total = report[["nonzero", "dense_bytes", "csr_bytes", "compact_bytes", "fillers"]].sum()
+    total_weights = sum(weight.numel() for weight in original.values())
+    total_row = {"layer": "total", **total.to_dict(), "kept": report["nonzero"].iloc[:-1].sum() / total_weights}
+    report = pd.concat([report, pd.DataFrame([total_row])], ignore_index=True)
+    for column in ("nonzero", "dense_bytes", "csr_bytes", "compact_bytes", "index_bits", "fillers"):
+        report[column] = report[column].astype("Int64")
+    for column in ("removed_inputs", "removed_outputs"):
+        report[column] = report[column].fillna(0).astype("Int64")
+        report.loc[report.index[-1], column] = report[column].iloc[:-2].sum()
+    report["csr_ratio"] = report["dense_bytes"] / report["csr_bytes"]
+    report["compact_ratio"] = report["dense_bytes"] / report["compact_bytes"]
+    return report.fillna({"shape": "", "exported_shape": ""})
+
+
+def format_report(report: pd.DataFrame) -> str:
+    """The size report as a fixed-width table: thousands separators, kept in %, ratios as '12.30x', blanks for n/a."""
+    patterns = {"kept": "{:.1%}", "csr_ratio": "{:.2f}x", "compact_ratio": "{:.2f}x"}
+    text = report.copy()
+    for column in text.columns:
+        pattern = patterns.get(column, "{:,}" if pd.api.types.is_numeric_dtype(report[column]) else "{}")
+        text[column] = ["" if pd.isna(value) else pattern.format(value) for value in report[column]]
+    return text.to_string(index=False)
+
+
+def check_export(exported: object) -> dict:
+    """The payload if it is an export of a known model, else ValueError saying what it is not."""
+    if not isinstance(exported, dict) or exported.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"not a sparse export (no format {EXPORT_FORMAT!r}); write one with prune-export")
+    get_model_spec(exported["model"])  # KeyError for an unknown model
+    return exported
+
+
+def load_export(path: Path) -> dict:
+    """Read an export file written by `prune-export` (plain tensors, so weights_only)."""
+    return check_export(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def exported_state_dict(exported: dict) -> dict[str, Tensor]:
+    """The dense state_dict back, under the model's own keys (prunable weights decoded from CSR)."""
+    state = dict(exported["tensors"])
+    for layer in exported["layers"].values():
+        state[f"{layer['module']}.weight"] = decode_csr(layer)
+        if layer["bias"] is not None:
+            state[f"{layer['module']}.bias"] = layer["bias"]
+    return state
+
+
+def build_dense_model(exported: dict) -> nn.Module:
+    """The model with the exported weights, in eval mode; fc layers shrunk to their exported shapes if needed."""
+    spec = get_model_spec(exported["model"])
+    layers: dict[str, dict] = exported["layers"]
+    num_classes = list(layers.values())[-1]["shape"][0]
+    model = spec.build(num_classes)
+    for layer in layers.values():
+        module = model.get_submodule(layer["module"])
+        if tuple(module.weight.shape) != tuple(layer["shape"]):
+            if not isinstance(module, nn.Linear):
+                raise ValueError(f"{layer['module']} is {tuple(module.weight.shape)}, export has {layer['shape']}")
+            out_features, in_features = layer["shape"]
+            model.set_submodule(layer["module"], nn.Linear(in_features, out_features, bias=layer["bias"] is not None))
+    model.load_state_dict(exported_state_dict(exported))
+    return model.eval()
+
+
+def layer_csr(layer: Mapping) -> Csr:
+    """The CSR part of an exported layer."""
+    return Csr(**{key: layer[key] for key in ("shape", "values", "col_indices", "crow_indices")})

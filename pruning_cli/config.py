@@ -23,6 +23,13 @@ class StdSource(Enum):
     dense = "dense"
 
 
+class LevelKind(Enum):
+    """What the levels of a sensitivity analysis are: sensitivities (threshold = level x std) or kept fractions."""
+
+    sensitivity = "sensitivity"
+    kept = "kept"
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -40,6 +47,8 @@ class DatasetConfig:
     num_test: int = 512
     num_classes: int = 10
     eval_batch_size: int = 1000
+    # Training images held out as a validation split (fixed seed); sensitivity analysis evaluates there.
+    val_split: int = 0
 
 
 @dataclass
@@ -75,6 +84,11 @@ class PruningConfig:
     # Final fraction of each layer's weights kept, {layer: fraction} (the paper's per-layer %); wins over sensitivities.
     kept: Any = None
     std: StdSource = StdSource.surviving
+    # pruning=sensitivity: the layer to analyse (null: every prunable layer, in one process) and the levels.
+    # A non-null `sensitivity` replaces `levels` by that one value (one point per job in a Hydra multirun).
+    layer: str | None = None
+    levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+    level_kind: LevelKind = LevelKind.sensitivity
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from pruning_cli.artifacts import (
     LAYERS_COLUMNS,
     METRICS_COLUMNS,
+    SENSITIVITY_COLUMNS,
     CsvLog,
     load_model_state,
     save_atomic,
@@ -26,6 +27,8 @@ from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import count_nonzero, full_masks, strongest_per_output, unmasked_layers
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.targets import LayerTarget, prune_layer, resolve_targets
+from pruning_cli.sensitivity import check_levels, layer_sensitivity
+from pruning_cli.training.activations import InputDensity
 from pruning_cli.training.loop import (
     MaskedWeights,
     NonFiniteLoss,
@@ -211,7 +214,9 @@ class PruningRun:
     def _record(self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruning=None) -> None:
         """Evaluate, then append this phase's rows to metrics.csv and layers.csv."""
         self._check_masks()
-        evaluation = evaluate(self.model, self.data.test, self.config.dataset.eval_batch_size)
+        with InputDensity(self.spec.prunable(self.model)) as density:
+            evaluation = evaluate(self.model, self.data.test, self.config.dataset.eval_batch_size)
+        inputs_nonzero = density.fractions()
         parameters = list(self.model.parameters())
         total, nonzero = sum(parameter.numel() for parameter in parameters), count_nonzero(parameters)
         row = {
@@ -224,7 +229,13 @@ class PruningRun:
         key = {"iteration": iteration, "phase": phase}
         self.layers.write(
             [
-                {**key, "layer": name, **(pruning or {}).get(name, {}), **layer_stats(weight, self.positions[name])}
+                {
+                    **key,
+                    "layer": name,
+                    **(pruning or {}).get(name, {}),
+                    **layer_stats(weight, self.positions[name]),
+                    "inputs_nonzero": inputs_nonzero[name],
+                }  # fmt: skip
                 for name, weight in self.weights.items()
             ]
         )
@@ -270,10 +281,34 @@ def run(config: RunConfig, out_dir: Path, stop_requested: Callable[[], bool] = l
     check_phase("retrain", config.retrain)
     if pruning.iterations < 0:
         raise UserError(f"pruning.iterations is {pruning.iterations}; it must be >= 0")
+    analysis = pruning.name == "sensitivity"
+    if analysis:
+        analysed = resolve_analysed_layers(list(spec.layers), pruning.layer)
+        levels = pruning.levels if pruning.sensitivity is None else [pruning.sensitivity]
+        check_levels(levels, pruning.level_kind)
+        if config.dataset.val_split == 0:
+            raise UserError("a sensitivity analysis evaluates on held-out training data: set dataset.val_split=N")
     device = resolve_device(config.device.name)
     torch.manual_seed(config.seed)
     data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
     experiment = PruningRun(config, out_dir, spec, data, device)
     experiment.stop_requested = stop_requested
     experiment.execute(targets)
+    if analysis:
+        log = CsvLog(out_dir / "sensitivity.csv", SENSITIVITY_COLUMNS)
+        weights = {name: experiment.weights[name] for name in analysed}
+        batch_size = config.dataset.eval_batch_size
+        for row in layer_sensitivity(experiment.model, weights, data.val, levels, pruning.level_kind, batch_size):
+            log.write([row])
     return pd.read_csv(out_dir / "metrics.csv")
+
+
+def resolve_analysed_layers(layer_names: list[str], layer: str | None) -> list[str]:
+    """The layers a sensitivity analysis prunes: the one named, or all; an unknown name lists the valid ones."""
+    if layer is None:
+        return layer_names
+    if layer not in layer_names:
+        raise UserError(
+            f"pruning.layer={layer} is not a prunable layer of this model; choose one of {', '.join(layer_names)}"
+        )
+    return [layer]

@@ -5,16 +5,24 @@ from pathlib import Path
 from pruning_cli.config import DatasetConfig
 from pruning_cli.data.mnist_like import MNIST_LIKE, load_mnist_like
 from pruning_cli.data.synthetic import make_synthetic
-from pruning_cli.data.tensors import ImageData, TensorSplit
+from pruning_cli.data.tensors import ImageData, TensorSplit, hold_out_validation
+from pruning_cli.errors import UserError
 
 __all__ = ["ImageData", "TensorSplit", "load_data"]
 
 
 def load_data(config: DatasetConfig, input_shape: tuple[int, int, int], seed: int) -> ImageData:
-    """The data set `config` names, shaped for a model that takes `input_shape` images."""
+    """The data set `config` names, shaped for a model that takes `input_shape` images, with its validation split."""
     if config.name == "synthetic":
-        return make_synthetic(config.num_train, config.num_test, config.num_classes, input_shape, seed)
-    if config.name in MNIST_LIKE:
+        data = make_synthetic(config.num_train, config.num_test, config.num_classes, input_shape, seed)
+    elif config.name in MNIST_LIKE:
         system_dir = Path(config.system_dir) if config.system_dir else None
-        return load_mnist_like(config.name, Path(config.root), config.download, system_dir)
-    raise ValueError(f"unknown data set {config.name!r}")  # Hydra's choice list rejects this before we get here
+        data = load_mnist_like(config.name, Path(config.root), config.download, system_dir)
+    else:
+        raise ValueError(f"unknown data set {config.name!r}")  # Hydra's choice list rejects this before we get here
+    if not 0 <= config.val_split < len(data.train):
+        raise UserError(
+            f"dataset.val_split is {config.val_split}; it must be >= 0 and leave training data "
+            f"({config.name} has {len(data.train)} training images)"
+        )
+    return hold_out_validation(data, config.val_split)

@@ -39,6 +39,9 @@ class TensorSplit:
     def to(self, device: torch.device | str) -> "TensorSplit":
         return TensorSplit(self.images.to(device), self.labels.to(device))
 
+    def subset(self, index: Tensor) -> "TensorSplit":
+        return TensorSplit(self.images[index], self.labels[index])
+
 
 @dataclass
 class ImageData:
@@ -47,6 +50,20 @@ class ImageData:
     train: TensorSplit
     test: TensorSplit
     num_classes: int
+    # Held out from the training data for choices made on data (sensitivity analysis); never the test set.
+    val: TensorSplit | None = None
 
     def to(self, device: torch.device | str) -> "ImageData":
-        return ImageData(self.train.to(device), self.test.to(device), self.num_classes)
+        val = None if self.val is None else self.val.to(device)
+        return ImageData(self.train.to(device), self.test.to(device), self.num_classes, val)
+
+
+VALIDATION_SPLIT_SEED = 0  # the same images are held out whatever the run's seed, so runs stay comparable
+
+
+def hold_out_validation(data: ImageData, size: int) -> ImageData:
+    """Move `size` training images, drawn at random (fixed seed), into a validation split."""
+    if size == 0:
+        return data
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
+    return ImageData(data.train.subset(order[size:]), data.test, data.num_classes, data.train.subset(order[:size]))

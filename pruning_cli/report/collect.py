@@ -1,0 +1,318 @@
+"""Find run directories and read their CSVs into tidy pandas frames; set aside broken runs with a reason.
+
+Every later step (tables, plots) works from these frames only, so a run that is unfinished or has a damaged CSV
+is caught once, here, and listed as skipped instead of crashing a plot or skewing a mean.
+"""
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pruning_cli.errors import UserError
+
+CONFIG = Path(".hydra") / "config.yaml"
+PHASES = ("train", "prune", "retrain")
+
+# Columns a CSV must have and fill on every row (else it is truncated or foreign), then those it may lack or leave
+# empty (train_loss is empty on prune rows; inputs_nonzero is missing from runs made before it was logged).
+METRICS_REQUIRED = ("iteration", "phase", "params_total", "params_nonzero", "top1")
+METRICS_OPTIONAL = ("epochs", "compression", "top5", "loss", "train_loss", "seconds")
+LAYERS_REQUIRED = ("iteration", "phase", "layer", "weights_total", "weights_nonzero")
+LAYERS_OPTIONAL = ("kept", "std", "sensitivity", "threshold", "flops_total", "flops_nonzero", "inputs_nonzero")
+SENSITIVITY_REQUIRED = ("layer", "top1")
+SENSITIVITY_OPTIONAL = ("kept", "sensitivity", "threshold", "top5", "loss")
+TEXT_COLUMNS = ("phase", "layer")
+
+RUN_COLUMNS = (
+    "run", "dir", "model", "dataset", "seed", "method", "regularization", "schedule", "retrain", "iterations",
+    "dense_top1", "dense_top5", "final_top1", "final_top5", "error_change_top1", "error_change_top5",
+    "params_total", "params_nonzero", "compression", "seconds",
+)  # fmt: skip
+ID_COLUMNS = ("run", "model", "dataset", "seed", "method")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A run directory (or one of its files) left out of the report, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Collection:
+    """Everything the report is built from: one tidy frame per kind of CSV, plus what was left out."""
+
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    layers: pd.DataFrame
+    sensitivity: pd.DataFrame
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class _Unusable(Exception):
+    """A file of a run cannot be used; the message is the reason shown in the skipped list."""
+
+
+def _natural_key(path: Path) -> list[Any]:
+    # Hydra's multirun jobs are 0, 1, ..., 10: sort them as numbers, not as strings.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def find_run_dirs(paths: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[Skipped]]:
+    """Run directories (those holding `.hydra/config.yaml`) at or below each path, each with a short unique id.
+
+    The id is the input's name plus the path below it (`sweep/3`), so runs from several sweeps stay apart.
+    A multirun job folder without a config, or an input with no run at all, is reported as skipped.
+    """
+    found: list[tuple[str, Path]] = []
+    skipped: list[Skipped] = []
+    for root in paths:
+        if not root.exists():
+            raise UserError(f"{root} does not exist; give run directories or Hydra multirun directories")
+        if not root.is_dir():
+            raise UserError(f"{root} is not a directory; give run directories or Hydra multirun directories")
+        runs = list(_walk(root, skipped))
+        if not runs:
+            skipped.append(Skipped(root, "no run directory found (no .hydra/config.yaml at or below it)"))
+        name = root.resolve().name or str(root)
+        found += [(name if run == root else f"{name}/{run.relative_to(root).as_posix()}", run) for run in runs]
+    counts: dict[str, int] = {}
+    unique = []
+    for run_id, run in found:
+        counts[run_id] = counts.get(run_id, 0) + 1
+        unique.append((run_id if counts[run_id] == 1 else f"{run_id}#{counts[run_id]}", run))
+    return unique, skipped
+
+
+def _walk(directory: Path, skipped: list[Skipped]) -> Iterable[Path]:
+    if (directory / CONFIG).is_file():
+        yield directory  # a run: its subfolders (checkpoints) hold no further runs
+        return
+    try:
+        children = sorted((entry for entry in directory.iterdir() if entry.is_dir()), key=_natural_key)
+    except OSError as error:
+        skipped.append(Skipped(directory, f"cannot list it: {error.strerror or error}"))
+        return
+    is_sweep = (directory / "multirun.yaml").is_file()
+    for child in children:
+        if child.name.startswith(".") or child.is_symlink():
+            continue
+        if is_sweep and child.name.isdigit() and not (child / CONFIG).is_file():
+            skipped.append(Skipped(child, "multirun job without .hydra/config.yaml (did the job start?)"))
+            continue
+        yield from _walk(child, skipped)
+
+
+def _select(config: DictConfig, key: str) -> Any:
+    return OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+
+
+def method_label(config: DictConfig, metrics: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The run's method as the paper's Fig. 5 names it: regularization, schedule, with or without retraining.
+
+    Without retraining the pruned weights come straight from dense training, so the training's regularization is
+    the one that matters; with retraining, the retraining's (written `L1/L2` when training used L1, retraining L2).
+    """
+    name = _select(config, "pruning.name")
+    iterations = _select(config, "pruning.iterations")
+    epochs = _select(config, "retrain.epochs")
+    if isinstance(epochs, int | float):
+        retrain = epochs > 0
+    elif metrics is not None and "epochs" in metrics:
+        retrain = bool(((metrics.phase == "retrain") & (metrics.epochs.fillna(0) > 0)).any())
+    else:
+        retrain = True
+    if name == "sensitivity":
+        schedule = "sensitivity"
+    elif isinstance(iterations, int):
+        schedule = "iterative" if iterations > 1 else "one-shot"
+    else:
+        schedule = {"oneshot": "one-shot", None: "?"}.get(name, str(name))
+    train_reg = str(_select(config, "train.regularization") or "?").upper()
+    retrain_reg = str(_select(config, "retrain.regularization") or "?").upper()
+    if not retrain or schedule == "sensitivity":
+        regularization = train_reg
+    else:
+        regularization = retrain_reg if train_reg in (retrain_reg, "?") else f"{train_reg}/{retrain_reg}"
+    if schedule == "sensitivity":
+        method = f"{regularization}, sensitivity analysis"
+    else:
+        method = f"{regularization}, {schedule}, {'retrain' if retrain else 'no retrain'}"
+    return {
+        "method": method,
+        "regularization": regularization,
+        "schedule": schedule,
+        "retrain": retrain,
+        "iterations": iterations,
+    }
+
+
+def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str]) -> pd.DataFrame:
+    """A run CSV with numeric columns as numbers, or `_Unusable` saying what is wrong with it.
+
+    prune-run writes whole lines and flushes each, so a last line without its newline, or a row with an
+    empty required field, means the file was cut (a killed run, a partial copy) rather than a real value.
+    """
+    if not path.is_file():
+        raise _Unusable(f"no {path.name}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise _Unusable(f"{path.name} cannot be read ({type(error).__name__})") from error
+    if not text.strip():
+        raise _Unusable(f"{path.name} is empty")
+    if not text.endswith("\n"):
+        raise _Unusable(f"{path.name} ends mid-row (truncated file?)")
+    try:
+        frame = pd.read_csv(path, keep_default_na=True)
+    except (OSError, ValueError) as error:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise _Unusable(f"{path.name} cannot be parsed ({str(error).splitlines()[0]})") from error
+    missing = [column for column in required if column not in frame]
+    if missing:
+        raise _Unusable(f"{path.name} lacks column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise _Unusable(f"{path.name} has a header but no rows (unfinished run?)")
+    for column in (*required, *optional):
+        if column not in frame:
+            frame[column] = float("nan")
+        elif column in TEXT_COLUMNS:
+            frame[column] = frame[column].astype("string").astype(object)
+        else:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    incomplete = frame[list(required)].isna().any(axis=1)
+    if incomplete.any():
+        line = int(incomplete.to_numpy().nonzero()[0][0]) + 2  # +1 for the header, +1 to count from 1
+        raise _Unusable(f"{path.name} line {line} is incomplete (truncated file?)")
+    return frame[[*required, *optional]]
+
+
+def _read_metrics(run_dir: Path, iterations: Any) -> pd.DataFrame:
+    metrics = read_csv_checked(run_dir / "metrics.csv", METRICS_REQUIRED, METRICS_OPTIONAL)
+    unknown = sorted(set(metrics.phase) - set(PHASES))
+    if unknown:
+        raise _Unusable(f"metrics.csv has unknown phase(s) {', '.join(unknown)}")
+    for column in ("iteration", "params_total", "params_nonzero"):
+        metrics[column] = metrics[column].astype("int64")
+    problems = []
+    if not ((metrics.iteration == 0) & (metrics.phase == "train")).any():
+        problems.append("metrics.csv has no dense row (iteration 0, train)")
+    elif len(metrics) < 2:
+        problems.append("metrics.csv has only the dense row")
+    elif isinstance(iterations, int) and metrics.iteration.iloc[-1] < iterations:
+        problems.append(f"metrics.csv stops at iteration {metrics.iteration.iloc[-1]} of {iterations}")
+    if not (run_dir / "model.pt").is_file():
+        problems.append("no model.pt")
+    if problems:
+        raise _Unusable("; ".join(problems) + " (unfinished run?)")
+    return metrics
+
+
+def _read_sensitivity(run_dir: Path) -> pd.DataFrame:
+    """sensitivity.csv plus `pruned` (fraction of the layer's weights removed, the x axis of the paper's Fig. 6).
+
+    The unpruned baseline row (layer `none`) may leave `kept` empty: it keeps everything.
+    """
+    table = read_csv_checked(run_dir / "sensitivity.csv", SENSITIVITY_REQUIRED, SENSITIVITY_OPTIONAL)
+    table.loc[table.layer == "none", "kept"] = table.loc[table.layer == "none", "kept"].fillna(1.0)
+    if table.kept.isna().any():
+        line = int(table.kept.isna().to_numpy().nonzero()[0][0]) + 2
+        raise _Unusable(f"sensitivity.csv line {line} has no kept fraction")
+    return table.assign(pruned=1 - table.kept)
+
+
+def _run_row(run_id: str, run_dir: Path, info: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any]:
+    dense = metrics[(metrics.iteration == 0) & (metrics.phase == "train")].iloc[0]
+    final = metrics.iloc[-1]
+    return {
+        "run": run_id,
+        "dir": str(run_dir),
+        **info,
+        "dense_top1": dense.top1,
+        "dense_top5": dense.top5,
+        "final_top1": final.top1,
+        "final_top5": final.top5,
+        # pruned error - dense error, in percentage points (= accuracy lost): the paper's Table 1 comparison
+        "error_change_top1": 100 * (dense.top1 - final.top1),
+        "error_change_top5": 100 * (dense.top5 - final.top5),
+        "params_total": int(final.params_total),
+        "params_nonzero": int(final.params_nonzero),
+        "compression": final.params_total / final.params_nonzero,
+        "seconds": metrics.seconds.sum(min_count=1),
+    }
+
+
+def _with_ids(frame: pd.DataFrame, ids: dict[str, Any]) -> pd.DataFrame:
+    return frame.assign(**ids)[[*ID_COLUMNS, *frame.columns]]
+
+
+def collect(paths: Sequence[Path]) -> Collection:
+    """Read every run below `paths` into frames: runs, metrics, layers, sensitivity (see RUN_COLUMNS)."""
+    found, skipped = find_run_dirs(paths)
+    runs: list[dict[str, Any]] = []
+    metrics_frames: list[pd.DataFrame] = []
+    layer_frames: list[pd.DataFrame] = []
+    sensitivity_frames: list[pd.DataFrame] = []
+    for run_id, run_dir in found:
+        try:
+            config = OmegaConf.load(run_dir / CONFIG)
+            if not isinstance(config, DictConfig):
+                raise ValueError("not a mapping")
+        except Exception as error:  # YAML and OmegaConf errors vary
+            skipped.append(Skipped(run_dir, f".hydra/config.yaml cannot be read ({type(error).__name__})"))
+            continue
+        model, dataset, seed = (_select(config, key) for key in ("model.name", "dataset.name", "seed"))
+        if not isinstance(model, str):
+            skipped.append(Skipped(run_dir, ".hydra/config.yaml has no model.name"))
+            continue
+        label = method_label(config)
+        ids = {"run": run_id, "model": model, "dataset": dataset, "seed": seed, "method": label["method"]}
+
+        sensitivity_problem = None
+        if (run_dir / "sensitivity.csv").is_file() or label["schedule"] == "sensitivity":
+            try:
+                sensitivity_frames.append(_with_ids(_read_sensitivity(run_dir), ids))
+            except _Unusable as problem:
+                sensitivity_problem = str(problem)
+        # A sensitivity analysis prunes no model for good: its metrics.csv (if any) is not a pruning result.
+        expects_metrics = label["schedule"] != "sensitivity" and (
+            (run_dir / "metrics.csv").is_file() or not (run_dir / "sensitivity.csv").is_file()
+        )
+        metrics_problem = None
+        if expects_metrics:
+            try:
+                metrics = _read_metrics(run_dir, label["iterations"])
+            except _Unusable as problem:
+                metrics_problem = str(problem)
+            else:
+                label = method_label(config, metrics)
+                ids["method"] = label["method"]
+                runs.append(_run_row(run_id, run_dir, {**ids, **label}, metrics))
+                metrics_frames.append(_with_ids(metrics, ids))
+                try:
+                    layers = read_csv_checked(run_dir / "layers.csv", LAYERS_REQUIRED, LAYERS_OPTIONAL)
+                    layer_frames.append(_with_ids(layers, ids))
+                except _Unusable as problem:
+                    skipped.append(Skipped(run_dir, f"{problem}: per-layer rows left out (the run is kept)"))
+        problems = [problem for problem in (metrics_problem, sensitivity_problem) if problem]
+        if problems:
+            skipped.append(Skipped(run_dir, "; ".join(problems)))
+
+    return Collection(
+        runs=pd.DataFrame(runs, columns=list(RUN_COLUMNS)),
+        metrics=_concat(metrics_frames, (*ID_COLUMNS, *METRICS_REQUIRED, *METRICS_OPTIONAL)),
+        layers=_concat(layer_frames, (*ID_COLUMNS, *LAYERS_REQUIRED, *LAYERS_OPTIONAL)),
+        sensitivity=_concat(sensitivity_frames, (*ID_COLUMNS, *SENSITIVITY_REQUIRED, *SENSITIVITY_OPTIONAL, "pruned")),
+        skipped=skipped,
+    )
+
+
+def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=list(columns))
+    return pd.concat(frames, ignore_index=True)

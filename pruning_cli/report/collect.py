@@ -29,11 +29,18 @@ SENSITIVITY_OPTIONAL = ("kept", "sensitivity", "threshold", "top5", "loss")
 TEXT_COLUMNS = ("phase", "layer")
 
 RUN_COLUMNS = (
-    "run", "dir", "model", "dataset", "seed", "method", "regularization", "schedule", "retrain", "iterations",
+    "run", "dir", "model", "dataset", "seed", "method", "setting", "regularization", "schedule", "retrain",
+    "iterations",
     "dense_top1", "dense_top5", "final_top1", "final_top5", "error_change_top1", "error_change_top5",
     "params_total", "params_nonzero", "compression", "seconds",
 )  # fmt: skip
-ID_COLUMNS = ("run", "model", "dataset", "seed", "method")
+ID_COLUMNS = ("run", "model", "dataset", "seed", "method", "setting")
+# Keys that do not change what is measured (where files live, resuming, the device) and the seed and dense
+# checkpoint, which are the repeats being averaged. Runs that differ in any other key are kept apart.
+IGNORED_KEYS = (
+    "seed", "resume", "deterministic", "device", "hydra", "train.checkpoint",
+    "dataset.root", "dataset.download", "dataset.system_dir", "dataset.eval_batch_size",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,41 @@ def method_label(config: DictConfig, metrics: pd.DataFrame | None = None) -> dic
     }
 
 
+def flat_config(config: DictConfig) -> dict[str, str]:
+    """The config as `dotted.key -> value text`, without IGNORED_KEYS (interpolations left as written)."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            key = prefix.rstrip(".")
+            if not any(key == ignored or key.startswith(f"{ignored}.") for ignored in IGNORED_KEYS):
+                flat[key] = "null" if node is None else str(node)
+
+    walk(OmegaConf.to_container(config, resolve=False), "")
+    return flat
+
+
+def settings(configs: dict[str, dict[str, str]], groups: dict[str, tuple[Any, ...]]) -> dict[str, str]:
+    """Per run, the config keys that set its experiment apart from others with the same model, dataset, method.
+
+    Without this, a tuning sweep (say 5 vs 8 iterations) would be averaged as if its runs were seeds of one
+    experiment. Runs whose group holds a single configuration get an empty setting.
+    """
+    members: dict[tuple[Any, ...], list[str]] = {}
+    for run, group in groups.items():
+        members.setdefault(group, []).append(run)
+    result: dict[str, str] = {}
+    for runs in members.values():
+        keys = sorted(set().union(*(configs[run] for run in runs)))
+        varying = [key for key in keys if len({configs[run].get(key, "(unset)") for run in runs}) > 1]
+        for run in runs:
+            result[run] = ", ".join(f"{key}={configs[run].get(key, '(unset)')}" for key in varying)
+    return result
+
+
 def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str]) -> pd.DataFrame:
     """A run CSV with numeric columns as numbers, or `_Unusable` saying what is wrong with it.
 
@@ -258,6 +300,8 @@ def collect(paths: Sequence[Path]) -> Collection:
     metrics_frames: list[pd.DataFrame] = []
     layer_frames: list[pd.DataFrame] = []
     sensitivity_frames: list[pd.DataFrame] = []
+    configs: dict[str, dict[str, str]] = {}
+    groups: dict[str, tuple[Any, ...]] = {}
     for run_id, run_dir in found:
         try:
             config = OmegaConf.load(run_dir / CONFIG)
@@ -271,7 +315,16 @@ def collect(paths: Sequence[Path]) -> Collection:
             skipped.append(Skipped(run_dir, ".hydra/config.yaml has no model.name"))
             continue
         label = method_label(config)
-        ids = {"run": run_id, "model": model, "dataset": dataset, "seed": seed, "method": label["method"]}
+        configs[run_id] = flat_config(config)
+        groups[run_id] = (model, dataset, label["method"])
+        ids = {
+            "run": run_id,
+            "model": model,
+            "dataset": dataset,
+            "seed": seed,
+            "method": label["method"],
+            "setting": "",
+        }
 
         sensitivity_problem = None
         if (run_dir / "sensitivity.csv").is_file() or label["schedule"] == "sensitivity":
@@ -292,6 +345,7 @@ def collect(paths: Sequence[Path]) -> Collection:
             else:
                 label = method_label(config, metrics)
                 ids["method"] = label["method"]
+                groups[run_id] = (model, dataset, label["method"])
                 runs.append(_run_row(run_id, run_dir, {**ids, **label}, metrics))
                 metrics_frames.append(_with_ids(metrics, ids))
                 try:
@@ -303,13 +357,19 @@ def collect(paths: Sequence[Path]) -> Collection:
         if problems:
             skipped.append(Skipped(run_dir, "; ".join(problems)))
 
-    return Collection(
-        runs=pd.DataFrame(runs, columns=list(RUN_COLUMNS)),
-        metrics=_concat(metrics_frames, (*ID_COLUMNS, *METRICS_REQUIRED, *METRICS_OPTIONAL)),
-        layers=_concat(layer_frames, (*ID_COLUMNS, *LAYERS_REQUIRED, *LAYERS_OPTIONAL)),
-        sensitivity=_concat(sensitivity_frames, (*ID_COLUMNS, *SENSITIVITY_REQUIRED, *SENSITIVITY_OPTIONAL, "pruned")),
-        skipped=skipped,
-    )
+    frames = {
+        "runs": pd.DataFrame(runs, columns=list(RUN_COLUMNS)),
+        "metrics": _concat(metrics_frames, (*ID_COLUMNS, *METRICS_REQUIRED, *METRICS_OPTIONAL)),
+        "layers": _concat(layer_frames, (*ID_COLUMNS, *LAYERS_REQUIRED, *LAYERS_OPTIONAL)),
+        "sensitivity": _concat(
+            sensitivity_frames, (*ID_COLUMNS, *SENSITIVITY_REQUIRED, *SENSITIVITY_OPTIONAL, "pruned")
+        ),
+    }
+    used = set(frames["runs"].run) | set(frames["sensitivity"].run)  # skipped runs must not split the others
+    setting = settings({run: configs[run] for run in used}, {run: groups[run] for run in used})
+    for frame in frames.values():
+        frame["setting"] = frame.run.map(setting).astype(object)
+    return Collection(**frames, skipped=skipped)
 
 
 def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:

@@ -1,0 +1,362 @@
+"""Table 1 and the per-layer tables (paper Tables 2-5), measured beside the paper's figures, as frames and markdown.
+
+The paper's numbers live here, next to the comparison that uses them, so a reader of table1.md sees exactly
+what a run was held against (the figures are those of /work/shared/PAPER.md).
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+GROUP = ["model", "dataset", "method", "setting"]
+NETWORKS = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "alexnet": "AlexNet", "vgg16": "VGG-16"}
+EPSILON = 1e-9  # float noise when a change equals the paper's exactly (tolerance 0)
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of the paper's Table 1; errors in %, top-5 only for the ImageNet networks."""
+
+    dataset: str
+    dense_top1: float
+    pruned_top1: float
+    params_before: float
+    params_after: float
+    compression: float
+    dense_top5: float = math.nan
+    pruned_top5: float = math.nan
+
+
+PAPER_TABLE1 = {
+    "lenet300": PaperRow("MNIST", 1.64, 1.59, 267e3, 22e3, 12),
+    "lenet5": PaperRow("MNIST", 0.80, 0.77, 431e3, 36e3, 12),
+    "alexnet": PaperRow("ImageNet", 42.78, 42.77, 61e6, 6.7e6, 9, 19.73, 19.67),
+    "vgg16": PaperRow("ImageNet", 31.50, 31.34, 138e6, 10.3e6, 13, 11.32, 10.88),
+}
+
+# Paper Tables 2-5: % of weights kept per layer, the total over all layers, and the FLOPs reduction of the network.
+PAPER_KEPT = {
+    "lenet300": {"fc1": 8, "fc2": 9, "fc3": 26},
+    "lenet5": {"conv1": 66, "conv2": 12, "fc1": 8, "fc2": 19},
+    "alexnet": {"conv1": 84, "conv2": 38, "conv3": 35, "conv4": 37, "conv5": 37, "fc6": 9, "fc7": 9, "fc8": 25},
+    "vgg16": {
+        "conv1_1": 58, "conv1_2": 22, "conv2_1": 34, "conv2_2": 36, "conv3_1": 53, "conv3_2": 24, "conv3_3": 42,
+        "conv4_1": 32, "conv4_2": 27, "conv4_3": 34, "conv5_1": 35, "conv5_2": 29, "conv5_3": 36,
+        "fc6": 4, "fc7": 4, "fc8": 23,
+    },
+}  # fmt: skip
+PAPER_KEPT_TOTAL = {"lenet300": 8, "lenet5": 8, "alexnet": 11, "vgg16": 7.5}
+PAPER_FLOPS_CUT = {"lenet300": 12, "lenet5": 6, "alexnet": 3, "vgg16": 5}
+
+MODEL_ORDER = list(NETWORKS)
+
+
+def network_name(model: str) -> str:
+    """The paper's name of a model (`lenet300` -> `LeNet-300-100`); unknown models keep their own name."""
+    return NETWORKS.get(model, model)
+
+
+# ---------------------------------------------------------------------------------------------------- formatting
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table of already formatted cells (pandas' to_markdown would need `tabulate`)."""
+    columns = [str(column) for column in frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines)
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_count(value: float) -> str:
+    """A parameter or FLOP count the way the paper writes it: 267K, 6.7M, 1.5G."""
+    if _missing(value):
+        return "n/a"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f}".removesuffix(".0") + unit
+    return f"{value:.0f}"
+
+
+def fmt_pct(value: float, digits: int = 2) -> str:
+    return "n/a" if _missing(value) else f"{value:.{digits}f}%"
+
+
+def fmt_points(value: float, spread: float = math.nan) -> str:
+    """A signed change in percentage points, with ± the std over seeds when there are several."""
+    if _missing(value):
+        return "n/a"
+    return f"{value:+.2f}" + ("" if _missing(spread) else f" ± {spread:.2f}")
+
+
+def _pair(top1: str, top5: str | None) -> str:
+    return top1 if top5 is None else f"{top1} / {top5}"
+
+
+def _both(top1: float, top5: float, show_top5: bool, formatter: Callable[[float], str] = fmt_pct) -> str:
+    return _pair(formatter(top1), formatter(top5) if show_top5 else None)
+
+
+# ---------------------------------------------------------------------------------------------------- Table 1
+
+
+def table1(runs: pd.DataFrame, tolerance: float = 0.0) -> pd.DataFrame:
+    """Table 1 per (model, dataset, method): means over seeds beside the paper's row, and whether it is matched.
+
+    Errors are in %, changes (pruned - dense error) in percentage points. `meets_paper`: compression at least the
+    paper's and the top-1 change (and top-5 where the paper has it) at most the paper's change + `tolerance`.
+    """
+    frame = runs.assign(
+        dense_top1_err=100 * (1 - runs.dense_top1),
+        pruned_top1_err=100 * (1 - runs.final_top1),
+        dense_top5_err=100 * (1 - runs.dense_top5),
+        pruned_top5_err=100 * (1 - runs.final_top5),
+    )
+    table = (
+        frame.groupby(GROUP, sort=False, dropna=False)
+        .agg(
+            n=("run", "size"),
+            dense_top1_err=("dense_top1_err", "mean"),
+            pruned_top1_err=("pruned_top1_err", "mean"),
+            error_change_top1=("error_change_top1", "mean"),
+            error_change_top1_std=("error_change_top1", "std"),
+            dense_top5_err=("dense_top5_err", "mean"),
+            pruned_top5_err=("pruned_top5_err", "mean"),
+            error_change_top5=("error_change_top5", "mean"),
+            params_before=("params_total", "mean"),
+            params_after=("params_nonzero", "mean"),
+            compression=("compression", "mean"),
+        )
+        .reset_index()
+    )
+    table.insert(0, "network", table.model.map(network_name))
+    paper = pd.DataFrame(
+        [_paper_columns(PAPER_TABLE1.get(model)) for model in table.model],
+        index=table.index,
+    )
+    table = pd.concat([table, paper], axis=1)
+    table["error_change_vs_paper"] = table.error_change_top1 - table.paper_error_change_top1
+    table["error_change_top5_vs_paper"] = table.error_change_top5 - table.paper_error_change_top5
+    table["compression_vs_paper"] = table.compression / table.paper_compression
+    table["meets_paper"] = [_meets(row, tolerance) for row in table.itertuples()]
+    order = {model: index for index, model in enumerate(MODEL_ORDER)}
+    table["_order"] = table.model.map(lambda model: order.get(model, len(order)))
+    return (
+        table.sort_values(["_order", "dataset", "method"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    )
+
+
+def _paper_columns(paper: PaperRow | None) -> dict[str, float | str | None]:
+    if paper is None:
+        return {
+            "paper_dataset": None,
+            **dict.fromkeys(
+                ("paper_dense_top1_err", "paper_pruned_top1_err", "paper_error_change_top1", "paper_dense_top5_err")
+                + ("paper_pruned_top5_err", "paper_error_change_top5", "paper_params_before", "paper_params_after")
+                + ("paper_compression",),
+                math.nan,
+            ),
+        }
+    return {
+        "paper_dataset": paper.dataset,
+        "paper_dense_top1_err": paper.dense_top1,
+        "paper_pruned_top1_err": paper.pruned_top1,
+        "paper_error_change_top1": round(paper.pruned_top1 - paper.dense_top1, 2),
+        "paper_dense_top5_err": paper.dense_top5,
+        "paper_pruned_top5_err": paper.pruned_top5,
+        "paper_error_change_top5": round(paper.pruned_top5 - paper.dense_top5, 2),
+        "paper_params_before": paper.params_before,
+        "paper_params_after": paper.params_after,
+        "paper_compression": float(paper.compression),
+    }
+
+
+def _meets(row: object, tolerance: float) -> bool | None:
+    if _missing(row.paper_compression):
+        return None
+    checks = [
+        row.compression >= row.paper_compression - EPSILON,
+        row.error_change_top1 <= row.paper_error_change_top1 + tolerance + EPSILON,
+    ]
+    if not _missing(row.paper_error_change_top5):
+        checks.append(row.error_change_top5 <= row.paper_error_change_top5 + tolerance + EPSILON)
+    return all(checks)
+
+
+def table1_markdown(table: pd.DataFrame, tolerance: float = 0.0) -> str:
+    """table1.md: the measured rows, the paper's, their difference, and a note on what is compared."""
+    rows = []
+    for row in table.itertuples():
+        top5 = not _missing(row.paper_dense_top5_err)  # the paper gives top-5 for the ImageNet networks only
+        has_paper = row.paper_dataset is not None
+        rows.append(
+            {
+                "network": row.network,
+                "dataset": row.dataset,
+                "method": row.method,
+                "setting": row.setting,
+                "n": row.n,
+                "dense error": _both(row.dense_top1_err, row.dense_top5_err, top5),
+                "pruned error": _both(row.pruned_top1_err, row.pruned_top5_err, top5),
+                "change (pts)": _pair(
+                    fmt_points(row.error_change_top1, row.error_change_top1_std),
+                    fmt_points(row.error_change_top5) if top5 else None,
+                ),
+                "paper error": (
+                    f"{row.paper_dataset}: {_both(row.paper_dense_top1_err, row.paper_dense_top5_err, top5)} -> "
+                    f"{_both(row.paper_pruned_top1_err, row.paper_pruned_top5_err, top5)}"
+                    if has_paper
+                    else "n/a"
+                ),
+                "paper change": _both(row.paper_error_change_top1, row.paper_error_change_top5, top5, fmt_points),
+                "change - paper": _both(row.error_change_vs_paper, row.error_change_top5_vs_paper, top5, fmt_points),
+                "parameters": f"{fmt_count(row.params_before)} -> {fmt_count(row.params_after)}",
+                "paper parameters": (
+                    f"{fmt_count(row.paper_params_before)} -> {fmt_count(row.paper_params_after)}"
+                    if has_paper
+                    else "n/a"
+                ),
+                "compression": f"{row.compression:.1f}x",
+                "paper compression": f"{row.paper_compression:.0f}x" if has_paper else "n/a",
+                "meets paper": {True: "yes", False: "no", None: "n/a"}[row.meets_paper],
+            }
+        )
+    note = (
+        "Errors are test errors (100% - accuracy; top-1, and top-1 / top-5 where the paper gives top-5), the mean "
+        "over the n runs (seeds) of each network, dataset and method. *change* = pruned - dense error in percentage "
+        "points (± std over seeds); *change - paper* compares it with the paper's change, positive = more accuracy "
+        "lost than the paper. *meets paper*: compression >= the paper's Table 1 compression and change <= the "
+        f"paper's change + {tolerance:.2f} points (top-1, and top-5 where the paper has it). The paper used MNIST "
+        "(LeNets) and ImageNet (AlexNet, VGG-16): on another dataset the absolute errors are not comparable, "
+        "the changes and the compression are."
+    )
+    shown = pd.DataFrame(rows)
+    if rows and not shown.setting.astype(bool).any():
+        shown = shown.drop(columns="setting")  # only shown when runs of one method differ in other settings
+    elif rows:
+        note += " *setting*: the config keys in which runs of the same network, dataset and method differ."
+    body = markdown_table(shown) if rows else "(no finished pruning run)"
+    return f"# Table 1: pruning without loss of accuracy\n\n{note}\n\n{body}\n"
+
+
+# ---------------------------------------------------------------------------------------------------- per layer
+
+
+def final_layers(layers: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each run's layer rows for its final model (the (iteration, phase) of its last metrics row).
+
+    Adds `activations_nonzero`: the non-zero fraction of the layer's output after its nonlinearity, which is the
+    next prunable layer's `inputs_nonzero` (the paper's "% non-zero activations"; the last layer's output: 100%).
+    """
+    last = metrics.groupby("run", sort=False).tail(1)[["run", "iteration", "phase"]]
+    selected = layers.merge(last, on=["run", "iteration", "phase"], how="inner")
+    missing = set(layers.run) - set(selected.run)
+    if missing:  # layers.csv lacks the final phase's rows: take its last (iteration, phase) instead
+        rest = layers[layers.run.isin(missing)]
+        tail = rest.groupby("run", sort=False)[["iteration", "phase"]].last().reset_index()
+        selected = pd.concat([selected, rest.merge(tail, on=["run", "iteration", "phase"])], ignore_index=True)
+    nxt = selected.groupby("run", sort=False).inputs_nonzero.shift(-1)
+    is_last = selected.groupby("run", sort=False).cumcount(ascending=False) == 0
+    return selected.assign(activations_nonzero=nxt.where(~is_last, 1.0))
+
+
+def layer_tables(layers: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per model: one row per (dataset, method, layer) plus a total row, means over seeds, beside the paper."""
+    if layers.empty or metrics.empty:
+        return {}
+    final = final_layers(layers, metrics)
+    final = final.assign(
+        weights_kept=final.weights_nonzero / final.weights_total,
+        flops_kept=final.flops_nonzero / final.flops_total,
+    )
+    per_run_total = (
+        final.groupby([*GROUP, "run"], sort=False)
+        .agg(
+            weights_total=("weights_total", "sum"),
+            weights_nonzero=("weights_nonzero", "sum"),
+            flops_total=("flops_total", lambda s: s.sum(min_count=len(s))),
+            flops_nonzero=("flops_nonzero", lambda s: s.sum(min_count=len(s))),
+        )
+        .reset_index()
+        .assign(layer="total", activations_nonzero=math.nan)
+    )
+    per_run_total = per_run_total.assign(
+        weights_kept=per_run_total.weights_nonzero / per_run_total.weights_total,
+        flops_kept=per_run_total.flops_nonzero / per_run_total.flops_total,
+    )
+    both = pd.concat([final, per_run_total], ignore_index=True)
+    table = (
+        both.groupby([*GROUP, "layer"], sort=False, dropna=False)
+        .agg(
+            n=("run", "nunique"),
+            weights=("weights_total", "mean"),
+            flops=("flops_total", "mean"),
+            activations_nonzero_pct=("activations_nonzero", "mean"),
+            weights_kept_pct=("weights_kept", "mean"),
+            flops_kept_pct=("flops_kept", "mean"),
+        )
+        .reset_index()
+    )
+    for column in ("activations_nonzero_pct", "weights_kept_pct", "flops_kept_pct"):
+        table[column] *= 100
+    table["paper_weights_kept_pct"] = [
+        PAPER_KEPT_TOTAL.get(model, math.nan) if layer == "total" else PAPER_KEPT.get(model, {}).get(layer, math.nan)
+        for model, layer in zip(table.model, table.layer, strict=True)
+    ]
+    table["weights_kept_vs_paper"] = table.weights_kept_pct - table.paper_weights_kept_pct
+    table["paper_flops_kept_pct"] = [
+        100 / PAPER_FLOPS_CUT[model] if layer == "total" and model in PAPER_FLOPS_CUT else math.nan
+        for model, layer in zip(table.model, table.layer, strict=True)
+    ]
+    # keep each group's layers in forward order with its total last
+    table["_group"] = table.groupby(GROUP, sort=False, dropna=False).ngroup()
+    table["_total"] = table.layer == "total"
+    table = table.sort_values(["_group", "_total"], kind="stable").drop(columns=["_group", "_total"])
+    return {str(model): part.reset_index(drop=True) for model, part in table.groupby("model", sort=False)}
+
+
+def layers_markdown(model: str, table: pd.DataFrame) -> str:
+    """layers_<model>.md: one table per (dataset, method), like the paper's Tables 2-5."""
+    cut = PAPER_FLOPS_CUT.get(model)
+    note = (
+        "The final (pruned and retrained) model, mean over the n runs. *weights* and *FLOPs* (per sample, a "
+        "multiply-add counts 2) are the dense layer's; *% non-zero activations* is the non-zero fraction of the "
+        "layer's output after its nonlinearity on the test set (the next layer's input; the last layer's output "
+        "counts as 100%; n/a for runs logged before `inputs_nonzero` existed); *% FLOPs kept* = non-zero FLOPs / "
+        "dense FLOPs as counted per layer. *paper* is the paper's % weights kept (Tables 2-5), *difference* = "
+        "measured - paper in percentage points"
+        + (f"; the paper cut this network's FLOPs {cut}x ({100 / cut:.1f}% kept)." if cut else ".")
+    )
+    sections = [f"# Per-layer results: {network_name(model)}\n\n{note}\n"]
+    for (dataset, method, setting), part in table.groupby(["dataset", "method", "setting"], sort=False, dropna=False):
+        shown = pd.DataFrame(
+            {
+                "layer": part.layer,
+                "weights": part.weights.map(fmt_count),
+                "FLOPs": part.flops.map(fmt_count),
+                "% non-zero activations": part.activations_nonzero_pct.map(lambda v: fmt_pct(v, 1)),
+                "% weights kept": part.weights_kept_pct.map(lambda v: fmt_pct(v, 1)),
+                "% FLOPs kept": part.flops_kept_pct.map(lambda v: fmt_pct(v, 1)),
+                "paper % weights kept": part.paper_weights_kept_pct.map(lambda v: fmt_pct(v, 1)),
+                "difference (pts)": part.weights_kept_vs_paper.map(fmt_points),
+            }
+        )
+        shown.loc[part.layer == "total", "% non-zero activations"] = ""
+        title = ", ".join(str(item) for item in (dataset, method, setting) if item)
+        sections.append(f"## {title} (n={part.n.max()})\n\n{markdown_table(shown)}\n")
+    return "\n".join(sections)
+
+
+def write_table(frame: pd.DataFrame, markdown: str, stem: str, out_dir: Path) -> list[Path]:
+    """Write `<stem>.csv` (full precision, for scripts) and `<stem>.md` (for reading) into out_dir."""
+    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    frame.to_csv(csv_path, index=False)
+    md_path.write_text(markdown)
+    return [csv_path, md_path]

@@ -34,3 +34,21 @@ def test_defaults_and_typed_values():
     assert config.pruning.iterations == 1 and config.pruning.sensitivity == 1.2
     assert config.pruning.std is StdSource.dense
     assert config.device.name == "auto" and config.dataset.name == "mnist"
+
+
+def compose_launcher(name: str):
+    register_configs()
+    with initialize_config_module(config_module="pruning_cli.configs", version_base="1.3"):
+        return compose(config_name="config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True).hydra
+
+
+def test_slurm_launcher_composes_with_submitit():
+    launcher = compose_launcher("slurm").launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.gpus_per_node, launcher.cpus_per_task, launcher.timeout_min) == (1, 8, 240)
+
+
+def test_local_parallel_launcher_composes_with_joblib():
+    launcher = compose_launcher("local_parallel").launcher
+    assert launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert launcher.n_jobs == 2

@@ -142,6 +142,13 @@ def test_unknown_names_fail_with_hydras_message(tmp_path, overrides, expected):
         (["pruning.kept={fc1:0}"], "kept fraction of layer fc1 is 0.0; it must be in (0, 1]"),
         (["train.epochs=-1"], "train.epochs is -1; it must be >= 0"),
         (["retrain.batch_size=0"], "retrain.batch_size is 0; it must be >= 1"),
+        (["train.lr=0"], "train.lr is 0.0; it must be > 0"),
+        (["pruning.iterations=-2"], "pruning.iterations is -2; it must be >= 0"),
+        (["pruning.kept=[0.5]"], "pruning.kept must be a mapping of layer to number, e.g. pruning.kept={fc1:0.5}"),
+        (
+            ["train.checkpoint=/nonexistent/dense.pt"],
+            "checkpoint /nonexistent/dense.pt does not exist; give the path of a saved model (e.g. a run's model.pt)",
+        ),
         (
             ["pruning.layer_sensitivity={conv1:0.5}"],
             "pruning names layer(s) conv1 that this model does not have; its prunable layers are: fc1, fc2, fc3",

@@ -79,14 +79,17 @@ def find_run_dirs(paths: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[S
     """
     found: list[tuple[str, Path]] = []
     skipped: list[Skipped] = []
+    seen: set[Path] = set()
     for root in paths:
         if not root.exists():
             raise UserError(f"{root} does not exist; give run directories or Hydra multirun directories")
         if not root.is_dir():
             raise UserError(f"{root} is not a directory; give run directories or Hydra multirun directories")
-        runs = list(_walk(root, skipped))
-        if not runs:
+        walked = list(_walk(root, skipped))
+        if not walked:
             skipped.append(Skipped(root, "no run directory found (no .hydra/config.yaml at or below it)"))
+        runs = [run for run in walked if run.resolve() not in seen]
+        seen.update(run.resolve() for run in runs)  # a sweep given along with one of its jobs counts once
         name = root.resolve().name or str(root)
         found += [(name if run == root else f"{name}/{run.relative_to(root).as_posix()}", run) for run in runs]
     counts: dict[str, int] = {}
@@ -94,7 +97,7 @@ def find_run_dirs(paths: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[S
     for run_id, run in found:
         counts[run_id] = counts.get(run_id, 0) + 1
         unique.append((run_id if counts[run_id] == 1 else f"{run_id}#{counts[run_id]}", run))
-    return unique, skipped
+    return unique, list(dict.fromkeys(skipped))
 
 
 def _walk(directory: Path, skipped: list[Skipped]) -> Iterable[Path]:
@@ -212,7 +215,7 @@ def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str
     if not text.endswith("\n"):
         raise _Unusable(f"{path.name} ends mid-row (truncated file?)")
     try:
-        frame = pd.read_csv(path, keep_default_na=True)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # text as written: a layer may be "None"
     except (OSError, ValueError) as error:  # pandas' ParserError and EmptyDataError are ValueErrors
         raise _Unusable(f"{path.name} cannot be parsed ({str(error).splitlines()[0]})") from error
     missing = [column for column in required if column not in frame]
@@ -224,7 +227,7 @@ def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str
         if column not in frame:
             frame[column] = float("nan")
         elif column in TEXT_COLUMNS:
-            frame[column] = frame[column].astype("string").astype(object)
+            frame[column] = frame[column].str.strip().replace("", None).astype(object)
         else:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     incomplete = frame[list(required)].isna().any(axis=1)
@@ -261,6 +264,7 @@ def _read_sensitivity(run_dir: Path) -> pd.DataFrame:
     The unpruned baseline row (layer `none`) may leave `kept` empty: it keeps everything.
     """
     table = read_csv_checked(run_dir / "sensitivity.csv", SENSITIVITY_REQUIRED, SENSITIVITY_OPTIONAL)
+    table["layer"] = table.layer.where(table.layer.str.lower() != "none", "none")
     table.loc[table.layer == "none", "kept"] = table.loc[table.layer == "none", "kept"].fillna(1.0)
     if table.kept.isna().any():
         line = int(table.kept.isna().to_numpy().nonzero()[0][0]) + 2
@@ -280,8 +284,8 @@ def _run_row(run_id: str, run_dir: Path, info: dict[str, Any], metrics: pd.DataF
         "final_top1": final.top1,
         "final_top5": final.top5,
         # pruned error - dense error, in percentage points (= accuracy lost): the paper's Table 1 comparison
-        "error_change_top1": 100 * (dense.top1 - final.top1),
-        "error_change_top5": 100 * (dense.top5 - final.top5),
+        "error_change_top1": round(100 * (dense.top1 - final.top1), 9),  # 9 decimals: no float noise
+        "error_change_top5": round(100 * (dense.top5 - final.top5), 9),
         "params_total": int(final.params_total),
         "params_nonzero": int(final.params_nonzero),
         "compression": final.params_total / final.params_nonzero,

@@ -52,6 +52,7 @@ PAPER_KEPT_TOTAL = {"lenet300": 8, "lenet5": 8, "alexnet": 11, "vgg16": 7.5}
 PAPER_FLOPS_CUT = {"lenet300": 12, "lenet5": 6, "alexnet": 3, "vgg16": 5}
 
 MODEL_ORDER = list(NETWORKS)
+CSV_FLOAT = "%.10g"  # full precision of the logged numbers without float noise
 
 
 def network_name(model: str) -> str:
@@ -93,6 +94,7 @@ def fmt_points(value: float, spread: float = math.nan) -> str:
     """A signed change in percentage points, with ± the std over seeds when there are several."""
     if _missing(value):
         return "n/a"
+    value = round(value, 2) + 0.0  # no "-0.00" for float noise around zero
     return f"{value:+.2f}" + ("" if _missing(spread) else f" ± {spread:.2f}")
 
 
@@ -141,9 +143,13 @@ def table1(runs: pd.DataFrame, tolerance: float = 0.0) -> pd.DataFrame:
         [_paper_columns(PAPER_TABLE1.get(model)) for model in table.model],
         index=table.index,
     )
-    table = pd.concat([table, paper], axis=1)
+    # 9 decimals: accuracies are logged to 4, so this only strips float noise (1.6399999999999997%)
+    table = pd.concat([table, paper], axis=1).round(9)
     table["error_change_vs_paper"] = table.error_change_top1 - table.paper_error_change_top1
     table["error_change_top5_vs_paper"] = table.error_change_top5 - table.paper_error_change_top5
+    table[["error_change_vs_paper", "error_change_top5_vs_paper"]] = table[
+        ["error_change_vs_paper", "error_change_top5_vs_paper"]
+    ].round(9)
     table["compression_vs_paper"] = table.compression / table.paper_compression
     table["meets_paper"] = [_meets(row, tolerance) for row in table.itertuples()]
     order = {model: index for index, model in enumerate(MODEL_ORDER)}
@@ -185,7 +191,7 @@ def _meets(row: object, tolerance: float) -> bool | None:
         row.compression >= row.paper_compression - EPSILON,
         row.error_change_top1 <= row.paper_error_change_top1 + tolerance + EPSILON,
     ]
-    if not _missing(row.paper_error_change_top5):
+    if not _missing(row.paper_error_change_top5) and not _missing(row.error_change_top5):
         checks.append(row.error_change_top5 <= row.paper_error_change_top5 + tolerance + EPSILON)
     return all(checks)
 
@@ -357,6 +363,6 @@ def layers_markdown(model: str, table: pd.DataFrame) -> str:
 def write_table(frame: pd.DataFrame, markdown: str, stem: str, out_dir: Path) -> list[Path]:
     """Write `<stem>.csv` (full precision, for scripts) and `<stem>.md` (for reading) into out_dir."""
     csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
-    frame.to_csv(csv_path, index=False)
+    frame.to_csv(csv_path, index=False, float_format=CSV_FLOAT)
     md_path.write_text(markdown)
     return [csv_path, md_path]

@@ -1,0 +1,113 @@
+"""`prune-report DIR... [--out report]`: collect runs and sweeps into Table 1, per-layer tables and the paper's figures.
+
+Bad input gets one line `prune-report: error: ...` on stderr and exit code 2, never a traceback.
+"""
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+from pruning_cli.errors import UserError
+from pruning_cli.report.collect import Collection, collect
+from pruning_cli.report.plots import draw_all
+from pruning_cli.report.tables import CSV_FLOAT, layer_tables, layers_markdown, table1, table1_markdown, write_table
+
+PROG = "prune-report"
+EXIT_BAD_INPUT = 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same single line as every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see {PROG} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument(
+        "dirs", metavar="DIR", type=Path, nargs="+", help="run directories or Hydra multirun directories (searched)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("report"), help="output directory (default: report)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="percentage points a run's error change may exceed the paper's and still 'meet' it (default 0)",
+    )
+    return parser
+
+
+def _usable(dirs: list[Path]) -> Collection:
+    collection = collect(dirs)
+    if collection.runs.empty and collection.sensitivity.empty:
+        reasons = "; ".join(f"{item.path}: {item.reason}" for item in collection.skipped[:3])
+        more = f" and {len(collection.skipped) - 3} more" if len(collection.skipped) > 3 else ""
+        raise UserError(
+            f"no usable run found in {', '.join(map(str, dirs))}"
+            + (f" (skipped {reasons}{more})" if reasons else "")
+            + "; give finished prune-run output directories"
+        )
+    return collection
+
+
+def make_report(dirs: list[Path], out_dir: Path, tolerance: float = 0.0) -> str:
+    """Write every table and figure into out_dir; return the summary to print."""
+    if not math.isfinite(tolerance):
+        raise UserError(f"--tolerance must be a finite number of points, not {tolerance}")
+    collection = _usable(dirs)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create output directory {out_dir}: {error.strerror or error}") from error
+
+    written: list[Path] = []
+    runs_csv = out_dir / "runs.csv"
+    collection.runs.to_csv(runs_csv, index=False, float_format=CSV_FLOAT)
+    written.append(runs_csv)
+    table1_text = "Table 1: no finished pruning run (only sensitivity analyses)\n"
+    if not collection.runs.empty:
+        table = table1(collection.runs, tolerance)
+        table1_text = table1_markdown(table, tolerance)
+        written += write_table(table, table1_text, "table1", out_dir)
+    for model, frame in layer_tables(collection.layers, collection.metrics).items():
+        written += write_table(frame, layers_markdown(model, frame), f"layers_{model}", out_dir)
+    figures = draw_all(collection.runs, collection.metrics, collection.sensitivity, out_dir)
+    written += [path for path, reason in figures.items() if reason is None]
+
+    sensitivity_runs = collection.sensitivity.run.nunique()
+    lines = [
+        f"{PROG}: {len(collection.runs)} pruning run(s), {sensitivity_runs} sensitivity analysis run(s) -> {out_dir}",
+        "wrote " + ", ".join(str(path) for path in written),
+    ]
+    lines += [f"not drawn: {path.name}: {reason}" for path, reason in figures.items() if reason is not None]
+    lines += ["", table1_text.rstrip(), ""]
+    if collection.skipped:
+        lines.append(f"skipped {len(collection.skipped)}:")
+        lines += [f"  {item.path}: {item.reason}" for item in collection.skipped]
+    else:
+        lines.append("skipped: none")
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        print(make_report(args.dirs, args.out, args.tolerance))
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `prune-report ... | head`: the reader left, the files are written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

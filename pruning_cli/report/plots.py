@@ -1,0 +1,215 @@
+"""The paper's figures from the collected frames: sensitivity (Fig. 6), accuracy vs pruning trade-off (Fig. 5),
+weight histograms before/after (Fig. 7), and a run's progress per iteration. PNG files, matplotlib's Agg backend.
+
+Each `plot_*` returns None when it wrote its file, or the reason it drew nothing (no data, matplotlib missing),
+so the report can say why a figure is absent instead of failing.
+"""
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pruning_cli.report.tables import network_name
+
+DPI = 110
+MAX_LEGEND = 12  # beyond this many lines a legend hides the plot
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers), or None when not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+NO_MATPLOTLIB = "matplotlib is not installed (pip install matplotlib, or the package's [plots] extra)"
+
+
+def _save(figure: Any, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    _pyplot().close(figure)
+
+
+def _title(model: str, datasets: pd.Series) -> str:
+    return f"{network_name(model)} ({', '.join(sorted({str(d) for d in datasets}))})"
+
+
+def plot_sensitivity(sensitivity: pd.DataFrame, model: str, path: Path) -> str | None:
+    """Fig. 6: top-1 accuracy vs fraction of a layer's weights pruned, one line per layer, no retraining.
+
+    Rows of all the model's analysis runs are pooled per layer and level (a sweep may run one point per job;
+    seeds at one level are averaged), so a line is whole whichever way the analysis was split up.
+    """
+    data = sensitivity[sensitivity.model == model]
+    if data.empty:
+        return "no sensitivity.csv"
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    several = data.dataset.nunique() > 1
+    data = data.assign(level=data.sensitivity.round(3).fillna(data.kept.round(3)))
+    for dataset, part in data.groupby("dataset", sort=False):
+        baseline = part[part.layer == "none"].top1.mean()
+        if not math.isnan(baseline):
+            axes.axhline(100 * baseline, color="grey", linestyle=":", linewidth=1)
+        for layer, rows in part[part.layer != "none"].groupby("layer", sort=False):
+            points = rows.groupby("level")[["pruned", "top1"]].mean().sort_values("pruned")
+            xs, ys = list(100 * points.pruned), list(100 * points.top1)
+            if not math.isnan(baseline) and xs[0] > 0:
+                xs, ys = [0.0, *xs], [100 * baseline, *ys]  # every layer starts from the unpruned model
+            axes.plot(xs, ys, marker="o", markersize=3, label=f"{layer} ({dataset})" if several else str(layer))
+    axes.set_xlabel("parameters pruned away in the layer (%)")
+    axes.set_ylabel("top-1 accuracy (%), no retraining")
+    axes.set_title(f"Sensitivity: {_title(model, data.dataset)}")
+    axes.grid(alpha=0.3)
+    _legend(axes)
+    _save(figure, path)
+    return None
+
+
+def plot_tradeoff(runs: pd.DataFrame, model: str, path: Path) -> str | None:
+    """Fig. 5: accuracy lost (points) vs fraction of parameters pruned, one line per method, a point per run."""
+    data = runs[runs.model == model]
+    if data.empty:
+        return "no finished pruning run"
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
+    data = data.assign(pruned=(100 * (1 - data.params_nonzero / data.params_total)).round(2))
+    several_datasets = data.dataset.nunique() > 1
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    # One line per method across everything else a sweep varies (the pruning level is the x axis); seeds at the
+    # same level are averaged on the line and shown as faint points.
+    for (dataset, method), part in data.groupby(["dataset", "method"], sort=False):
+        mean = part.groupby("pruned").error_change_top1.mean()
+        label = f"{method} ({dataset})" if several_datasets else str(method)
+        line = axes.plot(mean.index, mean.to_numpy(), marker="o", label=label)[0]
+        if len(part) > len(mean):
+            axes.scatter(part.pruned, part.error_change_top1, color=line.get_color(), alpha=0.35, s=12)
+    axes.axhline(0, color="grey", linewidth=1)
+    axes.set_xlabel("parameters pruned away (%)")
+    axes.set_ylabel("accuracy loss (top-1, points)")
+    axes.set_title(f"Accuracy vs pruning: {_title(model, data.dataset)}")
+    axes.grid(alpha=0.3)
+    _legend(axes)
+    _save(figure, path)
+    return None
+
+
+def histogram_layer(model: str) -> tuple[str, str] | None:
+    """The layer of Fig. 7: the model's first fully connected layer (paper name, module path), if the model is known."""
+    from pruning_cli.models import MODELS
+
+    if model not in MODELS:
+        return None
+    layers = MODELS[model].layers
+    name = next((name for name in layers if name.startswith("fc")), next(iter(layers)))
+    return name, layers[name]
+
+
+def _weights(path: Path, key: str) -> Any:
+    from pruning_cli.artifacts import load_model_state
+    from pruning_cli.errors import UserError
+
+    try:
+        state = load_model_state(path)
+    except UserError:
+        return None
+    tensor = state.get(key) if isinstance(state, dict) else None
+    return None if tensor is None else tensor.detach().float().flatten().numpy()
+
+
+def plot_histogram(runs: pd.DataFrame, model: str, path: Path) -> str | None:
+    """Fig. 7: one fc layer's weights before pruning (dense.pt) and after pruning + retraining (model.pt, non-zero).
+
+    Drawn from the first run of the model whose two files hold that layer.
+    """
+    data = runs[runs.model == model]
+    if data.empty:
+        return "no finished pruning run"
+    layer = histogram_layer(model)
+    if layer is None:
+        return f"model {model} is not in pruning_cli.models, so its layers are unknown"
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
+    name, module = layer
+    for run in data.itertuples():
+        before = _weights(Path(run.dir) / "checkpoints" / "dense.pt", f"{module}.weight")
+        after = _weights(Path(run.dir) / "model.pt", f"{module}.weight")
+        if before is not None and after is not None:
+            break
+    else:
+        return f"no run has {module}.weight in both checkpoints/dense.pt and model.pt"
+    after = after[after != 0]
+    limit = float(max(abs(before).max(), abs(after).max() if after.size else 0.0)) or 1.0
+    bins = [limit * (2 * index / 100 - 1) for index in range(101)]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    left.hist(before, bins=bins, color="tab:blue")
+    left.set_title(f"{name} before pruning ({before.size:,} weights)")
+    right.hist(after, bins=bins, color="tab:orange")
+    right.set_title(f"{name} after pruning + retraining ({after.size:,} non-zero)")
+    for axes in (left, right):
+        axes.set_xlabel("weight value")
+        axes.set_ylabel("count")
+        axes.grid(alpha=0.3)
+    figure.suptitle(f"{network_name(model)}, run {run.run}")
+    _save(figure, path)
+    return None
+
+
+def plot_iterations(metrics: pd.DataFrame, model: str, path: Path) -> str | None:
+    """Top-1 and compression per iteration: after each prune (x) and after its retraining (line), per run."""
+    data = metrics[metrics.model == model]
+    if data.empty:
+        return "no finished pruning run"
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
+    figure, (accuracy, compression) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for run, part in data.groupby("run", sort=False):
+        ends = part.groupby("iteration", sort=True).tail(1)  # the model each iteration ends with
+        line = accuracy.plot(ends.iteration, 100 * ends.top1, marker="o", label=run)[0]
+        pruned = part[(part.phase == "prune") & part.iteration.isin(ends[ends.phase == "retrain"].iteration)]
+        accuracy.scatter(pruned.iteration, 100 * pruned.top1, marker="x", color=line.get_color())
+        compression.plot(ends.iteration, ends.params_total / ends.params_nonzero, marker="o", color=line.get_color())
+    accuracy.set_ylabel("top-1 accuracy (%)\n(x: after pruning, before retraining)")
+    compression.set_ylabel("compression (x)")
+    compression.set_xlabel("iteration (0 = dense)")
+    accuracy.set_title(f"Prune -> retrain iterations: {_title(model, data.dataset)}")
+    for axes in (accuracy, compression):
+        axes.grid(alpha=0.3)
+    compression.xaxis.get_major_locator().set_params(integer=True)
+    _legend(accuracy)
+    _save(figure, path)
+    return None
+
+
+def _legend(axes: Any) -> None:
+    if 0 < len(axes.get_legend_handles_labels()[1]) <= MAX_LEGEND:
+        axes.legend(fontsize="small")
+
+
+def draw_all(
+    runs: pd.DataFrame, metrics: pd.DataFrame, sensitivity: pd.DataFrame, out_dir: Path
+) -> dict[Path, str | None]:
+    """Every figure for every model present; returns {file: None if written, else the reason it is absent}."""
+    results: dict[Path, str | None] = {}
+    for model in pd.unique(pd.concat([runs.model, sensitivity.model], ignore_index=True)):
+        plots = [("sensitivity", plot_sensitivity, sensitivity)] if model in set(sensitivity.model) else []
+        if model in set(runs.model):
+            plots += [("tradeoff", plot_tradeoff, runs), ("histogram", plot_histogram, runs)]
+            plots += [("iterations", plot_iterations, metrics)]
+        for kind, plot, frame in plots:
+            target = out_dir / f"{kind}_{model}.png"
+            results[target] = plot(frame, str(model), target)
+    return results

@@ -212,6 +212,17 @@ def test_runs_that_differ_beyond_the_seed_are_not_averaged(tmp_path):
     assert table1(found.runs).n.tolist() == [1, 1]
 
 
+def test_a_key_an_older_run_lacks_counts_as_its_default(tmp_path):
+    metrics = sweep_metrics((0.98, 0.999), (0.981, 0.9995))
+    write_run(tmp_path / "old", config(seed=1), metrics)  # written before dataset.val_split existed
+    write_run(tmp_path / "new", {**config(seed=2), "dataset": {**config()["dataset"], "val_split": 0}}, metrics)
+    write_run(tmp_path / "held_out", {**config(seed=3), "dataset": {**config()["dataset"], "val_split": 500}}, metrics)
+    found = collect([tmp_path])
+    settings = dict(zip(found.runs.seed, found.runs.setting, strict=True))
+    assert settings == {1: "dataset.val_split=0", 2: "dataset.val_split=0", 3: "dataset.val_split=500"}
+    assert sorted(table1(found.runs).n.tolist()) == [1, 2]
+
+
 def test_layer_table_of_the_final_model_beside_the_paper(collection):
     tables = layer_tables(collection.layers, collection.metrics)
     assert list(tables) == ["lenet300"]

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from pruning_cli.config import RunConfig
 from pruning_cli.errors import UserError
 
 CONFIG = Path(".hydra") / "config.yaml"
@@ -164,7 +165,7 @@ def method_label(config: DictConfig, metrics: pd.DataFrame | None = None) -> dic
 
 
 def flat_config(config: DictConfig) -> dict[str, str]:
-    """The config as `dotted.key -> value text`, without IGNORED_KEYS (interpolations left as written)."""
+    """The config as `dotted.key -> value text` over the schema's defaults, without IGNORED_KEYS."""
     flat: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -176,6 +177,8 @@ def flat_config(config: DictConfig) -> dict[str, str]:
             if not any(key == ignored or key.startswith(f"{ignored}.") for ignored in IGNORED_KEYS):
                 flat[key] = "null" if node is None else str(node)
 
+    # A key an older run's config lacks (added to the schema since) counts as its default, not as a difference.
+    walk(OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False, enum_to_str=True), "")
     walk(OmegaConf.to_container(config, resolve=False), "")
     return flat
 

@@ -23,6 +23,21 @@ class StdSource(Enum):
     dense = "dense"
 
 
+class Freeze(Enum):
+    """Layers held fixed while retraining: the paper retrains fc with conv frozen after pruning fc, and vice versa."""
+
+    none = "none"
+    conv = "conv"
+    fc = "fc"
+
+
+class Precision(Enum):
+    """Arithmetic of the training forward/backward: fp32, or bf16 autocast (CUDA only; weights stay fp32)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class LevelKind(Enum):
     """What the levels of a sensitivity analysis are: sensitivities (threshold = level x std) or kept fractions."""
 
@@ -33,6 +48,8 @@ class LevelKind(Enum):
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    # Pretrained torchvision weights (e.g. IMAGENET1K_V1) for torchvision models; the data set needs 1000 classes.
+    weights: str | None = None
 
 
 @dataclass
@@ -49,6 +66,8 @@ class DatasetConfig:
     eval_batch_size: int = 1000
     # Training images held out as a validation split (fixed seed); sensitivity analysis evaluates there.
     val_split: int = 0
+    # Image-folder data sets (dataset=imagenet): DataLoader worker processes decoding JPEGs.
+    num_workers: int = 8
 
 
 @dataclass
@@ -63,6 +82,16 @@ class PhaseConfig:
     regularization: Regularization = Regularization.l2
     # Cosine decay of the learning rate to zero over the phase, per step; false keeps it constant.
     cosine: bool = True
+    # At most this many batches per epoch (null: the whole training split), for smoke runs at ImageNet scale.
+    max_batches: int | None = None
+    # bf16 autocast for the forward and backward passes on CUDA (the CPU always trains in fp32).
+    precision: Precision = Precision.fp32
+
+
+@dataclass
+class RetrainConfig(PhaseConfig):
+    # Layers that get no update while retraining (not in the optimizer, so no weight decay either).
+    freeze: Freeze = Freeze.none
 
 
 @dataclass
@@ -101,7 +130,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    retrain: PhaseConfig = field(default_factory=PhaseConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     seed: int = 0

@@ -23,12 +23,14 @@ from pruning_cli.config import PhaseConfig, RunConfig, StdSource
 from pruning_cli.data import ImageData, load_data
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
+from pruning_cli.models.pretrained import build_model
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import count_nonzero, full_masks, strongest_per_output, unmasked_layers
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.targets import LayerTarget, prune_layer, resolve_targets
 from pruning_cli.sensitivity import check_levels, layer_sensitivity
 from pruning_cli.training.activations import InputDensity
+from pruning_cli.training.freeze import frozen
 from pruning_cli.training.loop import (
     MaskedWeights,
     NonFiniteLoss,
@@ -62,7 +64,10 @@ class PruningRun:
 
     def __init__(self, config: RunConfig, out_dir: Path, spec: ModelSpec, data: ImageData, device: torch.device):
         self.config, self.out_dir, self.spec, self.data = config, out_dir, spec, data
-        self.model = spec.build(data.num_classes).to(device)
+        self.model = build_model(spec, config.model.name, data.num_classes, config.model.weights).to(device)
+        if device.type == "cuda":
+            # NHWC convolutions are cuDNN's fast path (tensor cores); state_dict keys and values are unchanged.
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.weights = {name: layer.weight for name, layer in spec.prunable(self.model).items()}
         self.masks = full_masks(self.weights)
         self.positions = spec.output_positions(self.model)
@@ -132,7 +137,8 @@ class PruningRun:
             mask = self.masks[name]
             dropout = self.model.get_submodule(path)
             dropout.p = rescaled_dropout(self.dropout_rates[name], mask.numel(), int(mask.sum()))
-        train_loss = self._train(self.config.retrain, f"retraining {iteration}")
+        with frozen(self.spec.prunable(self.model).values(), self.config.retrain.freeze):
+            train_loss = self._train(self.config.retrain, f"retraining {iteration}")
         self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
         checkpoint = {"model": self.model.state_dict(), "masks": self.masks, "iteration": iteration}
         save_atomic(checkpoint, self.out_dir / "checkpoints" / f"iteration_{iteration}.pt")
@@ -270,6 +276,8 @@ def check_phase(name: str, phase: PhaseConfig) -> None:
             raise UserError(f"{name}.{key} is {value}; it must be >= {low}")
     if phase.lr <= 0:
         raise UserError(f"{name}.lr is {phase.lr}; it must be > 0")
+    if phase.max_batches is not None and phase.max_batches < 1:
+        raise UserError(f"{name}.max_batches is {phase.max_batches}; it must be >= 1, or null for whole epochs")
 
 
 def run(config: RunConfig, out_dir: Path, stop_requested: Callable[[], bool] = lambda: False) -> pd.DataFrame:
@@ -289,6 +297,8 @@ def run(config: RunConfig, out_dir: Path, stop_requested: Callable[[], bool] = l
         if config.dataset.val_split == 0:
             raise UserError("a sensitivity analysis evaluates on held-out training data: set dataset.val_split=N")
     device = resolve_device(config.device.name)
+    if device.type == "cuda" and not config.deterministic:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     torch.manual_seed(config.seed)
     data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
     experiment = PruningRun(config, out_dir, spec, data, device)

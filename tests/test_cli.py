@@ -120,7 +120,7 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model=resnet"], "Available options in 'model':\n\tlenet300\n\tlenet5"),
+        (["model=resnet"], "Available options in 'model':\n\talexnet\n\tlenet300\n\tlenet5\n\tvgg16"),
         (["dataset=cifar"], "Available options in 'dataset':"),
         (["pruning.sensitivty=1.0"], "Key 'sensitivty' not in 'PruningConfig'"),
         (["train.epochs=many"], "Value 'many' of type 'str' could not be converted to Integer"),

@@ -243,7 +243,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("none", ["--model", "alexnet"], "unknown model 'alexnet'"),
+        ("none", ["--model", "resnet50"], "unknown model 'resnet50'"),
         ("no_model", [], "model.pt does not exist"),
         ("no_config", [], "config.yaml does not exist, so the model is unknown; pass --model"),
         ("run", ["--model", "lenet5"], "model.pt does not fit model lenet5: missing keys conv1.bias"),

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from pruning_cli.config import DatasetConfig
+from pruning_cli.data.imagenet import load_imagenet
 from pruning_cli.data.mnist_like import MNIST_LIKE, load_mnist_like
 from pruning_cli.data.synthetic import make_synthetic
 from pruning_cli.data.tensors import ImageData, TensorSplit, hold_out_validation
@@ -10,11 +11,17 @@ from pruning_cli.errors import UserError
 
 __all__ = ["ImageData", "TensorSplit", "load_data"]
 
+IMAGENET_SHAPE = (3, 224, 224)
+
 
 def load_data(config: DatasetConfig, input_shape: tuple[int, int, int], seed: int) -> ImageData:
     """The data set `config` names, shaped for a model that takes `input_shape` images, with its validation split."""
     if config.name == "synthetic":
         data = make_synthetic(config.num_train, config.num_test, config.num_classes, input_shape, seed)
+    elif config.name == "synthetic_imagenet":
+        data = make_synthetic(config.num_train, config.num_test, config.num_classes, IMAGENET_SHAPE, seed)
+    elif config.name == "imagenet":
+        data = load_imagenet(Path(config.root), config.num_workers, seed)
     elif config.name in MNIST_LIKE:
         system_dir = Path(config.system_dir) if config.system_dir else None
         data = load_mnist_like(config.name, Path(config.root), config.download, system_dir)

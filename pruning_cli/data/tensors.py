@@ -22,6 +22,10 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
+
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
 
@@ -45,7 +49,10 @@ class TensorSplit:
 
 @dataclass
 class ImageData:
-    """A classification data set: train and test splits and the number of classes."""
+    """A classification data set: train and test splits and the number of classes.
+
+    A split is an in-memory TensorSplit or, for image folders, a LoaderSplit with the same interface.
+    """
 
     train: TensorSplit
     test: TensorSplit

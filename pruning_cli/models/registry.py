@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pruning_cli.models.imagenet import (
+    ALEXNET_DROPOUTS,
+    ALEXNET_LAYERS,
+    VGG16_DROPOUTS,
+    VGG16_LAYERS,
+    torchvision_builder,
+)
 from pruning_cli.models.lenet import LeNet5, LeNet300
 
 
@@ -22,6 +29,8 @@ class ModelSpec:
     layers: Mapping[str, str]
     input_shape: tuple[int, int, int]
     dropouts: Mapping[str, str] = field(default_factory=dict)
+    # The name torchvision.models.get_model knows it by (pretrained weights come from there); None for our own.
+    torchvision_name: str | None = None
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Module]:
         """The prunable modules of a built model, by paper name, in forward order."""
@@ -49,6 +58,8 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "lenet300": ModelSpec(LeNet300, {"fc1": "fc1", "fc2": "fc2", "fc3": "fc3"}, (1, 28, 28)),
     "lenet5": ModelSpec(LeNet5, {"conv1": "conv1", "conv2": "conv2", "fc1": "fc1", "fc2": "fc2"}, (1, 28, 28)),
+    "alexnet": ModelSpec(torchvision_builder("alexnet"), ALEXNET_LAYERS, (3, 224, 224), ALEXNET_DROPOUTS, "alexnet"),
+    "vgg16": ModelSpec(torchvision_builder("vgg16"), VGG16_LAYERS, (3, 224, 224), VGG16_DROPOUTS, "vgg16"),
 }
 
 

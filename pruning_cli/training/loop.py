@@ -3,12 +3,13 @@
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pruning_cli.config import PhaseConfig, Regularization
+from pruning_cli.config import PhaseConfig, Precision, Regularization
 from pruning_cli.data.tensors import TensorSplit
 from pruning_cli.pruning.masks import apply_masks_
 
@@ -34,7 +35,13 @@ class MaskedWeights:
         self.masks = [mask.to(weight.dtype) for weight, mask in zip(weights, masks, strict=True)]
 
     def mask_grads(self) -> None:
-        apply_masks_([weight.grad for weight in self.weights], self.masks)
+        """Zero the gradients of pruned weights (frozen layers have none and are skipped)."""
+        pairs = [
+            (weight.grad, mask)
+            for weight, mask in zip(self.weights, self.masks, strict=True)
+            if weight.grad is not None
+        ]
+        apply_masks_([grad for grad, _ in pairs], [mask for _, mask in pairs])
 
     def mask_weights(self) -> None:
         apply_masks_(self.weights, self.masks)
@@ -82,20 +89,25 @@ def train_phase(
     decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=phase.lr, momentum=phase.momentum, weight_decay=decay)
-    steps = max(1, phase.epochs * data.num_batches(phase.batch_size))
+    batches_per_epoch = data.num_batches(phase.batch_size)
+    if phase.max_batches is not None:
+        batches_per_epoch = min(batches_per_epoch, phase.max_batches)
+    steps = max(1, phase.epochs * batches_per_epoch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if phase.cosine else None
     if progress.optimizer is not None:
         optimizer.load_state_dict(progress.optimizer)
     if scheduler is not None and progress.scheduler is not None:
         scheduler.load_state_dict(progress.scheduler)
     epoch_loss = progress.train_loss
+    mixed = phase.precision is Precision.bf16 and data.device.type == "cuda"
     epochs = range(progress.epochs_done, phase.epochs)
     for epoch in tqdm(epochs, desc=description, unit="epoch", disable=None, leave=False):
         model.train()
-        loss_sum = torch.zeros((), device=data.labels.device)
-        batches = data.batches(phase.batch_size, generator)
-        for images, labels in tqdm(batches, total=data.num_batches(phase.batch_size), disable=None, leave=False):
-            loss = nn.functional.cross_entropy(model(images), labels)
+        loss_sum, seen = torch.zeros((), device=data.device), 0
+        batches = islice(data.batches(phase.batch_size, generator), batches_per_epoch)
+        for images, labels in tqdm(batches, total=batches_per_epoch, disable=None, leave=False):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mixed):
+                loss = nn.functional.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             if phase.regularization is Regularization.l1 and phase.weight_decay:
@@ -107,9 +119,10 @@ def train_phase(
             if scheduler is not None:
                 scheduler.step()
             loss_sum += loss.detach() * len(labels)
+            seen += len(labels)
             if stop_requested():
                 raise StopRequested
-        epoch_loss = loss_sum.item() / len(data)  # one host sync per epoch
+        epoch_loss = loss_sum.item() / max(seen, 1)  # one host sync per epoch
         if not math.isfinite(epoch_loss):
             raise NonFiniteLoss(epoch + 1)
         scheduler_state = scheduler.state_dict() if scheduler is not None else None
@@ -121,8 +134,8 @@ def train_phase(
 def evaluate(model: nn.Module, data: TensorSplit, batch_size: int = 1000) -> Evaluation:
     """Top-1 and top-5 accuracy and mean cross-entropy of `model` on `data`."""
     model.eval()
-    loss_sum = torch.zeros((), device=data.labels.device)
-    hits = torch.zeros(2, device=data.labels.device)
+    loss_sum = torch.zeros((), device=data.device)
+    hits = torch.zeros(2, device=data.device)
     for images, labels in data.batches(batch_size):
         logits = model(images)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")

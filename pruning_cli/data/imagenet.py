@@ -1,0 +1,63 @@
+"""ImageNet from a local folder (ImageFolder layout), with the standard training and evaluation transforms.
+
+ImageNet cannot be downloaded by torchvision any more; the user points `dataset.root` at a folder holding
+`train/<class>/*.JPEG` and `val/<class>/*.JPEG` (the validation images sorted into class folders).
+"""
+
+from pathlib import Path
+
+from torchvision import datasets, transforms
+
+from pruning_cli.data.loader import LoaderSplit
+from pruning_cli.data.tensors import ImageData
+from pruning_cli.errors import UserError
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def train_transform(size: int = 224) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def eval_transform(size: int = 224) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.Resize(size * 256 // 224),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def _image_folder(folder: Path, transform: transforms.Compose) -> datasets.ImageFolder:
+    """The ImageFolder at `folder`, or a one-line error naming the folder when it is missing or holds no images."""
+    hint = "dataset.root must hold train/<class>/*.JPEG and val/<class>/*.JPEG"
+    if not folder.is_dir():
+        raise UserError(f"ImageNet folder {folder} does not exist; {hint}")
+    try:
+        return datasets.ImageFolder(str(folder), transform=transform)
+    except (FileNotFoundError, RuntimeError) as error:
+        raise UserError(f"ImageNet folder {folder} has no class folders with images; {hint}") from error
+
+
+def load_imagenet(root: Path, num_workers: int, seed: int) -> ImageData:
+    """Both splits as DataLoader-backed splits; the class list comes from the training folder."""
+    root = Path(root).expanduser()
+    train = _image_folder(root / "train", train_transform())
+    val = _image_folder(root / "val", eval_transform())
+    if val.classes != train.classes:
+        raise UserError(
+            f"{root / 'val'} has {len(val.classes)} class folders and {root / 'train'} has {len(train.classes)}; "
+            "both need the same class folder names"
+        )
+    return ImageData(
+        LoaderSplit(train, num_workers, seed=seed), LoaderSplit(val, num_workers, seed=seed), len(train.classes)
+    )

@@ -1,0 +1,240 @@
+"""AlexNet and VGG-16 at ImageNet scale, tested on CPU: the models, the recipes, the data path, tiny runs.
+
+The end-to-end runs use generated 3x224x224 images and a budget of one or two batches per phase; their run
+directories (checkpoints of 0.2-1 GB each) are deleted as soon as the module is done.
+"""
+
+import shutil
+import tempfile
+import urllib.error
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from test_cli import prune_run
+from test_configs import compose_run
+from torch import nn
+
+from pruning_cli.config import PhaseConfig
+from pruning_cli.data import load_data
+from pruning_cli.data.imagenet import load_imagenet
+from pruning_cli.errors import UserError
+from pruning_cli.models import get_model_spec
+from pruning_cli.models.pretrained import build_model
+from pruning_cli.pipeline import PruningRun
+from pruning_cli.pruning.targets import resolve_targets
+from pruning_cli.training.loop import MaskedWeights, train_phase
+
+PAPER_KEPT = {
+    "alexnet": {
+        "conv1": 0.84, "conv2": 0.38, "conv3": 0.35, "conv4": 0.37, "conv5": 0.37, "fc6": 0.09, "fc7": 0.09,
+        "fc8": 0.25,
+    },
+    "vgg16": {
+        "conv1_1": 0.58, "conv1_2": 0.22, "conv2_1": 0.34, "conv2_2": 0.36, "conv3_1": 0.53, "conv3_2": 0.24,
+        "conv3_3": 0.42, "conv4_1": 0.32, "conv4_2": 0.27, "conv4_3": 0.34, "conv5_1": 0.35, "conv5_2": 0.29,
+        "conv5_3": 0.36, "fc6": 0.04, "fc7": 0.04, "fc8": 0.23,
+    },
+}  # fmt: skip
+NUM_CLASSES = 10
+TINY = {
+    # Two iterations, a batch or two per phase, a handful of generated images.
+    "alexnet": [
+        "dataset.num_train=8", "dataset.num_test=4", "pruning.iterations=2", "train.epochs=1", "retrain.epochs=1",
+        "train.batch_size=2", "retrain.batch_size=2", "train.max_batches=1", "retrain.max_batches=1",
+    ],
+    "vgg16": [
+        "dataset.num_train=2", "dataset.num_test=1", "pruning.iterations=2", "train.epochs=1", "retrain.epochs=1",
+        "train.batch_size=1", "retrain.batch_size=1", "train.max_batches=1", "retrain.max_batches=1",
+    ],
+}  # fmt: skip
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+@pytest.mark.parametrize(("name", "expected"), [("alexnet", 61_100_840), ("vgg16", 138_357_544)])
+def test_parameter_counts_are_torchvisions(name, expected):
+    assert parameter_count(get_model_spec(name).build(1000)) == expected
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_paper_names_cover_every_conv_and_fc_layer_and_the_dropouts_feed_them(name):
+    spec = get_model_spec(name)
+    model = spec.build(NUM_CLASSES)
+    weighted = [path for path, module in model.named_modules() if isinstance(module, nn.Conv2d | nn.Linear)]
+    assert list(spec.layers.values()) == weighted  # all of them, in forward order
+    assert list(spec.layers) == list(PAPER_KEPT[name])
+    assert [type(layer) for layer in spec.prunable(model).values()].count(nn.Linear) == 3
+    classifier = list(model.classifier)
+    for layer, path in spec.dropouts.items():
+        dropout, target = int(path.split(".")[1]), int(spec.layers[layer].split(".")[1])
+        assert isinstance(classifier[dropout], nn.Dropout) and classifier[dropout].p == 0.5
+        between = classifier[dropout + 1 : target]
+        assert dropout < target and not any(isinstance(m, nn.Linear | nn.Dropout) for m in between)
+    assert spec.input_shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "model", "iterations"), [("alexnet_paper", "alexnet", 3), ("vgg16_paper", "vgg16", 5)]
+)
+def test_paper_recipes_pin_the_papers_fractions_and_a_hundredth_of_the_lr(experiment, model, iterations):
+    config = compose_run(f"experiment={experiment}")
+    assert config.model.name == model and config.model.weights == "IMAGENET1K_V1"
+    assert config.dataset.name == "imagenet" and config.train.epochs == 0
+    assert config.retrain.lr == pytest.approx(config.train.lr / 100)  # the paper's 1/100 for AlexNet
+    assert dict(config.pruning.kept) == PAPER_KEPT[model] and config.pruning.iterations == iterations
+
+
+@pytest.fixture(scope="module", params=["alexnet", "vgg16"])
+def tiny_run(request):
+    """A whole `prune-run experiment=<net>_paper` on generated images, in a subprocess; deleted afterwards."""
+    name = request.param
+    out_dir = Path(tempfile.mkdtemp(prefix=f"tiny-{name}-"))
+    try:
+        result = prune_run(
+            f"experiment={name}_paper", "dataset=synthetic_imagenet", "model.weights=null", *TINY[name],
+            f"hydra.run.dir={out_dir}", cwd=out_dir,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        yield name, out_dir
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def test_tiny_paper_run_reaches_the_recipe_and_saves_a_torchvision_model(tiny_run):
+    name, out_dir = tiny_run
+    reference = torchvision.models.get_model(name, num_classes=NUM_CLASSES)
+    metrics = pd.read_csv(out_dir / "metrics.csv")
+    assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [
+        (0, "train"), (1, "prune"), (1, "retrain"), (2, "prune"), (2, "retrain"),
+    ]  # fmt: skip
+    assert (metrics.params_total == parameter_count(reference)).all()
+    layers = pd.read_csv(out_dir / "layers.csv")
+    final = layers[(layers.iteration == 2) & (layers.phase == "retrain")].set_index("layer")
+    for layer, kept in PAPER_KEPT[name].items():
+        assert abs(final.kept[layer] - kept) <= 0.01, layer
+    state = torch.load(out_dir / "model.pt", weights_only=True)
+    reference.load_state_dict(state)  # strict: torchvision's own keys
+    # Every non-zero of the saved model is counted (biases of dead units may be exactly zero after a tiny run).
+    assert sum(int(torch.count_nonzero(value)) for value in state.values()) == metrics.params_nonzero.iloc[-1]
+
+
+def _pruning_run(tmp_path: Path, *overrides: str) -> PruningRun:
+    """A PruningRun built in-process, as `run` builds it, to look at its model after the steps."""
+    config = compose_run(*overrides)
+    spec = get_model_spec(config.model.name)
+    data = load_data(config.dataset, spec.input_shape, config.seed)
+    experiment = PruningRun(config, tmp_path, spec, data, torch.device("cpu"))
+    pruning = config.pruning
+    experiment.execute(resolve_targets(list(spec.layers), pruning.sensitivity, pruning.layer_sensitivity, pruning.kept))
+    return experiment
+
+
+def test_dropout_feeding_a_pruned_fc_layer_is_rescaled_for_retraining(tmp_path):
+    experiment = _pruning_run(
+        tmp_path, "model=alexnet", "dataset=synthetic_imagenet", "train.epochs=0",
+        "dataset.num_train=2", "dataset.num_test=2", "pruning=oneshot", "pruning.sensitivity=null",
+        "pruning.kept={fc6:0.09}", "retrain.epochs=1", "retrain.batch_size=2", "retrain.max_batches=1",
+    )  # fmt: skip
+    classifier = experiment.model.classifier
+    assert classifier[0].p == pytest.approx(0.5 * 0.09**0.5) == pytest.approx(0.15)  # feeds fc6, kept 9%
+    assert classifier[3].p == 0.5  # feeds fc7, left dense
+
+
+@pytest.mark.parametrize(("freeze", "held", "trained"), [("conv", "conv", "fc"), ("fc", "fc", "conv")])
+def test_frozen_layers_are_bit_identical_after_retraining(tmp_path, freeze, held, trained):
+    # Nothing is pruned (no targets), so any change to a layer comes from the retraining step alone.
+    experiment = _pruning_run(
+        tmp_path, "model=lenet5", "dataset=synthetic", "dataset.num_train=64", "dataset.num_test=32",
+        "train.epochs=1", "train.batch_size=16", "pruning=oneshot", "pruning.sensitivity=null",
+        "retrain.epochs=1", "retrain.batch_size=16", "retrain.lr=0.1",
+        "retrain.weight_decay=0.01", f"retrain.freeze={freeze}",
+    )  # fmt: skip
+    before = torch.load(tmp_path / "checkpoints" / "dense.pt", weights_only=True)["model"]
+    after = experiment.model.state_dict()
+    for key in before:
+        same = torch.equal(before[key], after[key])
+        if key.startswith(held):
+            assert same, key
+        elif key.startswith(trained):
+            assert not same, key
+    assert all(parameter.requires_grad for parameter in experiment.model.parameters())  # released afterwards
+
+
+def test_pretrained_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    spec = get_model_spec("alexnet")
+    cached = spec.build(1000).state_dict()
+    url = torchvision.models.get_model_weights("alexnet").IMAGENET1K_V1.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(cached, tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1])
+    model = build_model(spec, "alexnet", 1000, "IMAGENET1K_V1")
+    assert all(torch.equal(value, cached[key]) for key, value in model.state_dict().items())
+
+
+def test_pretrained_weights_that_cannot_be_fetched_give_one_line(monkeypatch):
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.AlexNet_Weights, "get_state_dict", offline)
+    spec = get_model_spec("alexnet")
+    with pytest.raises(UserError, match=r"must already be in the torch hub cache .*train\.checkpoint="):
+        build_model(spec, "alexnet", 1000, "IMAGENET1K_V1")
+    with pytest.raises(UserError, match="for 1000 ImageNet classes but the data set has 10"):
+        build_model(spec, "alexnet", 10, "IMAGENET1K_V1")
+    with pytest.raises(UserError, match="not a weight set of alexnet; choose one of IMAGENET1K_V1"):
+        build_model(spec, "alexnet", 1000, "IMAGENET1K_V9")
+    with pytest.raises(UserError, match="needs a torchvision model"):
+        build_model(get_model_spec("lenet5"), "lenet5", 1000, "IMAGENET1K_V1")
+
+
+def _write_image_folder(root: Path, sizes: dict[str, int]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for split, count in sizes.items():
+        for label in ("n01440764", "n01443537"):
+            (root / split / label).mkdir(parents=True)
+            for index in range(count):
+                pixels = torch.randint(256, (40 + index, 50, 3), generator=generator, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / label / f"{index}.JPEG", format="JPEG")
+
+
+def test_imagenet_folder_is_read_through_a_dataloader_in_a_repeatable_order(tmp_path):
+    _write_image_folder(tmp_path, {"train": 3, "val": 2})
+    data = load_imagenet(tmp_path, num_workers=1, seed=0)
+    assert (len(data.train), len(data.test), data.num_classes) == (6, 4, 2)
+    assert data.train.num_batches(4) == 2 and data.train.device == torch.device("cpu")
+    images, labels = next(data.test.batches(4))
+    assert images.shape == (4, 3, 224, 224) and labels.tolist() == [0, 0, 1, 1]
+    assert abs(images.mean().item()) < 1  # normalised with ImageNet's mean and std
+    orders = [
+        [labels.tolist() for _, labels in data.train.batches(2, torch.Generator().manual_seed(3))] for _ in range(2)
+    ]
+    assert orders[0] == orders[1] and sorted(sum(orders[0], [])) == [0, 0, 0, 1, 1, 1]
+    model = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.Flatten(), nn.LazyLinear(2))
+    model(images)
+    masked = MaskedWeights([model[0].weight], [torch.ones_like(model[0].weight, dtype=torch.bool)])
+    phase = PhaseConfig(epochs=1, batch_size=2, max_batches=2)
+    loss = train_phase(model, data.train, phase, masked, torch.Generator().manual_seed(0), "test")
+    assert loss == loss and loss > 0
+
+
+def test_missing_imagenet_folder_is_named_in_one_line(tmp_path):
+    missing = tmp_path / "imagenet"
+    result = prune_run(
+        "model=alexnet", "dataset=imagenet", f"dataset.root={missing}", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"prune-run: error: ImageNet folder {missing / 'train'} does not exist")
+    assert result.stderr.count("\n") == 1
+
+
+def test_empty_imagenet_folder_is_named(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(UserError, match=f"ImageNet folder {tmp_path / 'train'} has no class folders with images"):
+        load_imagenet(tmp_path, num_workers=0, seed=0)

@@ -17,7 +17,7 @@ METRICS_COLUMNS = (
 )  # fmt: skip
 LAYERS_COLUMNS = (
     "iteration", "phase", "layer", "weights_total", "weights_nonzero", "kept", "std", "sensitivity", "threshold",
-    "flops_total", "flops_nonzero", "inputs_nonzero",
+    "flops_total", "flops_nonzero", "inputs_nonzero", "dead_inputs", "dead_outputs",
 )  # fmt: skip
 SENSITIVITY_COLUMNS = ("layer", "sensitivity", "threshold", "kept", "top1", "top5", "loss")
 

@@ -145,6 +145,13 @@ def test_dropout_rescaling_follows_the_paper():
     assert rescaled_dropout(0.5, 100, 100) == 0.5
 
 
+def test_layer_stats_count_dead_inputs_and_outputs_of_an_fc_layer():
+    weight = torch.tensor([[1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]])
+    stats = layer_stats(weight, positions=1)
+    # Input 1 feeds nothing; output 1 receives nothing (paper section 3.5: both are dead).
+    assert (stats["dead_inputs"], stats["dead_outputs"]) == (1, 1)
+
+
 def test_layer_stats_count_weights_and_flops_of_a_conv():
     weight = torch.zeros(20, 1, 5, 5)
     weight[:, :, 2, 2] = 1.0  # 20 of 500 weights survive
@@ -155,5 +162,7 @@ def test_layer_stats_count_weights_and_flops_of_a_conv():
         "kept": 0.04,
         "flops_total": 2 * 500 * 576,
         "flops_nonzero": 2 * 20 * 576,
+        "dead_inputs": 0,
+        "dead_outputs": 0,
     }
     assert count_nonzero([weight, torch.tensor([0.0, 3.0])]) == 21

@@ -19,6 +19,8 @@ from typing import TypedDict
 import torch
 from torch import Tensor
 
+from pruning_cli.pruning.stats import dead_units  # noqa: F401  (part of this module's API)
+
 FC_INDEX_BITS = 5
 CONV_INDEX_BITS = 8
 
@@ -196,12 +198,3 @@ def decode_compact(compact: Compact) -> Tensor:
 def compact_bytes(compact: Compact) -> int:
     """Bytes of values (fillers included) + bit-packed k-bit gaps + row pointers."""
     return compact["values"].nbytes + compact["gaps"].nbytes + compact["crow_indices"].nbytes
-
-
-def dead_units(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """(dead inputs, dead outputs): inputs whose every connection is zero (an fc column, a conv input-channel
-    slice across all filters) and outputs with no connection at all (an fc row, a whole conv filter)."""
-    alive = weight.detach() != 0
-    dead_outputs = ~alive.flatten(1).any(dim=1)
-    dead_inputs = ~alive.transpose(0, 1).flatten(1).any(dim=1)
-    return dead_inputs, dead_outputs

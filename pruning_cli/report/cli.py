@@ -5,28 +5,20 @@ Bad input gets one line `prune-report: error: ...` on stderr and exit code 2, ne
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
+from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.report.collect import Collection, collect
 from pruning_cli.report.plots import draw_all
 from pruning_cli.report.tables import CSV_FLOAT, layer_tables, layers_markdown, table1, table1_markdown, write_table
 
 PROG = "prune-report"
-EXIT_BAD_INPUT = 2
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is the same single line as every other bad input."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see {PROG} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument(
         "dirs", metavar="DIR", type=Path, nargs="+", help="run directories or Hydra multirun directories (searched)"
     )
@@ -94,15 +86,12 @@ def make_report(dirs: list[Path], out_dir: Path, tolerance: float = 0.0) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     """The command; returns the exit code."""
-    try:
+
+    def command() -> str:
         args = build_parser().parse_args(argv)
-        print(make_report(args.dirs, args.out, args.tolerance))
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except BrokenPipeError:  # `prune-report ... | head`: the reader left, the files are written
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+        return make_report(args.dirs, args.out, args.tolerance)
+
+    return run_command(PROG, command)
 
 
 def main() -> None:

@@ -10,24 +10,17 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mismatch
+from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
 from pruning_cli.sparse.export import export_state_dict, format_report
 
 PROG = "prune-export"
 OUTPUT_NAME = "model_sparse.pt"
-EXIT_BAD_INPUT = 2
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is the same single line as every other bad input."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see {PROG} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a prune-run output directory with model.pt")
     parser.add_argument(
         "--model",
@@ -85,13 +78,12 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     """The command; returns the exit code."""
-    try:
+
+    def command() -> str:
         args = build_parser().parse_args(argv)
-        print(export_run(args.run_dir, args.model, args.remove_dead))
-    except UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+        return export_run(args.run_dir, args.model, args.remove_dead)
+
+    return run_command(PROG, command)
 
 
 def main() -> None:

@@ -12,9 +12,11 @@ from pruning_cli.models import get_model_spec
 from pruning_cli.pruning.masks import top_fraction_mask
 from pruning_cli.sparse.cli import run
 from pruning_cli.sparse.export import (
+    Link,
     build_dense_model,
     export_state_dict,
     exported_state_dict,
+    links,
     load_export,
     remove_dead_hidden_units,
 )
@@ -74,14 +76,14 @@ def test_csr_picks_the_smallest_index_dtypes():
     assert csr_bytes(small) == 200 * 4 + 200 * 1 + 201 * 1
 
 
-def test_compact_inserts_fillers_for_gaps_over_31_on_a_hand_made_matrix():
+def test_compact_inserts_fillers_for_runs_over_31_zeros_on_a_hand_made_matrix():
     weight = torch.zeros(2, 40)
-    weight[0, [0, 1, 35]] = torch.tensor([1.0, 2.0, 3.0])  # gaps 0, 1, 34 -> 34 = 31 (filler) + 3
-    weight[1, 39] = 4.0  # gap 39 = 31 (filler) + 8
+    weight[0, [0, 1, 35]] = torch.tensor([1.0, 2.0, 3.0])  # zeros skipped 0, 0, 33 -> 31, filler, 1
+    weight[1, 39] = 4.0  # 39 zeros -> 31, filler, 7
     compact = encode_compact(weight)
 
     assert compact["bits"] == 5 and compact["count"] == 6
-    assert unpack_bits(compact["gaps"], 5, 6).tolist() == [0, 1, 31, 3, 31, 8]
+    assert unpack_bits(compact["gaps"], 5, 6).tolist() == [0, 0, 31, 1, 31, 7]
     assert compact["values"].tolist() == [1.0, 2.0, 0.0, 3.0, 0.0, 4.0]
     assert compact["crow_indices"].tolist() == [0, 4, 6]
     # 6 float32 values + ceil(6 * 5 / 8) = 4 bytes of gaps + 3 uint8 row pointers
@@ -91,20 +93,20 @@ def test_compact_inserts_fillers_for_gaps_over_31_on_a_hand_made_matrix():
 
 
 def test_compact_stores_by_columns_when_whole_columns_are_pruned():
-    # An fc1 fed by images: the border pixels' columns are pruned away, so every row starts with a long gap.
+    # An fc1 fed by images: the border pixels' columns are pruned away, so every row starts with a long run of zeros.
     weight = torch.zeros(300, 100)
     weight[:, 60:70] = torch.randn(300, 10)
     by_rows, best = encode_compact(weight, by_columns=False), encode_compact(weight)
-    assert by_rows["count"] == 3_300  # one filler per row for the leading gap of 60
+    assert by_rows["count"] == 3_300  # one filler per row for the leading 60 zeros
     assert compact_bytes(by_rows) == 3_300 * 4 + 2_063 + 301 * 2  # values, ceil(3300 * 5 / 8) gap bytes, pointers
     assert best["by_columns"] and best["count"] == 3_000  # empty columns cost one pointer each, no filler
     assert compact_bytes(best) == 3_000 * 4 + 1_875 + 101 * 2
     assert torch.equal(decode_compact(best), weight)
 
 
-@pytest.mark.parametrize(("column", "gaps"), [(31, [31]), (62, [31, 31]), (63, [31, 31, 1])])
+@pytest.mark.parametrize(("column", "gaps"), [(31, [31]), (32, [31, 0]), (63, [31, 31]), (64, [31, 31, 0])])
 def test_compact_filler_boundaries(column, gaps):
-    weight = torch.zeros(1, 64)
+    weight = torch.zeros(1, 65)
     weight[0, column] = 1.0
     compact = encode_compact(weight, by_columns=False)
     assert unpack_bits(compact["gaps"], 5, compact["count"]).tolist() == gaps
@@ -113,9 +115,9 @@ def test_compact_filler_boundaries(column, gaps):
 
 def test_conv_kernels_use_8_bit_gaps_over_the_flattened_filter():
     kernel = torch.zeros(2, 20, 4, 4)  # rows of 320 columns
-    kernel[1].view(-1)[300] = -2.0  # gap 300 = 255 (filler) + 45
+    kernel[1].view(-1)[300] = -2.0  # 300 zeros -> 255, filler, 44
     compact = encode_compact(kernel, by_columns=False)
-    assert compact["bits"] == 8 and compact["gaps"].tolist() == [255, 45]
+    assert compact["bits"] == 8 and compact["gaps"].tolist() == [255, 44]
     assert compact_bytes(compact) == 2 * 4 + 2 + 3
     assert torch.equal(decode_compact(compact), kernel)
 
@@ -185,14 +187,62 @@ def test_dead_unit_removal_on_lenet5_at_paper_densities():
     exported, _ = export_state_dict(model.state_dict(), "lenet5", remove_dead=True)
     removed = exported["removed_units"]["fc1"]
     assert removed > 0  # fc2 keeps 19% of 10 outputs per unit: ~12% of fc1's units have no output left
-    assert exported["layers"]["fc1"]["shape"] == (500 - removed, 800)
+    channels = 50 - exported["removed_units"]["conv2"]
+    assert exported["layers"]["fc1"]["shape"] == (500 - removed, channels * 16)
     with torch.inference_mode():
         torch.testing.assert_close(build_sparse_model(exported)(images()), model(images()), rtol=1e-5, atol=1e-5)
 
 
+def test_dead_conv_channels_are_removed_and_their_constants_folded():
+    torch.manual_seed(0)
+    model = get_model_spec("lenet5").build(10).eval()
+    with torch.no_grad():
+        model.conv1.weight[3] = 0  # a filter without inputs: relu(0.5) everywhere, folded into conv2's bias
+        model.conv1.bias[3] = 0.5
+        model.conv2.weight[7] = 0  # conv2 channel 7 without inputs and a negative bias: outputs 0
+        model.conv2.bias[7] = -1.0
+        model.fc1.weight[:, 16 * 9 : 16 * 10] = 0  # conv2 channel 9 feeds none of fc1's 800 columns
+    exported, report = export_state_dict(model.state_dict(), "lenet5", remove_dead=True)
+
+    assert exported["removed_units"] == {"conv1": 1, "conv2": 2, "fc1": 0}
+    shapes = {name: layer["shape"] for name, layer in exported["layers"].items()}
+    assert shapes == {"conv1": (19, 1, 5, 5), "conv2": (48, 19, 5, 5), "fc1": (500, 768), "fc2": (10, 500)}
+    assert report.set_index("layer").loc["fc1", ["removed_inputs", "removed_outputs"]].tolist() == [32, 0]
+    with torch.inference_mode():
+        expected = model(images())
+        torch.testing.assert_close(build_sparse_model(exported)(images()), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_padding_keeps_input_less_channels_with_a_constant():
+    # With zero padding the next conv sees the constant inside and zeros at the border: no exact fold.
+    weights = {"a": torch.zeros(3, 2, 3, 3), "b": torch.ones(4, 3, 3, 3)}
+    weights["a"][2] = 1.0
+    biases = {"a": torch.tensor([1.0, -1.0, 0.0]), "b": torch.zeros(4)}
+    new_weights, _, removed = remove_dead_hidden_units(weights, biases, [Link("a", "b", foldable=False)])
+    assert removed == {"a": 1}  # channel 1 outputs relu(-1) = 0 and goes; channel 0 outputs 1 and stays
+    assert new_weights["b"].shape == (4, 2, 3, 3)
+
+
+def test_links_of_alexnet_fold_only_where_there_is_no_padding():
+    spec = get_model_spec("alexnet")
+    with torch.device("meta"):
+        chain = links(spec.prunable(spec.build(1000)))
+    assert [(link.first, link.second, link.foldable) for link in chain] == [
+        ("conv1", "conv2", False),
+        ("conv2", "conv3", False),
+        ("conv3", "conv4", False),
+        ("conv4", "conv5", False),
+        ("conv5", "fc6", True),
+        ("fc6", "fc7", True),
+        ("fc7", "fc8", True),
+    ]
+
+
 def test_removal_keeps_units_whose_constant_has_no_bias_to_go_to():
     weights = {"a": torch.zeros(2, 3), "b": torch.ones(4, 2)}
-    _, _, removed = remove_dead_hidden_units(weights, {"a": torch.tensor([1.0, -1.0]), "b": None})
+    _, _, removed = remove_dead_hidden_units(
+        weights, {"a": torch.tensor([1.0, -1.0]), "b": None}, [Link("a", "b", foldable=True)]
+    )
     assert removed == {"a": 1}  # unit 1 outputs relu(-1) = 0 and goes; unit 0 outputs 1 and stays
 
 
@@ -225,7 +275,7 @@ def prune_export(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_exports_a_run_directory(tmp_path):
     state = write_run(tmp_path / "run", "lenet5")
-    result = prune_export(str(tmp_path / "run"))
+    result = prune_export(str(tmp_path / "run"), "--keep-dead")  # same shapes, so the weights compare exactly
     assert result.returncode == 0, result.stderr
     assert "compact_ratio" in result.stdout and f"wrote {tmp_path / 'run' / 'model_sparse.pt'}" in result.stdout
     restored = exported_state_dict(load_export(tmp_path / "run" / "model_sparse.pt"))
@@ -267,9 +317,12 @@ def test_cli_bad_inputs_in_process(tmp_path, capsys, setup, args, message):
     assert stderr.startswith("prune-export: error: ") and message in stderr and stderr.count("\n") == 1
 
 
-def test_cli_remove_dead_writes_smaller_layers(tmp_path, capsys):
+def test_cli_removes_dead_units_unless_told_to_keep_them(tmp_path, capsys):
     write_run(tmp_path / "run", "lenet5")
-    assert run([str(tmp_path / "run"), "--remove-dead", "--model", "lenet5"]) == 0
+    assert run([str(tmp_path / "run"), "--model", "lenet5"]) == 0
     exported = load_export(tmp_path / "run" / "model_sparse.pt")
     assert exported["layers"]["fc1"]["shape"][0] < 500
     assert "removed_outputs" in capsys.readouterr().out
+    assert run([str(tmp_path / "run"), "--keep-dead"]) == 0
+    exported = load_export(tmp_path / "run" / "model_sparse.pt")
+    assert exported["layers"]["fc1"]["shape"] == (500, 800) and exported["removed_units"] == {}

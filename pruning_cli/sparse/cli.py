@@ -27,9 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"model name ({', '.join(MODELS)}); default: model.name in RUN_DIR/.hydra/config.yaml",
     )
     parser.add_argument(
-        "--remove-dead",
+        "--keep-dead",
         action="store_true",
-        help="physically remove hidden fc units with no input or no output connection (paper sec. 3.5)",
+        help="keep the layers' shapes; by default hidden units (fc units, conv channels) with no input or no "
+        "output connection left are physically removed (paper sec. 3.5)",
     )
     return parser
 
@@ -81,7 +82,7 @@ def run(argv: list[str] | None = None) -> int:
 
     def command() -> str:
         args = build_parser().parse_args(argv)
-        return export_run(args.run_dir, args.model, args.remove_dead)
+        return export_run(args.run_dir, args.model, remove_dead=not args.keep_dead)
 
     return run_command(PROG, command)
 

@@ -7,11 +7,13 @@ The export is a plain dict of tensors, ints, strings and tuples, so `torch.load(
      "tensors": {every other state_dict key: tensor},
      "removed_units": {paper name of the layer before the hidden units: count}}
 
-With `remove_dead=True`, hidden units between consecutive fc layers that have no incoming or no outgoing connection
-are physically removed (paper sec. 3.5), so the exported fc layers have smaller dense shapes.
+With `remove_dead=True`, hidden units (fc units, conv channels) between consecutive prunable layers that have no
+incoming or no outgoing connection are physically removed (paper sec. 3.5), so the exported layers have smaller
+dense shapes.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -33,49 +35,70 @@ EXPORT_FORMAT = "pruning_cli.sparse/1"
 FLOAT32_BYTES = 4
 
 
-def fc_chains(weights: Mapping[str, Tensor]) -> list[tuple[str, str]]:
-    """Pairs of consecutive prunable fc layers (2-D weights, in forward order) that share a hidden layer.
+@dataclass(frozen=True)
+class Link:
+    """Two consecutive prunable layers whose hidden units (fc units or conv channels) pass only through ReLU,
+    pooling, dropout and flatten, as in all four models: a unit of `first` feeds `group` input columns of
+    `second` (1, or the spatial positions per channel where a conv feeds an fc layer through flatten)."""
 
-    In both LeNets such a pair is joined by a ReLU and nothing else, which the dead-unit removal relies on.
-    """
-    names = list(weights)
-    return [(a, b) for a, b in zip(names, names[1:], strict=False) if weights[a].dim() == 2 and weights[b].dim() == 2]
+    first: str
+    second: str
+    # A constant unit folds exactly into `second`'s bias: true for fc, and for a conv without zero padding
+    # (with padding, the border sees zeros instead of the constant).
+    foldable: bool
+
+
+def links(modules: Mapping[str, nn.Module]) -> list[Link]:
+    """The links between consecutive prunable modules (paper name -> module, in forward order)."""
+    pairs = zip(modules.items(), list(modules.items())[1:], strict=False)
+    return [
+        Link(first, second, isinstance(module, nn.Linear) or all(pad == 0 for pad in module.padding))
+        for (first, _), (second, module) in pairs
+    ]
+
+
+def _per_unit(weight: Tensor, units: int) -> Tensor:
+    """`weight` with its input dimension split per unit of the previous layer: (out, units, rest...)."""
+    return weight.unflatten(1, (units, -1))
 
 
 def remove_dead_hidden_units(
-    weights: Mapping[str, Tensor], biases: Mapping[str, Tensor | None]
+    weights: Mapping[str, Tensor], biases: Mapping[str, Tensor | None], chain: list[Link]
 ) -> tuple[dict[str, Tensor], dict[str, Tensor | None], dict[str, int]]:
-    """Drop hidden units with no incoming (a zero row of the first layer) or no outgoing (a zero column of the
-    next layer) connection; return new weights, biases and the count removed after each first layer.
+    """Drop hidden units with no incoming (a zero row or filter of the first layer) or no outgoing (zero
+    columns of the next layer) connection; return new weights, biases and the count removed after each first layer.
 
-    A unit without inputs still outputs relu(bias), a constant: its share W_next[:, j] * relu(b_j) moves into the
-    next layer's bias so that the network computes the same function. Removing units can leave others dead
-    (a row of the next layer may lose its last input), so passes repeat until nothing changes.
+    A unit without inputs still outputs relu(bias), a constant: its share, W_next[:, j] summed over the unit's
+    columns (or kernel) times relu(b_j), moves into the next layer's bias so that the network computes the same
+    function; where that is not exact (no bias to take it, zero padding) the unit stays unless its constant is 0.
+    Removing units can leave others dead (a row of the next layer may lose its last input), so passes repeat.
     """
     weights, biases = dict(weights), dict(biases)
-    chains = fc_chains(weights)
-    removed = {first: 0 for first, _ in chains}
+    removed = {link.first: 0 for link in chain}
     changed = True
     while changed:
         changed = False
-        for first, second in chains:
-            _, no_input = dead_units(weights[first])
-            no_output, _ = dead_units(weights[second])
-            bias = biases[first]
-            constant = torch.zeros_like(no_input, dtype=weights[first].dtype) if bias is None else torch.relu(bias)
-            constant = torch.where(no_input & ~no_output, constant.detach(), 0)
-            if biases[second] is None:  # nowhere to fold a constant: keep those units
+        for link in chain:
+            first, second, bias = weights[link.first], weights[link.second], biases[link.first]
+            units = first.shape[0]
+            second_units = _per_unit(second, units)
+            _, no_input = dead_units(first)
+            no_output = ~(second_units != 0).transpose(0, 1).flatten(1).any(dim=1)
+            constant = torch.zeros(units, dtype=first.dtype) if bias is None else torch.relu(bias.detach())
+            constant = torch.where(no_input & ~no_output, constant, 0)
+            if biases[link.second] is None or not link.foldable:  # nowhere to fold a constant: keep those units
                 no_input &= constant == 0
             dead = no_input | no_output
             if not dead.any():
                 continue
-            if biases[second] is not None and constant.any():
-                biases[second] = biases[second].detach() + weights[second][:, dead] @ constant[dead]
+            if constant[dead].any():
+                share = second_units[:, dead].flatten(2).sum(dim=2) @ constant[dead]
+                biases[link.second] = biases[link.second].detach() + share
             keep = ~dead
-            weights[first] = weights[first][keep]
-            biases[first] = None if bias is None else bias.detach()[keep]
-            weights[second] = weights[second][:, keep]
-            removed[first] += int(dead.sum())
+            weights[link.first] = first[keep]
+            biases[link.first] = None if bias is None else bias.detach()[keep]
+            weights[link.second] = second_units[:, keep].flatten(1, 2)
+            removed[link.first] += int(dead.sum())
             changed = True
     return weights, biases, removed
 
@@ -84,7 +107,8 @@ def export_state_dict(
     state: Mapping[str, Tensor], model_name: str, remove_dead: bool = False
 ) -> tuple[dict, pd.DataFrame]:
     """The export payload (see the module docstring) and its size report (`size_report`)."""
-    layers = get_model_spec(model_name).layers
+    spec = get_model_spec(model_name)
+    layers = spec.layers
     missing = [f"{path}.weight" for path in layers.values() if f"{path}.weight" not in state]
     if missing:
         raise ValueError(f"the state_dict has no {', '.join(missing)}; is it a {model_name} model?")
@@ -92,7 +116,9 @@ def export_state_dict(
     biases = {name: _cpu(state.get(f"{path}.bias")) for name, path in layers.items()}
     weights, removed = dict(original), {}
     if remove_dead:
-        weights, biases, removed = remove_dead_hidden_units(original, biases)
+        with torch.device("meta"):  # only the module types and paddings are needed, not the weights
+            modules = spec.prunable(spec.build(10))
+        weights, biases, removed = remove_dead_hidden_units(original, biases, links(modules))
     weight_keys = {f"{path}.weight" for path in layers.values()}
     layer_keys = weight_keys | {f"{path}.bias" for path in layers.values()}
     exported = {
@@ -119,13 +145,10 @@ def size_report(original: Mapping[str, Tensor], exported: dict, dense_rest: int)
     dead-unit removal); csr_bytes what the export file stores; compact_bytes the paper's relative-index storage
     (k-bit gaps incl. fillers) with the rest dense. Ratios are dense / sparse.
     """
-    removed = exported["removed_units"]
-    names = list(original)
     rows = []
-    for position, (name, weight) in enumerate(original.items()):
+    for name, weight in original.items():
         layer = exported["layers"][name]
         compact = encode_compact(decode_csr(layer))
-        previous = names[position - 1] if position else None
         rows.append(
             {
                 "layer": name,
@@ -138,8 +161,8 @@ def size_report(original: Mapping[str, Tensor], exported: dict, dense_rest: int)
                 "compact_bytes": compact_bytes(compact),
                 "index_bits": compact["bits"],
                 "fillers": compact["count"] - len(layer["values"]),
-                "removed_inputs": removed.get(previous, 0),
-                "removed_outputs": removed.get(name, 0),
+                "removed_inputs": weight.shape[1] - layer["shape"][1],
+                "removed_outputs": weight.shape[0] - layer["shape"][0],
             }
         )
     rest = [layer["bias"] for layer in exported["layers"].values() if layer["bias"] is not None]
@@ -198,7 +221,7 @@ def exported_state_dict(exported: dict) -> dict[str, Tensor]:
 
 
 def build_dense_model(exported: dict) -> nn.Module:
-    """The model with the exported weights, in eval mode; fc layers shrunk to their exported shapes if needed."""
+    """The model with the exported weights, in eval mode; layers shrunk to their exported shapes if needed."""
     spec = get_model_spec(exported["model"])
     layers: dict[str, dict] = exported["layers"]
     num_classes = list(layers.values())[-1]["shape"][0]
@@ -206,12 +229,20 @@ def build_dense_model(exported: dict) -> nn.Module:
     for layer in layers.values():
         module = model.get_submodule(layer["module"])
         if tuple(module.weight.shape) != tuple(layer["shape"]):
-            if not isinstance(module, nn.Linear):
-                raise ValueError(f"{layer['module']} is {tuple(module.weight.shape)}, export has {layer['shape']}")
-            out_features, in_features = layer["shape"]
-            model.set_submodule(layer["module"], nn.Linear(in_features, out_features, bias=layer["bias"] is not None))
+            model.set_submodule(layer["module"], _resized(module, layer["shape"]))
     model.load_state_dict(exported_state_dict(exported))
     return model.eval()
+
+
+def _resized(module: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """A fresh nn.Linear or nn.Conv2d like `module` whose weight has `shape` (units removed at either end)."""
+    bias = module.bias is not None
+    if isinstance(module, nn.Linear) and len(shape) == 2:
+        return nn.Linear(shape[1], shape[0], bias=bias)
+    if isinstance(module, nn.Conv2d) and tuple(shape[2:]) == tuple(module.kernel_size) and module.groups == 1:
+        options = {key: getattr(module, key) for key in ("stride", "padding", "dilation", "padding_mode")}
+        return nn.Conv2d(shape[1], shape[0], module.kernel_size, bias=bias, **options)
+    raise ValueError(f"cannot resize {type(module).__name__} {tuple(module.weight.shape)} to the exported {shape}")
 
 
 def layer_csr(layer: Mapping) -> Csr:

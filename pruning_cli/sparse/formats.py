@@ -5,9 +5,10 @@ A weight is seen as a matrix of rows = output units: an fc weight as it is, a co
 
 - CSR: values, absolute column indices and row pointers, each index in the smallest integer dtype that holds it.
   This is what the export file stores and what `torch.sparse_csr_tensor` multiplies with.
-- compact: the paper's storage (Deep Compression, sec. 3.5 of the pruning paper): per row, the gap to the
-  previous stored column in k bits (5 for fc, 8 for conv), bit-packed. A gap larger than 2^k - 1 is bridged by
-  filler entries: a zero value at the largest gap. Its size is what the paper's storage figures count.
+- compact: the paper's storage (Deep Compression, sec. 3.5 of the pruning paper): per row, the relative index
+  in k bits (5 for fc, 8 for conv), bit-packed, stored as the number of zeros skipped since the previous entry
+  (0 .. 2^k - 1), so one index reaches 2^k columns ahead. A longer run of zeros is bridged by filler entries: a
+  zero value after 2^k - 1 skipped zeros. Its size is what the paper's storage figures count.
 
 Both decode back to a tensor that `torch.equal`s the weight (a pruned -0.0 comes back as +0.0, which compares equal).
 """
@@ -39,7 +40,7 @@ class Csr(TypedDict):
 
 
 class Compact(TypedDict):
-    """Relative k-bit indices: `gaps` packs `count` k-bit gaps, little-endian; `count` includes the fillers.
+    """Relative k-bit indices: `gaps` packs `count` k-bit zero runs, little-endian; `count` includes the fillers.
 
     `by_columns`: the matrix is stored column by column (CSC); `crow_indices` then point at columns.
     """
@@ -144,31 +145,31 @@ def unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
 
 
 def encode_compact(weight: Tensor, bits: int | None = None, by_columns: bool | None = None) -> Compact:
-    """The paper's relative indices: per row, the gap to the previous stored column (the first: its column).
+    """The paper's relative indices: per row, the zeros skipped since the previous stored column (row start: -1).
 
-    A gap above 2^bits - 1 gets filler entries (value 0, gap 2^bits - 1) until the rest fits, as in Deep Compression.
-    `bits` defaults to 5 for fc and 8 for conv (`index_bits`). Deep Compression stores a layer as CSR or CSC;
-    `by_columns=None` picks the smaller: an fc1 fed by images has whole pixel columns pruned (the border), which
-    cost every row fillers but leave a column-wise layout empty columns for free.
+    A run of more than 2^bits - 1 zeros gets filler entries (value 0 after 2^bits - 1 zeros) until the rest fits,
+    as in Deep Compression. `bits` defaults to 5 for fc and 8 for conv (`index_bits`). Deep Compression stores a
+    layer as CSR or CSC; `by_columns=None` picks the smaller: an fc1 fed by images has whole pixel columns pruned
+    (the border), which cost every row fillers but leave a column-wise layout empty columns for free.
     """
     if by_columns is None:
         by_rows, by_cols = encode_compact(weight, bits, by_columns=False), encode_compact(weight, bits, by_columns=True)
         return by_cols if compact_bytes(by_cols) < compact_bytes(by_rows) else by_rows
     bits = index_bits(weight) if bits is None else bits
-    max_gap = 2**bits - 1
+    reach, max_run = 2**bits, 2**bits - 1
     matrix = _as_matrix(weight)
     csr = encode_csr(matrix.T.contiguous() if by_columns else matrix)
     crow, cols, values = csr["crow_indices"].long(), csr["col_indices"].long(), csr["values"]
     starts_row = torch.zeros(len(cols), dtype=torch.bool, device=cols.device)
     starts_row[crow[:-1][crow.diff() > 0]] = True
-    gaps = cols - torch.where(starts_row, 0, cols.roll(1))
-    fillers = (gaps - 1).clamp(min=0) // max_gap
+    runs = cols - torch.where(starts_row, -1, cols.roll(1)) - 1
+    fillers = runs // reach
     per_entry = fillers + 1
     owner = torch.repeat_interleave(torch.arange(len(cols), device=cols.device), per_entry)
     ends = per_entry.cumsum(0)
     position = torch.arange(len(owner), device=cols.device) - (ends - per_entry)[owner]
     is_entry = position == fillers[owner]  # the last slot of each group holds the real entry
-    stored_gaps = torch.where(is_entry, gaps[owner] - fillers[owner] * max_gap, max_gap)
+    stored_runs = torch.where(is_entry, runs[owner] - fillers[owner] * reach, max_run)
     stored_values = torch.where(is_entry, values[owner], torch.zeros((), dtype=values.dtype))
     stored_crow = torch.cat([ends.new_zeros(1), ends])[crow]
     return Compact(
@@ -177,18 +178,18 @@ def encode_compact(weight: Tensor, bits: int | None = None, by_columns: bool | N
         bits=bits,
         count=len(owner),
         values=stored_values,
-        gaps=pack_bits(stored_gaps, bits),
+        gaps=pack_bits(stored_runs, bits),
         crow_indices=stored_crow.to(smallest_index_dtype(len(owner))),
     )
 
 
 def decode_compact(compact: Compact) -> Tensor:
     """The dense weight back from its relative indices (fillers write zeros where the weight is zero anyway)."""
-    gaps = unpack_bits(compact["gaps"], compact["bits"], compact["count"])
+    steps = unpack_bits(compact["gaps"], compact["bits"], compact["count"]) + 1
     crow = compact["crow_indices"].long()
     rows = _row_of_entries(crow)
-    running = torch.cat([gaps.new_zeros(1), gaps.cumsum(0)])
-    cols = running[1:] - running[crow[:-1]][rows]
+    running = torch.cat([steps.new_zeros(1), steps.cumsum(0)])
+    cols = running[1:] - running[crow[:-1]][rows] - 1
     shape = compact["shape"]
     if not compact["by_columns"]:
         return _scatter(shape, rows, cols, compact["values"])

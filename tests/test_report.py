@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 
 from pruning_cli.models import get_model_spec
 from pruning_cli.report.cli import run
-from pruning_cli.report.collect import collect, method_label
+from pruning_cli.report.collect import Skipped, collect, method_label
 from pruning_cli.report.plots import plot_sensitivity
-from pruning_cli.report.tables import layer_tables, markdown_table, table1, table1_markdown
+from pruning_cli.report.tables import layer_tables, layers_markdown, markdown_table, table1, table1_markdown
+from pruning_cli.sparse.export import export_state_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRICS_HEADER = "iteration,phase,epochs,params_total,params_nonzero,compression,top1,top5,loss,train_loss,seconds\n"
@@ -170,6 +171,27 @@ def test_broken_runs_are_skipped_with_their_reason(collection):
     assert "alexnet" in set(collection.runs.run)
 
 
+def test_storage_of_each_run_is_what_prune_export_reports(collection, runs):
+    row = collection.runs.set_index("run").loc["oneshot"]
+    assert row.dense_bytes == 266_610 * 4  # every parameter as float32
+    state = torch.load(runs / "oneshot" / "model.pt", weights_only=True)
+    total = export_state_dict(state, "lenet300", remove_dead=True)[1].set_index("layer").loc["total"]
+    assert (row.csr_bytes, row.compact_bytes) == (total.csr_bytes, total.compact_bytes)
+    assert 9 < row.dense_bytes / row.compact_bytes < 12  # 12x fewer weights, each with a 5-bit index
+    storage = collection.storage[collection.storage.run == "oneshot"].set_index("layer")
+    assert storage.loc["fc1", "dense_bytes"] == 784 * 300 * 4
+    assert storage.loc[["fc1", "fc2", "fc3", "biases+other"], "compact_bytes"].sum() == row.compact_bytes
+    alexnet = collection.runs.set_index("run").loc["alexnet"]
+    assert pd.isna(alexnet.compact_bytes)  # its model.pt is not a torch file: storage left out, run kept
+    assert Skipped(runs / "alexnet", "model.pt cannot be sized (UserError): storage left out (the run is kept)") in (
+        collection.skipped
+    )
+
+    table = table1(collection.runs).set_index("network").loc["LeNet-300-100"].set_index("dataset").loc["mnist"]
+    expected = f"1.07 MB -> {table.csr_bytes / 1e3:.3g} KB / {table.compact_bytes / 1e3:.3g} KB"
+    assert f"| {expected} ({table.storage_ratio:.1f}x) |" in table1_markdown(table1(collection.runs))
+
+
 def test_table1_means_over_seeds_and_compares_with_the_paper(collection):
     table = table1(collection.runs).set_index("network")
     lenet = table.loc["LeNet-300-100"].set_index("dataset")
@@ -191,14 +213,14 @@ def test_table1_means_over_seeds_and_compares_with_the_paper(collection):
     text = table1_markdown(table1(collection.runs))
     assert (
         "| LeNet-300-100 | fashion_mnist | L2, iterative, retrain | 2 | 2.05% | 2.10% | +0.05 ± 0.21 | "
-        "MNIST: 1.64% -> 1.59% | -0.05 | +0.10 | 266.6K -> 22.2K | 267K -> 22K | 12.0x | 12x | no |"
+        "MNIST: 1.64% -> 1.59% | -0.05 | +0.10 | 266.6K -> 22.2K | 267K -> 22K | 12.0x | 12x | 1.07 MB -> "
     ) in text
     assert "| LeNet-300-100 | mnist | L1, one-shot, no retrain | 1 | 1.64% | 1.59% | +0.05 |" not in text
     assert "| LeNet-300-100 | mnist | L1, one-shot, no retrain | 1 | 1.64% | 1.59% | -0.05 |" in text
     assert (
         "| AlexNet | synthetic_imagenet | L2, one-shot, retrain | 1 | 42.78% / 19.73% | 42.77% / 19.67% | "
         "-0.01 / -0.06 | ImageNet: 42.78% / 19.73% -> 42.77% / 19.67% | -0.01 / -0.06 | +0.00 / +0.00 | "
-        "61.1M -> 6.7M | 61M -> 6.7M | 9.1x | 9x | yes |"
+        "61.1M -> 6.7M | 61M -> 6.7M | 9.1x | 9x | n/a | yes |"
     ) in text
     assert "setting" not in text  # no two runs of one method differ in anything but the seed
 
@@ -240,6 +262,17 @@ def test_layer_table_of_the_final_model_beside_the_paper(collection):
     assert sweep.weights_kept_vs_paper.tolist() == pytest.approx([0, 0, 0, 100 * 21_776 / 266_200 - 8])
     oneshot = table[table.dataset == "mnist"].set_index("layer")
     assert oneshot.activations_nonzero_pct.isna().tolist() == [True, True, False, True]
+    assert oneshot.dense_bytes.isna().all()  # no storage frame given
+
+
+def test_layer_table_shows_bytes_dense_and_compact(collection):
+    table = layer_tables(collection.layers, collection.metrics, collection.storage)["lenet300"]
+    oneshot = table[table.dataset == "mnist"].set_index("layer")
+    assert oneshot.dense_bytes.tolist() == [940_800, 120_000, 4_000, 1_064_800]
+    storage = collection.storage[collection.storage.run == "oneshot"].set_index("layer").compact_bytes
+    assert oneshot.compact_bytes.tolist() == [*storage[["fc1", "fc2", "fc3"]], storage[["fc1", "fc2", "fc3"]].sum()]
+    text = layers_markdown("lenet300", table)
+    assert f"| 941 KB -> {storage['fc1'] / 1e3:.3g} KB ({940_800 / storage['fc1']:.1f}x) |" in text
 
 
 def test_method_labels_follow_the_config():
@@ -270,7 +303,7 @@ def test_cli_writes_tables_plots_and_summary(runs, tmp_path, capsys):
     assert "not drawn: histogram_alexnet.png: " in printed
     assert not (out / "sensitivity_lenet300.png").exists()  # no sensitivity.csv among these runs
     assert (out / "table1.md").read_text() in printed + "\n"
-    assert "skipped 4:" in printed and "broken_truncated: metrics.csv ends mid-row (truncated file?)" in printed
+    assert "skipped 5:" in printed and "broken_truncated: metrics.csv ends mid-row (truncated file?)" in printed
     assert pd.read_csv(out / "table1.csv").network.tolist() == ["LeNet-300-100", "LeNet-300-100", "AlexNet"]
     layers_md = (out / "layers_lenet300.md").read_text()
     assert "| fc1 | 235.2K | 470.4K | 40.0% | 8.0% | 8.0% | 8.0% | +0.00 |" in layers_md

@@ -64,7 +64,7 @@ def make_report(dirs: list[Path], out_dir: Path, tolerance: float = 0.0) -> str:
         table = table1(collection.runs, tolerance)
         table1_text = table1_markdown(table, tolerance)
         written += write_table(table, table1_text, "table1", out_dir)
-    for model, frame in layer_tables(collection.layers, collection.metrics).items():
+    for model, frame in layer_tables(collection.layers, collection.metrics, collection.storage).items():
         written += write_table(frame, layers_markdown(model, frame), f"layers_{model}", out_dir)
     figures = draw_all(collection.runs, collection.metrics, collection.sensitivity, out_dir)
     written += [path for path, reason in figures.items() if reason is None]

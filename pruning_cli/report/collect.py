@@ -13,8 +13,10 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from pruning_cli.artifacts import load_model_state
 from pruning_cli.config import RunConfig
 from pruning_cli.errors import UserError
+from pruning_cli.sparse.export import export_state_dict
 
 CONFIG = Path(".hydra") / "config.yaml"
 PHASES = ("train", "prune", "retrain")
@@ -33,8 +35,9 @@ RUN_COLUMNS = (
     "run", "dir", "model", "dataset", "seed", "method", "setting", "regularization", "schedule", "retrain",
     "iterations",
     "dense_top1", "dense_top5", "final_top1", "final_top5", "error_change_top1", "error_change_top5",
-    "params_total", "params_nonzero", "compression", "seconds",
+    "params_total", "params_nonzero", "compression", "dense_bytes", "csr_bytes", "compact_bytes", "seconds",
 )  # fmt: skip
+STORAGE_COLUMNS = ("layer", "dense_bytes", "csr_bytes", "compact_bytes")
 ID_COLUMNS = ("run", "model", "dataset", "seed", "method", "setting")
 # Keys that do not change what is measured (where files live, resuming, the device) and the seed and dense
 # checkpoint, which are the repeats being averaged. Runs that differ in any other key are kept apart.
@@ -60,6 +63,7 @@ class Collection:
     metrics: pd.DataFrame
     layers: pd.DataFrame
     sensitivity: pd.DataFrame
+    storage: pd.DataFrame  # bytes per layer of each run's model.pt, plus its "biases+other" and "total" rows
     skipped: list[Skipped] = field(default_factory=list)
 
 
@@ -275,7 +279,20 @@ def _read_sensitivity(run_dir: Path) -> pd.DataFrame:
     return table.assign(pruned=1 - table.kept)
 
 
-def _run_row(run_id: str, run_dir: Path, info: dict[str, Any], metrics: pd.DataFrame) -> dict[str, Any]:
+def _read_storage(run_dir: Path, model: str) -> pd.DataFrame:
+    """The bytes of the run's model.pt per layer as `prune-export` reports them (dead units removed): dense
+    float32, CSR and the paper's compact format, one row per prunable layer, "biases+other" and "total"."""
+    try:
+        state = load_model_state(run_dir / "model.pt")
+        _, report = export_state_dict(state, model, remove_dead=True)
+    except (UserError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:  # foreign file
+        raise _Unusable(f"model.pt cannot be sized ({type(error).__name__})") from error
+    return report[list(STORAGE_COLUMNS)].astype({column: "int64" for column in STORAGE_COLUMNS[1:]})
+
+
+def _run_row(
+    run_id: str, run_dir: Path, info: dict[str, Any], metrics: pd.DataFrame, storage: pd.DataFrame | None
+) -> dict[str, Any]:
     dense = metrics[(metrics.iteration == 0) & (metrics.phase == "train")].iloc[0]
     final = metrics.iloc[-1]
     return {
@@ -292,6 +309,11 @@ def _run_row(run_id: str, run_dir: Path, info: dict[str, Any], metrics: pd.DataF
         "params_total": int(final.params_total),
         "params_nonzero": int(final.params_nonzero),
         "compression": final.params_total / final.params_nonzero,
+        **(
+            dict.fromkeys(STORAGE_COLUMNS[1:], None)
+            if storage is None
+            else storage.set_index("layer").loc["total"].to_dict()
+        ),
         "seconds": metrics.seconds.sum(min_count=1),
     }
 
@@ -307,6 +329,7 @@ def collect(paths: Sequence[Path]) -> Collection:
     metrics_frames: list[pd.DataFrame] = []
     layer_frames: list[pd.DataFrame] = []
     sensitivity_frames: list[pd.DataFrame] = []
+    storage_frames: list[pd.DataFrame] = []
     configs: dict[str, dict[str, str]] = {}
     groups: dict[str, tuple[Any, ...]] = {}
     for run_id, run_dir in found:
@@ -353,7 +376,13 @@ def collect(paths: Sequence[Path]) -> Collection:
                 label = method_label(config, metrics)
                 ids["method"] = label["method"]
                 groups[run_id] = (model, dataset, label["method"])
-                runs.append(_run_row(run_id, run_dir, {**ids, **label}, metrics))
+                try:
+                    storage = _read_storage(run_dir, model)
+                    storage_frames.append(_with_ids(storage, ids))
+                except _Unusable as problem:
+                    storage = None
+                    skipped.append(Skipped(run_dir, f"{problem}: storage left out (the run is kept)"))
+                runs.append(_run_row(run_id, run_dir, {**ids, **label}, metrics, storage))
                 metrics_frames.append(_with_ids(metrics, ids))
                 try:
                     layers = read_csv_checked(run_dir / "layers.csv", LAYERS_REQUIRED, LAYERS_OPTIONAL)
@@ -371,6 +400,7 @@ def collect(paths: Sequence[Path]) -> Collection:
         "sensitivity": _concat(
             sensitivity_frames, (*ID_COLUMNS, *SENSITIVITY_REQUIRED, *SENSITIVITY_OPTIONAL, "pruned")
         ),
+        "storage": _concat(storage_frames, (*ID_COLUMNS, *STORAGE_COLUMNS)),
     }
     used = set(frames["runs"].run) | set(frames["sensitivity"].run)  # skipped runs must not split the others
     setting = settings({run: configs[run] for run in used}, {run: groups[run] for run in used})

@@ -86,6 +86,23 @@ def fmt_count(value: float) -> str:
     return f"{value:.0f}"
 
 
+def fmt_bytes(value: float) -> str:
+    """A size in bytes with SI units (1 MB = 10^6 bytes)."""
+    if _missing(value):
+        return "n/a"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def fmt_storage(dense: float, csr: float, compact: float) -> str:
+    """'1.07 MB -> 129 KB / 106 KB (10.1x)': dense -> CSR / compact bytes, and dense / compact."""
+    if _missing(dense) or _missing(compact):
+        return "n/a"
+    return f"{fmt_bytes(dense)} -> {fmt_bytes(csr)} / {fmt_bytes(compact)} ({dense / compact:.1f}x)"
+
+
 def fmt_pct(value: float, digits: int = 2) -> str:
     return "n/a" if _missing(value) else f"{value:.{digits}f}%"
 
@@ -135,9 +152,13 @@ def table1(runs: pd.DataFrame, tolerance: float = 0.0) -> pd.DataFrame:
             params_before=("params_total", "mean"),
             params_after=("params_nonzero", "mean"),
             compression=("compression", "mean"),
+            dense_bytes=("dense_bytes", "mean"),
+            csr_bytes=("csr_bytes", "mean"),
+            compact_bytes=("compact_bytes", "mean"),
         )
         .reset_index()
     )
+    table["storage_ratio"] = table.dense_bytes / table.compact_bytes
     table.insert(0, "network", table.model.map(network_name))
     paper = pd.DataFrame(
         [_paper_columns(PAPER_TABLE1.get(model)) for model in table.model],
@@ -231,6 +252,7 @@ def table1_markdown(table: pd.DataFrame, tolerance: float = 0.0) -> str:
                 ),
                 "compression": f"{row.compression:.1f}x",
                 "paper compression": f"{row.paper_compression:.0f}x" if has_paper else "n/a",
+                "storage (dense -> CSR / compact)": fmt_storage(row.dense_bytes, row.csr_bytes, row.compact_bytes),
                 "meets paper": {True: "yes", False: "no", None: "n/a"}[row.meets_paper],
             }
         )
@@ -241,7 +263,9 @@ def table1_markdown(table: pd.DataFrame, tolerance: float = 0.0) -> str:
         "lost than the paper. *meets paper*: compression >= the paper's Table 1 compression and change <= the "
         f"paper's change + {tolerance:.2f} points (top-1, and top-5 where the paper has it). The paper used MNIST "
         "(LeNets) and ImageNet (AlexNet, VGG-16): on another dataset the absolute errors are not comparable, "
-        "the changes and the compression are."
+        "the changes and the compression are. *storage*: the pruned model.pt's bytes as dense float32, as CSR "
+        "and in the paper's compact format with dead units removed (what `prune-export` writes and prints), and "
+        "dense / compact."
     )
     shown = pd.DataFrame(rows)
     if rows and not shown.setting.astype(bool).any():
@@ -273,11 +297,18 @@ def final_layers(layers: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     return selected.assign(activations_nonzero=nxt.where(~is_last, 1.0))
 
 
-def layer_tables(layers: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per model: one row per (dataset, method, layer) plus a total row, means over seeds, beside the paper."""
+def layer_tables(
+    layers: pd.DataFrame, metrics: pd.DataFrame, storage: pd.DataFrame | None = None
+) -> dict[str, pd.DataFrame]:
+    """Per model: one row per (dataset, method, layer) plus a total row, means over seeds, beside the paper.
+
+    `storage` (collect's frame: bytes per run and layer) adds each layer's dense and compact bytes.
+    """
     if layers.empty or metrics.empty:
         return {}
     final = final_layers(layers, metrics)
+    storage = pd.DataFrame(columns=["run", "layer", "dense_bytes", "compact_bytes"]) if storage is None else storage
+    final = final.merge(storage[["run", "layer", "dense_bytes", "compact_bytes"]], on=["run", "layer"], how="left")
     final = final.assign(
         weights_kept=final.weights_nonzero / final.weights_total,
         flops_kept=final.flops_nonzero / final.flops_total,
@@ -289,6 +320,8 @@ def layer_tables(layers: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, pd.Da
             weights_nonzero=("weights_nonzero", "sum"),
             flops_total=("flops_total", lambda s: s.sum(min_count=len(s))),
             flops_nonzero=("flops_nonzero", lambda s: s.sum(min_count=len(s))),
+            dense_bytes=("dense_bytes", lambda s: s.sum(min_count=len(s))),
+            compact_bytes=("compact_bytes", lambda s: s.sum(min_count=len(s))),
         )
         .reset_index()
         .assign(layer="total", activations_nonzero=math.nan)
@@ -307,6 +340,8 @@ def layer_tables(layers: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, pd.Da
             activations_nonzero_pct=("activations_nonzero", "mean"),
             weights_kept_pct=("weights_kept", "mean"),
             flops_kept_pct=("flops_kept", "mean"),
+            dense_bytes=("dense_bytes", "mean"),
+            compact_bytes=("compact_bytes", "mean"),
         )
         .reset_index()
     )
@@ -337,7 +372,8 @@ def layers_markdown(model: str, table: pd.DataFrame) -> str:
         "layer's output after its nonlinearity on the test set (the next layer's input; the last layer's output "
         "counts as 100%; n/a for runs logged before `inputs_nonzero` existed); *% FLOPs kept* = non-zero FLOPs / "
         "dense FLOPs as counted per layer. *paper* is the paper's % weights kept (Tables 2-5), *difference* = "
-        "measured - paper in percentage points"
+        "measured - paper in percentage points; *bytes*: the weights as dense float32 and in the paper's compact "
+        "sparse format (dead units removed, as `prune-export` writes them; biases not included)"
         + (f"; the paper cut this network's FLOPs {cut}x ({100 / cut:.1f}% kept)." if cut else ".")
     )
     sections = [f"# Per-layer results: {network_name(model)}\n\n{note}\n"]
@@ -352,6 +388,12 @@ def layers_markdown(model: str, table: pd.DataFrame) -> str:
                 "% FLOPs kept": part.flops_kept_pct.map(lambda v: fmt_pct(v, 1)),
                 "paper % weights kept": part.paper_weights_kept_pct.map(lambda v: fmt_pct(v, 1)),
                 "difference (pts)": part.weights_kept_vs_paper.map(fmt_points),
+                "bytes dense -> compact": [
+                    "n/a"
+                    if _missing(compact)
+                    else f"{fmt_bytes(dense)} -> {fmt_bytes(compact)} ({dense / compact:.1f}x)"
+                    for dense, compact in zip(part.dense_bytes, part.compact_bytes, strict=True)
+                ],
             }
         )
         shown.loc[part.layer == "total", "% non-zero activations"] = ""

@@ -19,6 +19,7 @@ LAYERS_COLUMNS = (
     "iteration", "phase", "layer", "weights_total", "weights_nonzero", "kept", "std", "sensitivity", "threshold",
     "flops_total", "flops_nonzero", "inputs_nonzero", "dead_inputs", "dead_outputs",
 )  # fmt: skip
+EPOCHS_COLUMNS = ("iteration", "phase", "epoch", "train_loss", "lr", "images", "seconds", "images_per_second")
 SENSITIVITY_COLUMNS = ("layer", "sensitivity", "threshold", "kept", "top1", "top5", "loss")
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from pruning_cli.artifacts import (
+    EPOCHS_COLUMNS,
     LAYERS_COLUMNS,
     METRICS_COLUMNS,
     SENSITIVITY_COLUMNS,
@@ -32,6 +33,7 @@ from pruning_cli.sensitivity import check_levels, layer_sensitivity
 from pruning_cli.training.activations import InputDensity
 from pruning_cli.training.freeze import frozen
 from pruning_cli.training.loop import (
+    EpochStats,
     MaskedWeights,
     NonFiniteLoss,
     PhaseProgress,
@@ -81,6 +83,8 @@ class PruningRun:
         rows = self._restore() if config.resume and (out_dir / STATE_FILE).is_file() else None
         self.metrics = CsvLog(out_dir / "metrics.csv", METRICS_COLUMNS, rows and rows["metrics"])
         self.layers = CsvLog(out_dir / "layers.csv", LAYERS_COLUMNS, rows and rows["layers"])
+        # A checkpoint from before epochs.csv existed resumes with a fresh epochs.csv.
+        self.epochs = CsvLog(out_dir / "epochs.csv", EPOCHS_COLUMNS, rows and rows.get("epochs"))
 
     def execute(self, targets: dict[str, LayerTarget]) -> None:
         """Run every step not yet done, checkpointing after each."""
@@ -154,7 +158,14 @@ class PruningRun:
         return MaskedWeights(list(self.weights.values()), [self.masks[name] for name in self.weights])
 
     def _train(self, phase: PhaseConfig, description: str) -> float:
-        def checkpoint_epoch(progress: PhaseProgress) -> None:
+        def checkpoint_epoch(progress: PhaseProgress, stats: EpochStats) -> None:
+            step, iteration = self.steps[self.step]
+            row = {"iteration": iteration, "phase": step, **asdict(stats), "images_per_second": stats.images_per_second}
+            self.epochs.write([row])
+            log.info(
+                f"{description} epoch {stats.epoch}/{phase.epochs}: train loss {stats.train_loss:.4f}, "
+                f"{stats.images_per_second:,.0f} images/s"
+            )
             self.phase_progress = progress
             self._save_state()
 
@@ -184,7 +195,7 @@ class PruningRun:
             "fingerprint": fingerprint(self.config), "step": self.step, "phase": asdict(self.phase_progress),
             "model": self.model.state_dict(), "masks": self.masks, "dense_std": self.dense_std,
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
-            "rows": {"metrics": self.metrics.rows, "layers": self.layers.rows},
+            "rows": {"metrics": self.metrics.rows, "layers": self.layers.rows, "epochs": self.epochs.rows},
         }  # fmt: skip
         save_atomic(state, self.out_dir / STATE_FILE)
 

@@ -52,6 +52,23 @@ def test_metrics_csv_has_a_row_per_iteration_and_phase(lenet5_run):
     assert metrics.params_nonzero.iloc[-1] == 34_860
 
 
+def test_epochs_csv_logs_each_training_epoch_with_its_throughput(lenet5_run):
+    epochs = pd.read_csv(lenet5_run / "epochs.csv")
+    assert list(zip(epochs.iteration, epochs.phase, epochs.epoch, strict=True)) == [
+        (0, "train", 1), (0, "train", 2), (1, "retrain", 1), (2, "retrain", 1),
+    ]  # fmt: skip
+    assert (epochs.images == 512).all()  # every training image once per epoch
+    assert epochs.images_per_second.tolist() == pytest.approx((epochs.images / epochs.seconds).tolist(), rel=1e-5)
+    assert (epochs.images_per_second > 0).all()
+    metrics = pd.read_csv(lenet5_run / "metrics.csv")
+    trained = metrics[metrics.epochs > 0]
+    assert epochs.groupby(["iteration", "phase"]).train_loss.last().tolist() == pytest.approx(
+        trained.train_loss.tolist(), rel=1e-5
+    )  # the phase's train_loss is its last epoch's
+    assert epochs.lr.iloc[1] == pytest.approx(0, abs=1e-9)  # cosine decay ends the phase at zero
+    assert "dense training epoch 2/2: train loss" in (lenet5_run / "prune-run.log").read_text()
+
+
 def test_layers_csv_reaches_the_kept_fractions_and_counts_flops(lenet5_run):
     layers = pd.read_csv(lenet5_run / "layers.csv")
     final = layers[(layers.iteration == 2) & (layers.phase == "retrain")].set_index("layer")

@@ -1,6 +1,7 @@
 """Train a phase with masks that keep pruned weights at exactly zero, and evaluate top-1/top-5/loss."""
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
@@ -59,6 +60,21 @@ class StopRequested(Exception):
     """The run was asked to stop (SIGINT/SIGTERM) and stopped between two batches."""
 
 
+@dataclass(frozen=True)
+class EpochStats:
+    """One finished training epoch: its mean loss, the learning rate it ended at, and its throughput."""
+
+    epoch: int  # 1-based within the phase
+    train_loss: float
+    lr: float
+    images: int
+    seconds: float  # the training steps only (the epoch ends with a host sync, so GPU work is included)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
 @dataclass
 class PhaseProgress:
     """What resuming a phase needs: epochs done, optimizer and scheduler state, the last epoch's loss."""
@@ -77,13 +93,14 @@ def train_phase(
     generator: torch.Generator,
     description: str,
     progress: PhaseProgress | None = None,
-    on_epoch_end: Callable[[PhaseProgress], None] = lambda progress: None,
+    on_epoch_end: Callable[[PhaseProgress, EpochStats], None] = lambda progress, stats: None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> float:
     """Run the remaining epochs of `phase` on `data`; return the mean training loss of the last epoch.
 
     `progress` resumes a phase where it stopped; `on_epoch_end` receives the progress after every epoch (to
-    checkpoint it); `stop_requested` is polled between batches and raises StopRequested when true.
+    checkpoint it) and the epoch's statistics (to log them); `stop_requested` is polled between batches and
+    raises StopRequested when true.
     """
     progress = progress or PhaseProgress()
     decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
@@ -103,6 +120,7 @@ def train_phase(
     epochs = range(progress.epochs_done, phase.epochs)
     for epoch in tqdm(epochs, desc=description, unit="epoch", disable=None, leave=False):
         model.train()
+        started = time.perf_counter()
         loss_sum, seen = torch.zeros((), device=data.device), 0
         batches = islice(data.batches(phase.batch_size, generator), batches_per_epoch)
         for images, labels in tqdm(batches, total=batches_per_epoch, disable=None, leave=False):
@@ -123,10 +141,12 @@ def train_phase(
             if stop_requested():
                 raise StopRequested
         epoch_loss = loss_sum.item() / max(seen, 1)  # one host sync per epoch
+        seconds = time.perf_counter() - started
         if not math.isfinite(epoch_loss):
             raise NonFiniteLoss(epoch + 1)
         scheduler_state = scheduler.state_dict() if scheduler is not None else None
-        on_epoch_end(PhaseProgress(epoch + 1, optimizer.state_dict(), scheduler_state, epoch_loss))
+        stats = EpochStats(epoch + 1, epoch_loss, optimizer.param_groups[0]["lr"], seen, seconds)
+        on_epoch_end(PhaseProgress(epoch + 1, optimizer.state_dict(), scheduler_state, epoch_loss), stats)
     return epoch_loss
 
 

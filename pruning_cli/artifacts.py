@@ -48,6 +48,16 @@ class CsvLog:
         self.rows += len(rows)
 
 
+class DiscardLog:
+    """A CsvLog that writes nothing but counts its rows: the logs of processes other than rank 0."""
+
+    def __init__(self, _path: Path, _columns: Sequence[str], keep_rows: int | None = None) -> None:
+        self.rows = keep_rows or 0
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.rows += len(rows)
+
+
 def _format(value: Any) -> Any:
     # Seven significant digits keep the CSVs readable and the counts exact (they are ints, untouched).
     return f"{value:.7g}" if isinstance(value, float) and math.isfinite(value) else value

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pruning_cli.config import RunConfig
+from pruning_cli.distributed import Shard
 from pruning_cli.errors import UserError
 from pruning_cli.pipeline import STATE_FILE, run
 from pruning_cli.training.loop import StopRequested
@@ -77,23 +78,26 @@ def _run_from_hydra(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.deterministic:
         make_deterministic()
-    stop = StopSignal()
+    stop, shard = StopSignal(), Shard.from_environment()
     try:
         with stop.installed():
-            metrics = run(config, out_dir, stop)
+            metrics = run(config, out_dir, stop, shard)
     except StopRequested:
-        overrides = " ".join(HydraConfig.get().overrides.task)
-        print(
-            f"prune-run: stopped by {signal.Signals(stop.received).name}; progress up to the last completed epoch "
-            f"is in {out_dir / STATE_FILE}; resume with: prune-run {overrides} hydra.run.dir={out_dir}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + stop.received)
+        if shard.is_main:
+            overrides = " ".join(HydraConfig.get().overrides.task)
+            print(
+                f"prune-run: stopped by {signal.Signals(stop.received).name}; progress up to the last completed "
+                f"epoch is in {out_dir / STATE_FILE}; resume with: prune-run {overrides} hydra.run.dir={out_dir}",
+                file=sys.stderr,
+            )
+        sys.exit(128 + (stop.received or signal.SIGTERM))  # another rank may have received the signal
     except UserError as error:
         # One line, no traceback; SystemExit passes through Hydra's error reporting untouched.
-        print(f"prune-run: error: {error}", file=sys.stderr)
+        if shard.is_main:
+            print(f"prune-run: error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(format_summary(metrics, out_dir))
+    if metrics is not None:
+        print(format_summary(metrics, out_dir))
 
 
 def check_output_dir(arguments: list[str]) -> None:
@@ -108,8 +112,30 @@ def check_output_dir(arguments: list[str]) -> None:
                 sys.exit(f"prune-run: error: cannot write the output directory {value} ({error.strerror})")
 
 
+def distributed_arguments(arguments: list[str], shard: Shard) -> list[str]:
+    """The command line of one torchrun process: every process must write into the same run directory, and only
+    rank 0 writes Hydra's files and the log."""
+    if not shard.distributed:
+        return arguments
+    if any(argument in ("-m", "--multirun") for argument in arguments):
+        raise UserError("a multirun cannot run under torchrun: start one torchrun per job")
+    if not any(argument.lstrip("+").startswith("hydra.run.dir=") for argument in arguments):
+        raise UserError(
+            f"under torchrun ({shard.world_size} processes) give hydra.run.dir=DIR, so that every process uses "
+            "the same output directory"
+        )
+    if shard.is_main:
+        return arguments
+    return [*arguments, "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
 def main() -> None:
     """Console-script entry point."""
+    try:
+        sys.argv[1:] = distributed_arguments(sys.argv[1:], Shard.from_environment())
+    except UserError as error:
+        print(f"prune-run: error: {error}", file=sys.stderr)
+        sys.exit(2)
     check_output_dir(sys.argv[1:])
     register_configs()
     _run_from_hydra()

@@ -16,12 +16,14 @@ from pruning_cli.artifacts import (
     METRICS_COLUMNS,
     SENSITIVITY_COLUMNS,
     CsvLog,
+    DiscardLog,
     load_model_state,
     save_atomic,
     state_dict_mismatch,
 )
 from pruning_cli.config import PhaseConfig, RunConfig, StdSource
 from pruning_cli.data import ImageData, load_data
+from pruning_cli.distributed import SINGLE_PROCESS, Shard, process_device, process_group
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.models.pretrained import build_model
@@ -62,10 +64,22 @@ class PruningRun:
     After every epoch and every step the whole state goes to `checkpoints/last.pt` (atomically), so a run that
     is killed at any moment continues, when started again into the same directory, from its last completed
     epoch, with the same numbers it would have produced uninterrupted.
+
+    With several processes (`shard`), every process runs every step on identical weights and masks; only rank 0
+    evaluates and writes (the others log into DiscardLogs), and all of them read `last.pt` to resume.
     """
 
-    def __init__(self, config: RunConfig, out_dir: Path, spec: ModelSpec, data: ImageData, device: torch.device):
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: Path,
+        spec: ModelSpec,
+        data: ImageData,
+        device: torch.device,
+        shard: Shard = SINGLE_PROCESS,
+    ):
         self.config, self.out_dir, self.spec, self.data = config, out_dir, spec, data
+        self.device, self.shard = device, shard
         self.model = build_model(spec, config.model.name, data.num_classes, config.model.weights).to(device)
         if device.type == "cuda":
             # NHWC convolutions are cuDNN's fast path (tensor cores); state_dict keys and values are unchanged.
@@ -81,10 +95,11 @@ class PruningRun:
         self.step, self.phase_progress = 0, PhaseProgress()
         self.stop_requested: Callable[[], bool] = lambda: False
         rows = self._restore() if config.resume and (out_dir / STATE_FILE).is_file() else None
-        self.metrics = CsvLog(out_dir / "metrics.csv", METRICS_COLUMNS, rows and rows["metrics"])
-        self.layers = CsvLog(out_dir / "layers.csv", LAYERS_COLUMNS, rows and rows["layers"])
+        log_class = CsvLog if shard.is_main else DiscardLog
+        self.metrics = log_class(out_dir / "metrics.csv", METRICS_COLUMNS, rows and rows["metrics"])
+        self.layers = log_class(out_dir / "layers.csv", LAYERS_COLUMNS, rows and rows["layers"])
         # A checkpoint from before epochs.csv existed resumes with a fresh epochs.csv.
-        self.epochs = CsvLog(out_dir / "epochs.csv", EPOCHS_COLUMNS, rows and rows.get("epochs"))
+        self.epochs = log_class(out_dir / "epochs.csv", EPOCHS_COLUMNS, rows and rows.get("epochs"))
 
     def execute(self, targets: dict[str, LayerTarget]) -> None:
         """Run every step not yet done, checkpointing after each."""
@@ -112,7 +127,8 @@ class PruningRun:
             epochs = self.config.train.epochs
             train_loss = self._train(self.config.train, "dense training")
         self.dense_std = {name: weight.std().item() for name, weight in self.weights.items()}
-        save_atomic({"model": self.model.state_dict(), "iteration": 0}, self.out_dir / "checkpoints" / "dense.pt")
+        if self.shard.is_main:
+            save_atomic({"model": self.model.state_dict(), "iteration": 0}, self.out_dir / "checkpoints" / "dense.pt")
         self._record(0, "train", epochs, start, train_loss)
 
     def prune(self, iteration: int, targets: dict[str, LayerTarget]) -> None:
@@ -131,7 +147,9 @@ class PruningRun:
                 )
             self.masks[name] = new_mask
             pruning[name] = {"std": std, "threshold": threshold, "sensitivity": threshold / std if std else None}
+        self.shard.broadcast_(list(self.masks.values()))  # rank 0's masks everywhere, whatever ties did elsewhere
         self._masked().mask_weights()
+        self.shard.check_identical(list(self.weights.values()), "pruned weights")
         self._record(iteration, "prune", 0, start, float("nan"), pruning)
 
     def retrain(self, iteration: int) -> None:
@@ -144,14 +162,17 @@ class PruningRun:
         with frozen(self.spec.prunable(self.model).values(), self.config.retrain.freeze):
             train_loss = self._train(self.config.retrain, f"retraining {iteration}")
         self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
-        checkpoint = {"model": self.model.state_dict(), "masks": self.masks, "iteration": iteration}
-        save_atomic(checkpoint, self.out_dir / "checkpoints" / f"iteration_{iteration}.pt")
+        if self.shard.is_main:
+            checkpoint = {"model": self.model.state_dict(), "masks": self.masks, "iteration": iteration}
+            save_atomic(checkpoint, self.out_dir / "checkpoints" / f"iteration_{iteration}.pt")
 
     def save_model(self) -> Path:
-        """The final pruned weights as a plain state_dict, zeros in place, the model's own keys."""
+        """The final pruned weights as a plain state_dict, zeros in place, the model's own keys (rank 0 writes)."""
+        self.shard.check_identical(list(self.model.parameters()), "final weights")
         path = self.out_dir / "model.pt"
-        save_atomic({key: value.cpu() for key, value in self.model.state_dict().items()}, path)
-        self._check_saved(path)
+        if self.shard.is_main:
+            save_atomic({key: value.cpu() for key, value in self.model.state_dict().items()}, path)
+            self._check_saved(path)
         return path
 
     def _masked(self) -> MaskedWeights:
@@ -171,8 +192,8 @@ class PruningRun:
 
         try:
             return train_phase(
-                self.model, self.data.train, phase, self._masked(), self.generator, description,
-                self.phase_progress, checkpoint_epoch, self.stop_requested,
+                self.shard.wrap(self.model, self.device), self.data.train, phase, self._masked(), self.generator,
+                description, self.phase_progress, checkpoint_epoch, self.stop_requested, self.shard,
             )  # fmt: skip
         except NonFiniteLoss as fault:
             iteration, state = self.steps[self.step][1], self.out_dir / STATE_FILE
@@ -190,7 +211,9 @@ class PruningRun:
         self.model.load_state_dict(state)
 
     def _save_state(self) -> None:
-        """Everything a resumed run needs, as of the end of the last completed epoch or step."""
+        """Everything a resumed run needs, as of the end of the last completed epoch or step (rank 0 writes)."""
+        if not self.shard.is_main:
+            return
         state = {
             "fingerprint": fingerprint(self.config), "step": self.step, "phase": asdict(self.phase_progress),
             "model": self.model.state_dict(), "masks": self.masks, "dense_std": self.dense_std,
@@ -229,8 +252,10 @@ class PruningRun:
         return state["rows"]
 
     def _record(self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruning=None) -> None:
-        """Evaluate, then append this phase's rows to metrics.csv and layers.csv."""
+        """Evaluate, then append this phase's rows to metrics.csv and layers.csv (rank 0 only)."""
         self._check_masks()
+        if not self.shard.is_main:
+            return
         with InputDensity(self.spec.prunable(self.model)) as density:
             evaluation = evaluate(self.model, self.data.test, self.config.dataset.eval_batch_size)
         inputs_nonzero = density.fractions()
@@ -280,24 +305,37 @@ def fingerprint(config: RunConfig) -> str:
     return json.dumps(settings, sort_keys=True, default=str)
 
 
-def check_phase(name: str, phase: PhaseConfig) -> None:
+def check_phase(name: str, phase: PhaseConfig, processes: int = 1) -> None:
     """Refuse settings no training phase can run with, before any work starts."""
     for key, value, low in (("epochs", phase.epochs, 0), ("batch_size", phase.batch_size, 1)):
         if value < low:
             raise UserError(f"{name}.{key} is {value}; it must be >= {low}")
+    if phase.batch_size % processes:
+        raise UserError(
+            f"{name}.batch_size is {phase.batch_size}, which {processes} processes cannot share evenly; it is the "
+            f"global batch: make it a multiple of {processes}"
+        )
     if phase.lr <= 0:
         raise UserError(f"{name}.lr is {phase.lr}; it must be > 0")
     if phase.max_batches is not None and phase.max_batches < 1:
         raise UserError(f"{name}.max_batches is {phase.max_batches}; it must be >= 1, or null for whole epochs")
 
 
-def run(config: RunConfig, out_dir: Path, stop_requested: Callable[[], bool] = lambda: False) -> pd.DataFrame:
-    """Run (or resume) every phase into `out_dir`; return metrics.csv. Bad input fails here, before any training."""
+def run(
+    config: RunConfig,
+    out_dir: Path,
+    stop_requested: Callable[[], bool] = lambda: False,
+    shard: Shard = SINGLE_PROCESS,
+) -> pd.DataFrame | None:
+    """Run (or resume) every phase into `out_dir`; return metrics.csv (None on ranks other than 0).
+
+    Bad input fails here, before any training.
+    """
     spec = get_model_spec(config.model.name)
     pruning = config.pruning
     targets = resolve_targets(list(spec.layers), pruning.sensitivity, pruning.layer_sensitivity, pruning.kept)
-    check_phase("train", config.train)
-    check_phase("retrain", config.retrain)
+    check_phase("train", config.train, shard.world_size)
+    check_phase("retrain", config.retrain, shard.world_size)
     if pruning.iterations < 0:
         raise UserError(f"pruning.iterations is {pruning.iterations}; it must be >= 0")
     analysis = pruning.name == "sensitivity"
@@ -307,14 +345,17 @@ def run(config: RunConfig, out_dir: Path, stop_requested: Callable[[], bool] = l
         check_levels(levels, pruning.level_kind)
         if config.dataset.val_split == 0:
             raise UserError("a sensitivity analysis evaluates on held-out training data: set dataset.val_split=N")
-    device = resolve_device(config.device.name)
+    device = process_device(shard, resolve_device(config.device.name))
     if device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     torch.manual_seed(config.seed)
-    data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
-    experiment = PruningRun(config, out_dir, spec, data, device)
-    experiment.stop_requested = stop_requested
-    experiment.execute(targets)
+    with process_group(shard, device):
+        data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
+        experiment = PruningRun(config, out_dir, spec, data, device, shard)
+        experiment.stop_requested = lambda: shard.any(stop_requested(), device)
+        experiment.execute(targets)
+    if not shard.is_main:
+        return None
     if analysis:
         log = CsvLog(out_dir / "sensitivity.csv", SENSITIVITY_COLUMNS)
         weights = {name: experiment.weights[name] for name in analysed}

@@ -6,24 +6,26 @@ for TensorSplit, so a resumed run sees the same order; the random augmentation i
 per loader and is not part of the resumable state.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from pruning_cli.distributed import SINGLE_PROCESS, Shard
 
-class _OrderSampler(Sampler[int]):
-    """Yields the order set before each epoch: the loader (and its persistent workers) lives across epochs."""
 
-    def __init__(self, size: int) -> None:
-        self.order: Sequence[int] = range(size)
+class _BatchOrder(Sampler[list[int]]):
+    """Yields the batches set before each epoch: the loader (and its persistent workers) lives across epochs."""
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order)
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.batches)
 
 
 class LoaderSplit:
@@ -34,34 +36,37 @@ class LoaderSplit:
     ) -> None:
         self.dataset, self.num_workers, self.seed = dataset, num_workers, seed
         self.device = torch.device(device)
-        self._loaders: dict[int, tuple[DataLoader, _OrderSampler]] = {}
+        self._loader: tuple[DataLoader, _BatchOrder] | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
+    def num_batches(self, batch_size: int, shard: Shard = SINGLE_PROCESS) -> int:
+        return shard.num_batches(len(self), batch_size)
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-        """Mini-batches in a random order drawn from `generator` (as TensorSplit does), or in storage order."""
-        loader, sampler = self._loader(batch_size)
-        order = None if generator is None else torch.randperm(len(self), generator=generator)
-        sampler.order = range(len(self)) if order is None else order.tolist()
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, shard: Shard = SINGLE_PROCESS
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Mini-batches in a random order drawn from `generator` (as TensorSplit does), or in storage order;
+        with several processes, this process's part of each global batch."""
+        loader, batch_order = self._batch_loader()
+        order = torch.arange(len(self)) if generator is None else torch.randperm(len(self), generator=generator)
+        batch_order.batches = [batch.tolist() for batch in shard.global_batches(order, batch_size)]
         non_blocking = self.device.type == "cuda"
         for images, labels in loader:
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
 
-    def _loader(self, batch_size: int) -> tuple[DataLoader, _OrderSampler]:
-        """One DataLoader per batch size, kept so that persistent workers survive from one epoch to the next."""
-        if batch_size not in self._loaders:
-            sampler = _OrderSampler(len(self))
+    def _batch_loader(self) -> tuple[DataLoader, _BatchOrder]:
+        """One DataLoader for the split, kept so that persistent workers survive from one epoch to the next."""
+        if self._loader is None:
+            batch_order = _BatchOrder()
             loader = DataLoader(
-                self.dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                self.dataset, batch_sampler=batch_order, num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
                 generator=torch.Generator().manual_seed(self.seed),
             )  # fmt: skip
-            self._loaders[batch_size] = (loader, sampler)
-        return self._loaders[batch_size]
+            self._loader = (loader, batch_order)
+        return self._loader
 
     def to(self, device: torch.device | str) -> "LoaderSplit":
         return LoaderSplit(self.dataset, self.num_workers, device, self.seed)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pruning_cli.distributed import SINGLE_PROCESS, Shard
+
 
 def normalise(pixels: Tensor, mean: float, std: float) -> Tensor:
     """uint8 images (N, H, W) -> float32 (N, 1, H, W), scaled to [0, 1] and standardised."""
@@ -26,19 +28,21 @@ class TensorSplit:
     def device(self) -> torch.device:
         return self.labels.device
 
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
+    def num_batches(self, batch_size: int, shard: Shard = SINGLE_PROCESS) -> int:
+        return shard.num_batches(len(self), batch_size)
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, shard: Shard = SINGLE_PROCESS
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Mini-batches in a random order drawn from `generator` (a CPU generator, so runs repeat on any device),
-        or in storage order without one."""
-        order = None if generator is None else torch.randperm(len(self), generator=generator).to(self.labels.device)
-        for start in range(0, len(self), batch_size):
-            if order is None:
+        or in storage order without one; with several processes, this process's part of each global batch."""
+        if generator is None and not shard.distributed:
+            for start in range(0, len(self), batch_size):  # views, no copy: the evaluation path
                 yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
-            else:
-                index = order[start : start + batch_size]
-                yield self.images[index], self.labels[index]
+            return
+        order = torch.arange(len(self)) if generator is None else torch.randperm(len(self), generator=generator)
+        for index in shard.global_batches(order.to(self.labels.device), batch_size):
+            yield self.images[index], self.labels[index]
 
     def to(self, device: torch.device | str) -> "TensorSplit":
         return TensorSplit(self.images.to(device), self.labels.to(device))

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from pruning_cli.config import PhaseConfig, Precision, Regularization
 from pruning_cli.data.tensors import TensorSplit
+from pruning_cli.distributed import SINGLE_PROCESS, Shard
 from pruning_cli.pruning.masks import apply_masks_
 
 
@@ -95,18 +96,20 @@ def train_phase(
     progress: PhaseProgress | None = None,
     on_epoch_end: Callable[[PhaseProgress, EpochStats], None] = lambda progress, stats: None,
     stop_requested: Callable[[], bool] = lambda: False,
+    shard: Shard = SINGLE_PROCESS,
 ) -> float:
     """Run the remaining epochs of `phase` on `data`; return the mean training loss of the last epoch.
 
     `progress` resumes a phase where it stopped; `on_epoch_end` receives the progress after every epoch (to
     checkpoint it) and the epoch's statistics (to log them); `stop_requested` is polled between batches and
-    raises StopRequested when true.
+    raises StopRequested when true. With several processes (`shard`), `model` is the DistributedDataParallel
+    wrapper, each process trains on its part of every global batch, and loss and image counts are summed.
     """
     progress = progress or PhaseProgress()
     decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=phase.lr, momentum=phase.momentum, weight_decay=decay)
-    batches_per_epoch = data.num_batches(phase.batch_size)
+    batches_per_epoch = data.num_batches(phase.batch_size, shard)
     if phase.max_batches is not None:
         batches_per_epoch = min(batches_per_epoch, phase.max_batches)
     steps = max(1, phase.epochs * batches_per_epoch)
@@ -122,7 +125,7 @@ def train_phase(
         model.train()
         started = time.perf_counter()
         loss_sum, seen = torch.zeros((), device=data.device), 0
-        batches = islice(data.batches(phase.batch_size, generator), batches_per_epoch)
+        batches = islice(data.batches(phase.batch_size, generator, shard), batches_per_epoch)
         for images, labels in tqdm(batches, total=batches_per_epoch, disable=None, leave=False):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mixed):
                 loss = nn.functional.cross_entropy(model(images), labels)
@@ -140,12 +143,14 @@ def train_phase(
             seen += len(labels)
             if stop_requested():
                 raise StopRequested
-        epoch_loss = loss_sum.item() / max(seen, 1)  # one host sync per epoch
+        totals = shard.sum_(torch.stack([loss_sum, loss_sum.new_tensor(seen)]))  # over all processes
+        loss_total, seen = totals.tolist()  # one host sync per epoch
+        epoch_loss = loss_total / max(seen, 1)
         seconds = time.perf_counter() - started
         if not math.isfinite(epoch_loss):
             raise NonFiniteLoss(epoch + 1)
         scheduler_state = scheduler.state_dict() if scheduler is not None else None
-        stats = EpochStats(epoch + 1, epoch_loss, optimizer.param_groups[0]["lr"], seen, seconds)
+        stats = EpochStats(epoch + 1, epoch_loss, optimizer.param_groups[0]["lr"], int(seen), seconds)
         on_epoch_end(PhaseProgress(epoch + 1, optimizer.state_dict(), scheduler_state, epoch_loss), stats)
     return epoch_loss
 

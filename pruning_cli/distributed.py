@@ -1,0 +1,128 @@
+"""Data-parallel training over several processes (`torchrun --nproc_per_node=N`), one GPU (or CPU) each.
+
+Every process holds the whole model and the same masks and walks the same batch order; each trains on its
+share of every global batch (`train.batch_size` stays the global batch, so N processes compute what one
+process would, up to float rounding), and DistributedDataParallel averages the gradients. Only rank 0
+evaluates and writes files. A single process uses `Shard()`, whose collectives do nothing.
+"""
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place among `world_size` processes; `Shard()` is the single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> "Shard":
+        """The shard torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (a plain process: `Shard()`)."""
+        return cls(*(int(os.environ.get(key, default)) for key, default in SHARD_VARIABLES))
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that evaluates, logs and writes files."""
+        return self.rank == 0
+
+    def split(self, batch: Tensor) -> Tensor:
+        """This process's part of a global batch of indices: every world_size-th, from its rank on."""
+        return batch[self.rank :: self.world_size]
+
+    def global_batches(self, order: Tensor, batch_size: int) -> Iterator[Tensor]:
+        """This process's part of each global batch of `order`; a last batch too small to give every process
+        an image is dropped (a single process keeps it)."""
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            if len(batch) < self.world_size:
+                return
+            yield self.split(batch)
+
+    def num_batches(self, size: int, batch_size: int) -> int:
+        """How many batches `global_batches` yields for `size` images."""
+        full, rest = divmod(size, batch_size)
+        return full + (rest >= self.world_size and rest > 0)
+
+    def sum_(self, tensor: Tensor) -> Tensor:
+        """Sum `tensor` over all processes, in place (a CPU tensor goes through gloo as it is)."""
+        if self.distributed:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every process when it is true on any (so that all stop at the same batch)."""
+        if not self.distributed:
+            return flag
+        return bool(self.sum_(torch.tensor([int(flag)], device=device)).item())
+
+    def broadcast_(self, tensors: Sequence[Tensor]) -> None:
+        """Overwrite `tensors` on every process with rank 0's (bool tensors travel as uint8)."""
+        if not self.distributed:
+            return
+        for tensor in tensors:
+            carrier = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor
+            dist.broadcast(carrier, src=0)
+            if carrier is not tensor:
+                tensor.copy_(carrier.bool())
+
+    def check_identical(self, tensors: Sequence[Tensor], what: str) -> None:
+        """Raise on every process if `tensors` differ between processes (a checksum per rank, compared)."""
+        if not self.distributed:
+            return
+        flat = torch.cat([tensor.detach().flatten().double() for tensor in tensors])
+        position = torch.arange(1, len(flat) + 1, device=flat.device, dtype=torch.float64)
+        digest = torch.stack([flat.sum(), (flat * position.remainder(9973)).sum()])
+        gathered = [torch.empty_like(digest) for _ in range(self.world_size)]
+        dist.all_gather(gathered, digest)
+        if any(not torch.equal(other, gathered[0]) for other in gathered[1:]):
+            raise RuntimeError(f"{what} differ between the {self.world_size} processes")
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """`model` under DistributedDataParallel when there are several processes (its parameters are rank 0's
+        afterwards); the plain model otherwise. Build it per phase: DDP fixes which parameters train."""
+        if not self.distributed:
+            return model
+        device_ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+
+SHARD_VARIABLES = (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+SINGLE_PROCESS = Shard()
+
+
+def process_device(shard: Shard, device: torch.device) -> torch.device:
+    """The device this process trains on: its own GPU (LOCAL_RANK) when the run is on CUDA."""
+    if device.type == "cuda" and shard.distributed:
+        return torch.device("cuda", shard.local_rank)
+    return device
+
+
+@contextmanager
+def process_group(shard: Shard, device: torch.device) -> Iterator[None]:
+    """Join torchrun's process group for the duration of the run (NCCL on GPUs, gloo on CPUs)."""
+    if not shard.distributed:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

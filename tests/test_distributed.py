@@ -1,0 +1,79 @@
+"""Data-parallel runs under torchrun (2 CPU processes, gloo) compute what one process computes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from test_cli import PRUNE_RUN, SMOKE, prune_run
+
+from pruning_cli.distributed import Shard
+
+TIME_COLUMNS = ["seconds", "images_per_second"]
+
+
+@pytest.mark.parametrize(("size", "batch_size", "expected"), [
+    (10, 4, ([[0, 2], [4, 6], [8]], [[1, 3], [5, 7], [9]])),
+    (9, 4, ([[0, 2], [4, 6]], [[1, 3], [5, 7]])),  # a last batch of 1 cannot feed 2 processes: dropped
+])  # fmt: skip
+def test_each_process_takes_its_part_of_every_global_batch(size, batch_size, expected):
+    for rank, batches in enumerate(expected):
+        shard = Shard(rank=rank, world_size=2)
+        assert [batch.tolist() for batch in shard.global_batches(torch.arange(size), batch_size)] == batches
+        assert shard.num_batches(size, batch_size) == len(batches)
+    assert Shard().num_batches(9, 4) == 3
+
+
+def test_two_processes_under_torchrun_match_one_process(tmp_path):
+    overrides = [*SMOKE, "pruning.iterations=2", "pruning.kept={fc1:0.1,fc2:0.2,fc3:0.5}"]
+    single = prune_run(*overrides, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", PRUNE_RUN]
+    result = subprocess.run(
+        [*torchrun, *overrides, f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("top-1 change:") == 1  # only rank 0 prints the summary
+    for name in ("metrics.csv", "layers.csv", "epochs.csv"):
+        ddp = pd.read_csv(tmp_path / "ddp" / name).drop(columns=TIME_COLUMNS, errors="ignore")
+        one = pd.read_csv(tmp_path / "single" / name).drop(columns=TIME_COLUMNS, errors="ignore")
+        pd.testing.assert_frame_equal(ddp, one, rtol=1e-4)  # same global batches; only float sums differ
+    assert pd.read_csv(tmp_path / "ddp" / "epochs.csv").images.eq(512).all()  # both halves counted
+    ddp_model = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
+    one_model = torch.load(tmp_path / "single" / "model.pt", weights_only=True)
+    for key, value in one_model.items():
+        assert torch.equal(ddp_model[key] == 0, value == 0), key  # the same masks
+        torch.testing.assert_close(ddp_model[key], value, rtol=1e-3, atol=1e-5)
+    log = (tmp_path / "ddp" / "prune-run.log").read_text()
+    assert log.count("dense training epoch 1/2") == 1  # one writer
+
+
+def _as_rank(rank: int, world_size: int = 2) -> dict[str, str]:
+    return {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)}
+
+
+def test_torchrun_without_a_shared_run_dir_is_refused(tmp_path):
+    result = subprocess.run([PRUNE_RUN, *SMOKE], cwd=tmp_path, capture_output=True, text=True, env=_as_rank(0))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "prune-run: error: under torchrun (2 processes) give hydra.run.dir=DIR, so that every process uses the "
+        "same output directory\n"
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_global_batch_the_processes_cannot_share_is_refused(tmp_path):
+    result = subprocess.run(
+        [PRUNE_RUN, *SMOKE, "train.batch_size=33", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, env=_as_rank(0),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        "prune-run: error: train.batch_size is 33, which 2 processes cannot share evenly; it is the global batch: "
+        "make it a multiple of 2\n"
+    )
+    assert not (Path(tmp_path / "run") / "metrics.csv").exists()

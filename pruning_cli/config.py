@@ -138,3 +138,5 @@ class RunConfig:
     resume: bool = True
     # Deterministic kernels (matters on GPU; CPU runs are repeatable without it).
     deterministic: bool = False
+    # torch.compile the training forward/backward (evaluation stays eager so that its hooks see every layer).
+    compile: bool = False

@@ -84,6 +84,9 @@ class PruningRun:
         if device.type == "cuda":
             # NHWC convolutions are cuDNN's fast path (tensor cores); state_dict keys and values are unchanged.
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Compiled once and reused by every phase (a fresh wrapper per phase would recompile each time); the
+        # compiled module shares the model's parameters, so masks and checkpoints see the same tensors.
+        self.train_model = torch.compile(self.model) if config.compile else self.model
         self.weights = {name: layer.weight for name, layer in spec.prunable(self.model).items()}
         self.masks = full_masks(self.weights)
         self.positions = spec.output_positions(self.model)
@@ -192,7 +195,7 @@ class PruningRun:
 
         try:
             return train_phase(
-                self.shard.wrap(self.model, self.device), self.data.train, phase, self._masked(), self.generator,
+                self.shard.wrap(self.train_model, self.device), self.data.train, phase, self._masked(), self.generator,
                 description, self.phase_progress, checkpoint_epoch, self.stop_requested, self.shard,
             )  # fmt: skip
         except NonFiniteLoss as fault:
@@ -300,7 +303,7 @@ class PruningRun:
 def fingerprint(config: RunConfig) -> str:
     """The settings that determine a run's numbers; a run resumes only under the same fingerprint."""
     settings = asdict(config)
-    for key in ("resume", "device", "deterministic"):
+    for key in ("resume", "device", "deterministic", "compile"):
         settings.pop(key)
     return json.dumps(settings, sort_keys=True, default=str)
 

@@ -204,3 +204,14 @@ def test_pruning_that_would_empty_a_layer_is_capped_with_a_warning(tmp_path):
 def test_cuda_without_cuda_is_refused(tmp_path):
     stderr = _one_line_error(prune_run(*SMOKE, "device=cuda", f"hydra.run.dir={tmp_path}", cwd=tmp_path))
     assert "device=cuda but this machine has no usable CUDA device" in stderr
+
+
+def test_compiled_training_gives_the_eager_numbers(lenet5_run, tmp_path):
+    kept = "pruning.kept={conv1:0.66,conv2:0.12,fc1:0.075,fc2:0.19}"
+    result = prune_run(
+        "model=lenet5", *SMOKE, "pruning.iterations=2", kept, "compile=true", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    eager = pd.read_csv(lenet5_run / "metrics.csv").drop(columns="seconds")
+    compiled = pd.read_csv(tmp_path / "metrics.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(compiled, eager, rtol=1e-4)  # inductor fuses differently: float rounding only

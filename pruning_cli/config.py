@@ -113,6 +113,9 @@ class PruningConfig:
     # Final fraction of each layer's weights kept, {layer: fraction} (the paper's per-layer %); wins over sensitivities.
     kept: Any = None
     std: StdSource = StdSource.surviving
+    # The paper's alternation: odd iterations prune the fc layers and retrain them with conv frozen, even
+    # iterations prune conv and retrain it with fc frozen (pruning/schedule.py).
+    alternate: bool = False
     # pruning=sensitivity: the layer to analyse (null: every prunable layer, in one process) and the levels.
     # A non-null `sensitivity` replaces `levels` by that one value (one point per job in a Hydra multirun).
     layer: str | None = None

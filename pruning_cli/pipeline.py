@@ -29,6 +29,7 @@ from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.models.pretrained import build_model
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import count_nonzero, full_masks, strongest_per_output, unmasked_layers
+from pruning_cli.pruning.schedule import Iteration, pruning_schedule
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.targets import LayerTarget, prune_layer, resolve_targets
 from pruning_cli.sensitivity import check_levels, layer_sensitivity
@@ -104,8 +105,8 @@ class PruningRun:
         # A checkpoint from before epochs.csv existed resumes with a fresh epochs.csv.
         self.epochs = log_class(out_dir / "epochs.csv", EPOCHS_COLUMNS, rows and rows.get("epochs"))
 
-    def execute(self, targets: dict[str, LayerTarget]) -> None:
-        """Run every step not yet done, checkpointing after each."""
+    def execute(self, targets: dict[str, LayerTarget], plan: list[Iteration]) -> None:
+        """Run every step not yet done, checkpointing after each; `plan[i - 1]` says what iteration i prunes."""
         while self.step < len(self.steps):
             phase, iteration = self.steps[self.step]
             if self.stop_requested():
@@ -113,9 +114,9 @@ class PruningRun:
             if phase == "train":
                 self.dense()
             elif phase == "prune":
-                self.prune(iteration, targets)
+                self.prune(iteration, targets, plan[iteration - 1])
             else:
-                self.retrain(iteration)
+                self.retrain(iteration, plan[iteration - 1])
             self.step, self.phase_progress = self.step + 1, PhaseProgress()
             self._save_state()
         self.save_model()
@@ -134,14 +135,16 @@ class PruningRun:
             save_atomic({"model": self.model.state_dict(), "iteration": 0}, self.out_dir / "checkpoints" / "dense.pt")
         self._record(0, "train", epochs, start, train_loss)
 
-    def prune(self, iteration: int, targets: dict[str, LayerTarget]) -> None:
-        """Phase 2: shrink each layer's mask (threshold = s x std, or the scheduled kept fraction)."""
+    def prune(self, iteration: int, targets: dict[str, LayerTarget], plan: Iteration) -> None:
+        """Phase 2: shrink the mask of each layer this iteration prunes (threshold = s x std, or the kept fraction
+        its schedule reaches at this turn)."""
         start, pruning = time.perf_counter(), {}
-        iterations = self.config.pruning.iterations
         for name, target in targets.items():
-            weight, mask = self.weights[name], self.masks[name]
+            if name not in plan.pruned:
+                continue
+            weight, mask, turn = self.weights[name], self.masks[name], plan.pruned[name]
             std = self.dense_std[name] if self.config.pruning.std is StdSource.dense else weight[mask].std().item()
-            new_mask, threshold = prune_layer(weight, mask, target, std, iteration, iterations)
+            new_mask, threshold = prune_layer(weight, mask, target, std, turn.step, turn.steps)
             if not new_mask.any():
                 new_mask = strongest_per_output(weight, mask)
                 log.warning(
@@ -155,14 +158,14 @@ class PruningRun:
         self.shard.check_identical(list(self.weights.values()), "pruned weights")
         self._record(iteration, "prune", 0, start, float("nan"), pruning)
 
-    def retrain(self, iteration: int) -> None:
+    def retrain(self, iteration: int, plan: Iteration) -> None:
         """Phase 3: retrain the survivors from their current values, dropout rescaled to the layers' sparsity."""
         start = time.perf_counter()
         for name, path in self.spec.dropouts.items():
             mask = self.masks[name]
             dropout = self.model.get_submodule(path)
             dropout.p = rescaled_dropout(self.dropout_rates[name], mask.numel(), int(mask.sum()))
-        with frozen(self.spec.prunable(self.model).values(), self.config.retrain.freeze):
+        with frozen(self.spec.prunable(self.model).values(), plan.freeze):
             train_loss = self._train(self.config.retrain, f"retraining {iteration}")
         self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
         if self.shard.is_main:
@@ -341,6 +344,7 @@ def run(
     check_phase("retrain", config.retrain, shard.world_size)
     if pruning.iterations < 0:
         raise UserError(f"pruning.iterations is {pruning.iterations}; it must be >= 0")
+    plan = pruning_schedule(spec.layer_kinds(), pruning.iterations, pruning.alternate, config.retrain.freeze)
     analysis = pruning.name == "sensitivity"
     if analysis:
         analysed = resolve_analysed_layers(list(spec.layers), pruning.layer)
@@ -356,7 +360,7 @@ def run(
         data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
         experiment = PruningRun(config, out_dir, spec, data, device, shard)
         experiment.stop_requested = lambda: shard.any(stop_requested(), device)
-        experiment.execute(targets)
+        experiment.execute(targets, plan)
     if not shard.is_main:
         return None
     if analysis:

@@ -215,3 +215,24 @@ def test_compiled_training_gives_the_eager_numbers(lenet5_run, tmp_path):
     eager = pd.read_csv(lenet5_run / "metrics.csv").drop(columns="seconds")
     compiled = pd.read_csv(tmp_path / "metrics.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(compiled, eager, rtol=1e-4)  # inductor fuses differently: float rounding only
+
+
+def test_alternating_iterations_prune_one_kind_and_freeze_the_other(tmp_path):
+    kept = "pruning.kept={conv1:0.66,conv2:0.12,fc1:0.075,fc2:0.19}"
+    result = prune_run(
+        "model=lenet5", *SMOKE, "pruning.iterations=4", "pruning.alternate=true", kept, f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    layers = pd.read_csv(tmp_path / "layers.csv").set_index(["iteration", "phase", "layer"])
+    pruned = {i: layers.loc[(i, "prune")].threshold.dropna().index.tolist() for i in range(1, 5)}
+    assert pruned == {1: ["fc1", "fc2"], 2: ["conv1", "conv2"], 3: ["fc1", "fc2"], 4: ["conv1", "conv2"]}
+    assert layers.loc[(1, "retrain")].kept.tolist() == pytest.approx([1, 1, 0.075**0.5, 0.19**0.5], abs=1e-4)
+    assert layers.loc[(4, "retrain")].weights_nonzero.tolist() == [330, 3_000, 30_000, 950]
+    dense = torch.load(tmp_path / "checkpoints" / "dense.pt", weights_only=True)["model"]
+    first = torch.load(tmp_path / "checkpoints" / "iteration_1.pt", weights_only=True)["model"]
+    second = torch.load(tmp_path / "checkpoints" / "iteration_2.pt", weights_only=True)["model"]
+    assert torch.equal(first["conv1.weight"], dense["conv1.weight"])  # conv frozen while fc retrains
+    assert not torch.equal(first["fc1.weight"], dense["fc1.weight"])
+    assert torch.equal(second["fc2.weight"], first["fc2.weight"])  # fc frozen while conv retrains
+    assert not torch.equal(second["conv2.weight"], first["conv2.weight"])

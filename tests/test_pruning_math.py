@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_cli.config import PhaseConfig, Regularization
+from pruning_cli.config import Freeze, PhaseConfig, Regularization
 from pruning_cli.data.tensors import TensorSplit
 from pruning_cli.errors import UserError
 from pruning_cli.pruning.dropout import rescaled_dropout
@@ -18,6 +18,7 @@ from pruning_cli.pruning.masks import (
     threshold_mask,
     top_fraction_mask,
 )
+from pruning_cli.pruning.schedule import Turn, pruning_schedule
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.targets import LayerTarget, prune_layer, resolve_targets
 from pruning_cli.training.loop import MaskedWeights, train_phase
@@ -166,3 +167,34 @@ def test_layer_stats_count_weights_and_flops_of_a_conv():
         "dead_outputs": 0,
     }
     assert count_nonzero([weight, torch.tensor([0.0, 3.0])]) == 21
+
+
+LENET5_KINDS = {"conv1": "conv", "conv2": "conv", "fc1": "fc", "fc2": "fc"}
+
+
+def test_every_iteration_prunes_every_layer_by_default():
+    plan = pruning_schedule(LENET5_KINDS, 3, alternate=False, freeze=Freeze.conv)
+    assert [iteration.pruned["fc1"] for iteration in plan] == [Turn(1, 3), Turn(2, 3), Turn(3, 3)]
+    assert all(set(iteration.pruned) == set(LENET5_KINDS) and iteration.freeze is Freeze.conv for iteration in plan)
+
+
+def test_alternation_prunes_fc_with_conv_frozen_then_the_reverse():
+    plan = pruning_schedule(LENET5_KINDS, 3, alternate=True, freeze=Freeze.none)
+    assert [(sorted(iteration.pruned), iteration.freeze) for iteration in plan] == [
+        (["fc1", "fc2"], Freeze.conv),
+        (["conv1", "conv2"], Freeze.fc),
+        (["fc1", "fc2"], Freeze.conv),
+    ]
+    # each kind walks its own schedule: fc reaches its final fraction at its 2nd turn, conv at its only one
+    assert [iteration.pruned.get("fc2") for iteration in plan] == [Turn(1, 2), None, Turn(2, 2)]
+    assert plan[1].pruned["conv1"] == Turn(1, 1)
+
+
+@pytest.mark.parametrize(("kinds", "iterations", "freeze", "message"), [
+    ({"fc1": "fc", "fc2": "fc"}, 4, Freeze.none, "needs conv and fc layers"),
+    (LENET5_KINDS, 1, Freeze.none, "needs pruning.iterations >= 2"),
+    (LENET5_KINDS, 4, Freeze.fc, "leave retrain.freeze=none, not fc"),
+])  # fmt: skip
+def test_alternation_refuses_what_it_cannot_do(kinds, iterations, freeze, message):
+    with pytest.raises(UserError, match=message):
+        pruning_schedule(kinds, iterations, alternate=True, freeze=freeze)

@@ -36,6 +36,12 @@ class ModelSpec:
         """The prunable modules of a built model, by paper name, in forward order."""
         return {name: model.get_submodule(path) for name, path in self.layers.items()}
 
+    def layer_kinds(self) -> dict[str, str]:
+        """`conv` or `fc` per prunable layer, in forward order (from a model built on the meta device: no memory)."""
+        with torch.device("meta"):
+            modules = self.prunable(self.build(10))
+        return {name: "conv" if isinstance(module, nn.Conv2d) else "fc" for name, module in modules.items()}
+
     def output_positions(self, model: nn.Module) -> dict[str, int]:
         """Output positions per sample of each prunable layer (H x W for a conv, 1 for a linear layer)."""
         positions: dict[str, int] = {}

@@ -25,6 +25,7 @@ from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
 from pruning_cli.models.pretrained import build_model
 from pruning_cli.pipeline import PruningRun
+from pruning_cli.pruning.schedule import pruning_schedule
 from pruning_cli.pruning.targets import resolve_targets
 from pruning_cli.training.loop import MaskedWeights, train_phase
 
@@ -131,7 +132,10 @@ def _pruning_run(tmp_path: Path, *overrides: str) -> PruningRun:
     data = load_data(config.dataset, spec.input_shape, config.seed)
     experiment = PruningRun(config, tmp_path, spec, data, torch.device("cpu"))
     pruning = config.pruning
-    experiment.execute(resolve_targets(list(spec.layers), pruning.sensitivity, pruning.layer_sensitivity, pruning.kept))
+    targets = resolve_targets(list(spec.layers), pruning.sensitivity, pruning.layer_sensitivity, pruning.kept)
+    experiment.execute(
+        targets, pruning_schedule(spec.layer_kinds(), pruning.iterations, pruning.alternate, config.retrain.freeze)
+    )
     return experiment
 
 

@@ -9,7 +9,8 @@ evaluates and writes files. A single process uses `Shard()`, whose collectives d
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,8 @@ class Shard:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # A gloo group for the per-batch stop flag: a CPU collective that never waits for the GPU's queue to drain.
+    control_group: Any = None
 
     @classmethod
     def from_environment(cls) -> "Shard":
@@ -63,11 +66,13 @@ class Shard:
             dist.all_reduce(tensor)
         return tensor
 
-    def any(self, flag: bool, device: torch.device) -> bool:
+    def any(self, flag: bool) -> bool:
         """True on every process when it is true on any (so that all stop at the same batch)."""
         if not self.distributed:
             return flag
-        return bool(self.sum_(torch.tensor([int(flag)], device=device)).item())
+        votes = torch.tensor([int(flag)])
+        dist.all_reduce(votes, group=self.control_group)
+        return bool(votes.item())
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Overwrite `tensors` on every process with rank 0's (bool tensors travel as uint8)."""
@@ -112,17 +117,20 @@ def process_device(shard: Shard, device: torch.device) -> torch.device:
 
 
 @contextmanager
-def process_group(shard: Shard, device: torch.device) -> Iterator[None]:
-    """Join torchrun's process group for the duration of the run (NCCL on GPUs, gloo on CPUs)."""
+def process_group(shard: Shard, device: torch.device) -> Iterator[Shard]:
+    """Join torchrun's process group for the duration of the run (NCCL on GPUs, gloo on CPUs); yields the shard
+    with its control group (a gloo group beside NCCL, the default group on CPUs)."""
     if not shard.distributed:
-        yield
+        yield shard
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
+        control_group = dist.new_group(backend="gloo")
     else:
         dist.init_process_group("gloo")
+        control_group = None
     try:
-        yield
+        yield replace(shard, control_group=control_group)
     finally:
         dist.destroy_process_group()

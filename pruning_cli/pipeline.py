@@ -356,10 +356,10 @@ def run(
     if device.type == "cuda" and not config.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     torch.manual_seed(config.seed)
-    with process_group(shard, device):
+    with process_group(shard, device) as shard:
         data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
         experiment = PruningRun(config, out_dir, spec, data, device, shard)
-        experiment.stop_requested = lambda: shard.any(stop_requested(), device)
+        experiment.stop_requested = lambda: shard.any(stop_requested())
         experiment.execute(targets, plan)
     if not shard.is_main:
         return None

@@ -126,7 +126,9 @@ def distributed_arguments(arguments: list[str], shard: Shard) -> list[str]:
         )
     if shard.is_main:
         return arguments
-    return [*arguments, "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    logging_groups = ("hydra/job_logging=", "hydra/hydra_logging=")
+    kept = [argument for argument in arguments if not argument.lstrip("+").startswith(logging_groups)]
+    return [*kept, "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
 def main() -> None:

@@ -47,18 +47,20 @@ class Shard:
         return batch[self.rank :: self.world_size]
 
     def global_batches(self, order: Tensor, batch_size: int) -> Iterator[Tensor]:
-        """This process's part of each global batch of `order`; a last batch too small to give every process
-        an image is dropped (a single process keeps it)."""
+        """This process's part of each global batch of `order`. A last, partial batch is cut to a multiple of
+        the number of processes, so that every process averages over as many images and DDP's mean of their
+        gradients is the gradient of the global batch (a single process keeps it whole)."""
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            if len(batch) < self.world_size:
+            batch = batch[: len(batch) - len(batch) % self.world_size]
+            if len(batch) == 0:
                 return
             yield self.split(batch)
 
     def num_batches(self, size: int, batch_size: int) -> int:
         """How many batches `global_batches` yields for `size` images."""
         full, rest = divmod(size, batch_size)
-        return full + (rest >= self.world_size and rest > 0)
+        return full + (rest >= self.world_size)
 
     def sum_(self, tensor: Tensor) -> Tensor:
         """Sum `tensor` over all processes, in place (a CPU tensor goes through gloo as it is)."""
@@ -85,16 +87,38 @@ class Shard:
                 tensor.copy_(carrier.bool())
 
     def check_identical(self, tensors: Sequence[Tensor], what: str) -> None:
-        """Raise on every process if `tensors` differ between processes (a checksum per rank, compared)."""
+        """Raise on every process if `tensors` differ between processes: checksums per tensor (sum, sum of
+        magnitudes, sum of every 7th entry; no copy of the tensors), gathered through the control group."""
         if not self.distributed:
             return
-        flat = torch.cat([tensor.detach().flatten().double() for tensor in tensors])
-        position = torch.arange(1, len(flat) + 1, device=flat.device, dtype=torch.float64)
-        digest = torch.stack([flat.sum(), (flat * position.remainder(9973)).sum()])
+        digest = torch.stack(
+            [
+                part.sum(dtype=torch.float64)
+                for tensor in tensors
+                for part in (tensor.detach(), tensor.detach().abs(), tensor.detach().flatten()[3::7])
+            ]
+        ).cpu()
         gathered = [torch.empty_like(digest) for _ in range(self.world_size)]
-        dist.all_gather(gathered, digest)
+        dist.all_gather(gathered, digest, group=self.control_group)
         if any(not torch.equal(other, gathered[0]) for other in gathered[1:]):
             raise RuntimeError(f"{what} differ between the {self.world_size} processes")
+
+    def barrier(self) -> None:
+        """Wait for every process, through the control group (gloo: a 30-minute timeout, not NCCL's 10)."""
+        if self.distributed:
+            dist.barrier(group=self.control_group)
+
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (e.g. a download into a shared folder), then the others; if rank 0 fails,
+        the others still run it (and fail the same way) instead of waiting forever."""
+        if not self.is_main:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if self.is_main:
+                self.barrier()
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """`model` under DistributedDataParallel when there are several processes (its parameters are rank 0's

@@ -99,6 +99,13 @@ class PruningRun:
         self.step, self.phase_progress = 0, PhaseProgress()
         self.stop_requested: Callable[[], bool] = lambda: False
         rows = self._restore() if config.resume and (out_dir / STATE_FILE).is_file() else None
+        where = torch.tensor([self.step, self.phase_progress.epochs_done])
+        shard.check_identical([where], f"resume points (is {out_dir / STATE_FILE} on a disk every process sees?)")
+        if shard.rank > 0:
+            # Own dropout draws per process (rank 0 keeps the seed's stream): the same stream everywhere would
+            # give the k-th image of every process the same dropout mask.
+            position = 1009 * self.step + self.phase_progress.epochs_done  # where a resumed run picks up
+            torch.manual_seed(config.seed + 1_000_003 * shard.rank + position)
         log_class = CsvLog if shard.is_main else DiscardLog
         self.metrics = log_class(out_dir / "metrics.csv", METRICS_COLUMNS, rows and rows["metrics"])
         self.layers = log_class(out_dir / "layers.csv", LAYERS_COLUMNS, rows and rows["layers"])
@@ -119,6 +126,8 @@ class PruningRun:
                 self.retrain(iteration, plan[iteration - 1])
             self.step, self.phase_progress = self.step + 1, PhaseProgress()
             self._save_state()
+        if self.stop_requested():  # also makes every process wait here for rank 0's last evaluation
+            raise StopRequested
         self.save_model()
 
     def dense(self) -> None:
@@ -357,7 +366,8 @@ def run(
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     torch.manual_seed(config.seed)
     with process_group(shard, device) as shard:
-        data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
+        with shard.main_first():  # a download into dataset.root happens once
+            data = load_data(config.dataset, spec.input_shape, config.seed).to(device)
         experiment = PruningRun(config, out_dir, spec, data, device, shard)
         experiment.stop_requested = lambda: shard.any(stop_requested())
         experiment.execute(targets, plan)

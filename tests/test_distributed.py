@@ -18,6 +18,7 @@ TIME_COLUMNS = ["seconds", "images_per_second"]
 @pytest.mark.parametrize(("size", "batch_size", "expected"), [
     (10, 4, ([[0, 2], [4, 6], [8]], [[1, 3], [5, 7], [9]])),
     (9, 4, ([[0, 2], [4, 6]], [[1, 3], [5, 7]])),  # a last batch of 1 cannot feed 2 processes: dropped
+    (11, 4, ([[0, 2], [4, 6], [8]], [[1, 3], [5, 7], [9]])),  # [8, 9, 10] is cut to a share of 1 each
 ])  # fmt: skip
 def test_each_process_takes_its_part_of_every_global_batch(size, batch_size, expected):
     for rank, batches in enumerate(expected):

@@ -49,21 +49,22 @@ class LoaderSplit:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Mini-batches in a random order drawn from `generator` (as TensorSplit does), or in storage order;
         with several processes, this process's part of each global batch."""
-        loader, batch_order = self._batch_loader()
+        loader, batch_order = self._batch_loader(shard)
         order = torch.arange(len(self)) if generator is None else torch.randperm(len(self), generator=generator)
         batch_order.batches = [batch.tolist() for batch in shard.global_batches(order, batch_size)]
         non_blocking = self.device.type == "cuda"
         for images, labels in loader:
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
 
-    def _batch_loader(self) -> tuple[DataLoader, _BatchOrder]:
+    def _batch_loader(self, shard: Shard) -> tuple[DataLoader, _BatchOrder]:
         """One DataLoader for the split, kept so that persistent workers survive from one epoch to the next."""
         if self._loader is None:
             batch_order = _BatchOrder()
             loader = DataLoader(
                 self.dataset, batch_sampler=batch_order, num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
-                generator=torch.Generator().manual_seed(self.seed),
+                # each process augments with its own stream; the batch order is shared (see `batches`)
+                generator=torch.Generator().manual_seed(self.seed + 1_000_003 * shard.rank),
             )  # fmt: skip
             self._loader = (loader, batch_order)
         return self._loader

@@ -38,8 +38,8 @@ FLOAT32_BYTES = 4
 @dataclass(frozen=True)
 class Link:
     """Two consecutive prunable layers whose hidden units (fc units or conv channels) pass only through ReLU,
-    pooling, dropout and flatten, as in all four models: a unit of `first` feeds `group` input columns of
-    `second` (1, or the spatial positions per channel where a conv feeds an fc layer through flatten)."""
+    pooling, dropout and flatten, as in all four models: a unit of `first` feeds one input column (or channel)
+    of `second`, or, where a conv feeds an fc layer through flatten, the block of columns of its positions."""
 
     first: str
     second: str
@@ -181,7 +181,10 @@ def size_report(original: Mapping[str, Tensor], exported: dict, dense_rest: int)
         report[column] = report[column].astype("Int64")
     for column in ("removed_inputs", "removed_outputs"):
         report[column] = report[column].fillna(0).astype("Int64")
-        report.loc[report.index[-1], column] = report[column].iloc[:-2].sum()
+    # Units removed in all: each is one layer's output (its inputs to the next layer are the same units again,
+    # counted in columns, so removed_inputs has no meaningful total).
+    report.loc[report.index[-1], "removed_outputs"] = report["removed_outputs"].iloc[:-2].sum()
+    report.loc[report.index[-1], "removed_inputs"] = pd.NA
     report["csr_ratio"] = report["dense_bytes"] / report["csr_bytes"]
     report["compact_ratio"] = report["dense_bytes"] / report["compact_bytes"]
     return report.fillna({"shape": "", "exported_shape": ""})

@@ -1,8 +1,10 @@
 """Data-parallel runs under torchrun (2 CPU processes, gloo) compute what one process computes."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -78,3 +80,36 @@ def test_a_global_batch_the_processes_cannot_share_is_refused(tmp_path):
         "make it a multiple of 2\n"
     )
     assert not (Path(tmp_path / "run") / "metrics.csv").exists()
+
+
+def test_sigterm_to_torchrun_stops_every_process_and_the_rerun_resumes(tmp_path):
+    overrides = [
+        "dataset=synthetic", "dataset.num_train=8192", "dataset.num_test=256", "train.epochs=2", "retrain.epochs=3",
+        "train.batch_size=32", "retrain.batch_size=32", "pruning.iterations=2", f"hydra.run.dir={tmp_path}",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", PRUNE_RUN]
+    process = subprocess.Popen(
+        [*command, *overrides], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    epochs, deadline = tmp_path / "epochs.csv", time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # wait for the first retraining epoch
+        if epochs.is_file() and "retrain" in epochs.read_text():
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert stderr.count("prune-run: stopped by SIGTERM") == 1  # rank 0 says it, once
+    assert not (tmp_path / "model.pt").exists()
+
+    resumed = subprocess.run([*command, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [
+        (0, "train"), (1, "prune"), (1, "retrain"), (2, "prune"), (2, "retrain"),
+    ]  # fmt: skip
+    rows = pd.read_csv(tmp_path / "epochs.csv")[["iteration", "phase", "epoch"]]
+    assert rows.values.tolist() == [[0, "train", 1], [0, "train", 2]] + [
+        [i, "retrain", e] for i in (1, 2) for e in (1, 2, 3)
+    ]  # every epoch exactly once across the stop
+    assert (tmp_path / "model.pt").is_file()

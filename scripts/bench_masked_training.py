@@ -1,16 +1,19 @@
 """Training throughput (images/s) of AlexNet and VGG-16, dense vs masked (pruned weights held at zero).
 
     python scripts/bench_masked_training.py [--models alexnet vgg16] [--batch-size 128] [--precision fp32|bf16]
-                                            [--steps 20] [--warmup 5] [--device auto|cpu|cuda]
+                                            [--steps 20] [--warmup 5] [--rounds 3] [--device auto|cpu|cuda]
 
-The masked run does what retraining does each step (MaskedWeights: gradients masked before the SGD step,
-weights masked after it, one fused call each) at the paper's per-layer kept fractions; the dense run is the
-same SGD step without the masks. The ratio is the cost of keeping the zeros exact. Random 224x224 inputs on
+The masked run does what retraining does each step (MaskedWeights: the weights masked after the SGD step, one
+fused call) at the paper's per-layer kept fractions; the dense run is the
+same SGD step without the masks. The ratio is the cost of keeping the zeros exact; `mask ms` times the masking
+call alone, and `of a step` is that time over a dense step's (the cost without the run-to-run noise). Random 224x224 inputs on
 the device (no data loading), random-init torchvision models (nothing downloaded), 1000 classes. On CUDA the
 model is channels_last with cuDNN benchmarking, as in prune-run; bf16 is autocast on CUDA only.
 """
 
 import argparse
+import copy
+import statistics
 import time
 
 import torch
@@ -41,7 +44,6 @@ def images_per_second(model, masked, images, labels, steps: int, warmup: int, bf
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         if masked is not None:
-            masked.mask_grads()
         optimizer.step()
         if masked is not None:
             masked.mask_weights()
@@ -50,7 +52,9 @@ def images_per_second(model, masked, images, labels, steps: int, warmup: int, bf
     return steps * len(images) / (time.perf_counter() - start)
 
 
-def bench(name: str, device: torch.device, batch_size: int, steps: int, warmup: int, bf16: bool) -> None:
+def bench(name: str, device: torch.device, batch_size: int, steps: int, warmup: int, bf16: bool, rounds: int) -> None:
+    """Dense and masked training of the same model, alternated `rounds` times (the median of each is printed), so
+    that a slow patch of the machine does not land on one side only."""
     spec = get_model_spec(name)
     model = spec.build(1000).to(device)
     if device.type == "cuda":
@@ -60,13 +64,38 @@ def bench(name: str, device: torch.device, batch_size: int, steps: int, warmup: 
     labels = torch.randint(1000, (batch_size,), generator=generator).to(device)
     if device.type == "cuda":
         images = images.to(memory_format=torch.channels_last)
-    dense = images_per_second(model, None, images, labels, steps, warmup, bf16)
     layers = list(spec.prunable(model).values())
     masks = [top_fraction_mask(layer.weight, kept)[0] for layer, kept in zip(layers, PAPER_KEPT[name], strict=True)]
     masked = MaskedWeights([layer.weight for layer in layers], masks)
+    dense_model = copy.deepcopy(model)  # the dense side keeps all its weights
     masked.mask_weights()
-    sparse = images_per_second(model, masked, images, labels, steps, warmup, bf16)
-    print(f"{name:8} {dense:12.1f} {sparse:12.1f} {sparse / dense:8.3f}", flush=True)
+    dense, sparse = [], []
+    for _ in range(rounds):
+        dense.append(images_per_second(dense_model, None, images, labels, steps, warmup, bf16))
+        sparse.append(images_per_second(model, masked, images, labels, steps, warmup, bf16))
+    dense_rate, sparse_rate = statistics.median(dense), statistics.median(sparse)
+    # The masks' own cost, timed alone: on a noisy CPU the two throughputs above wander by more than it.
+    mask_ms = 1000 * mask_seconds(masked, device)
+    dense_step_ms = 1000 * batch_size / dense_rate
+    print(
+        f"{name:8} {dense_rate:12.1f} {sparse_rate:12.1f} {sparse_rate / dense_rate:8.3f} {mask_ms:9.1f} "
+        f"{mask_ms / dense_step_ms:11.1%}",
+        flush=True,
+    )
+
+
+def mask_seconds(masked: MaskedWeights, device: torch.device, repeats: int = 10) -> float:
+    """Median time of one step's masking of the weights."""
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        masked.mask_weights()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def main() -> None:
@@ -76,6 +105,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="dense/masked alternations; medians are printed")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args()
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,10 +114,13 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     bf16 = args.precision == "bf16"
     note = "" if not bf16 or device.type == "cuda" else " (bf16 is CUDA only: fp32 on this device)"
-    print(f"device {device}, batch {args.batch_size}, {args.precision}{note}, {args.steps} timed steps")
-    print(f"{'model':8} {'dense img/s':>12} {'masked img/s':>12} {'ratio':>8}")
+    print(
+        f"device {device}, batch {args.batch_size}, {args.precision}{note}, {args.steps} timed steps, "
+        f"median of {args.rounds} alternated rounds"
+    )
+    print(f"{'model':8} {'dense img/s':>12} {'masked img/s':>12} {'ratio':>8} {'mask ms':>9} {'of a step':>11}")
     for name in args.models:
-        bench(name, device, args.batch_size, args.steps, args.warmup, bf16)
+        bench(name, device, args.batch_size, args.steps, args.warmup, bf16, args.rounds)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@
                                             [--steps 20] [--warmup 5] [--rounds 3] [--device auto|cpu|cuda]
 
 The masked run does what retraining does each step (MaskedWeights: the weights masked after the SGD step, one
-fused call) at the paper's per-layer kept fractions; the dense run is the
-same SGD step without the masks. The ratio is the cost of keeping the zeros exact; `mask ms` times the masking
-call alone, and `of a step` is that time over a dense step's (the cost without the run-to-run noise). Random 224x224 inputs on
-the device (no data loading), random-init torchvision models (nothing downloaded), 1000 classes. On CUDA the
-model is channels_last with cuDNN benchmarking, as in prune-run; bf16 is autocast on CUDA only.
+fused call) at the paper's per-layer kept fractions; the dense run is the same SGD step without the mask. The
+ratio is the cost of keeping the zeros exact; `mask ms` times the masking call alone, and `of a step` is that time
+over a dense step's (the cost without the run-to-run noise). Random 224x224 inputs on the device (no data
+loading), random-init torchvision models (nothing downloaded), 1000 classes. On CUDA the model is channels_last
+with cuDNN benchmarking, as in prune-run; bf16 is autocast on CUDA only.
 """
 
 import argparse
@@ -43,7 +43,6 @@ def images_per_second(model, masked, images, labels, steps: int, warmup: int, bf
             loss = nn.functional.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
-        if masked is not None:
         optimizer.step()
         if masked is not None:
             masked.mask_weights()

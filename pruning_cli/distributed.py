@@ -88,7 +88,8 @@ class Shard:
 
     def check_identical(self, tensors: Sequence[Tensor], what: str) -> None:
         """Raise on every process if `tensors` differ between processes: checksums per tensor (sum, sum of
-        magnitudes, sum of every 7th entry; no copy of the tensors), gathered through the control group."""
+        magnitudes, sum of every 7th entry; one tensor-sized temporary at a time), gathered through the control
+        group."""
         if not self.distributed:
             return
         digest = torch.stack(

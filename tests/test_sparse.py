@@ -238,6 +238,28 @@ def test_links_of_alexnet_fold_only_where_there_is_no_padding():
     ]
 
 
+def test_dead_channels_of_alexnet_go_through_padding_and_the_flatten_to_fc6():
+    torch.manual_seed(0)
+    model = get_model_spec("alexnet").build(10).eval()
+    conv3, conv4, conv5, fc6, fc7 = (model.features[6], model.features[8], model.features[10]) + (
+        model.classifier[1], model.classifier[4],
+    )  # fmt: skip
+    with torch.no_grad():
+        conv3.weight[20], conv3.bias[20] = 0, 0.5  # no input, a constant into a zero-padded conv4: must stay
+        conv4.weight[:, 11] = 0  # conv3 channel 11 feeds nothing: goes
+        conv5.weight[5], conv5.bias[5] = 0, 0.3  # a constant through avgpool + flatten: folded into fc6's bias
+        fc6.weight[:, 36 * 7 : 36 * 8] = 0  # conv5 channel 7 (its 6x6 positions) feeds nothing: goes
+        fc7.weight[:, 100] = 0  # fc6 unit 100 feeds nothing: goes
+    exported, _ = export_state_dict(model.state_dict(), "alexnet", remove_dead=True)
+    assert {name: count for name, count in exported["removed_units"].items() if count} == {
+        "conv3": 1, "conv5": 2, "fc6": 1,
+    }  # fmt: skip
+    assert exported["layers"]["fc6"]["shape"] == (4095, 36 * 254)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(build_sparse_model(exported)(images), model(images), rtol=1e-5, atol=1e-5)
+
+
 def test_removal_keeps_units_whose_constant_has_no_bias_to_go_to():
     weights = {"a": torch.zeros(2, 3), "b": torch.ones(4, 2)}
     _, _, removed = remove_dead_hidden_units(

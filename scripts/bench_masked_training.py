@@ -21,12 +21,10 @@ from torch import nn
 
 from pruning_cli.models import get_model_spec
 from pruning_cli.pruning.masks import top_fraction_mask
+from pruning_cli.report.tables import PAPER_KEPT
 from pruning_cli.training.loop import MaskedWeights
 
-PAPER_KEPT = {
-    "alexnet": [0.84, 0.38, 0.35, 0.37, 0.37, 0.09, 0.09, 0.25],
-    "vgg16": [0.58, 0.22, 0.34, 0.36, 0.53, 0.24, 0.42, 0.32, 0.27, 0.34, 0.35, 0.29, 0.36, 0.04, 0.04, 0.23],
-}
+PAPER_NETWORKS = ("alexnet", "vgg16")
 
 
 def images_per_second(model, masked, images, labels, steps: int, warmup: int, bf16: bool) -> float:
@@ -63,9 +61,9 @@ def bench(name: str, device: torch.device, batch_size: int, steps: int, warmup: 
     labels = torch.randint(1000, (batch_size,), generator=generator).to(device)
     if device.type == "cuda":
         images = images.to(memory_format=torch.channels_last)
-    layers = list(spec.prunable(model).values())
-    masks = [top_fraction_mask(layer.weight, kept)[0] for layer, kept in zip(layers, PAPER_KEPT[name], strict=True)]
-    masked = MaskedWeights([layer.weight for layer in layers], masks)
+    layers = spec.prunable(model)
+    masks = [top_fraction_mask(layers[layer].weight, percent / 100)[0] for layer, percent in PAPER_KEPT[name].items()]
+    masked = MaskedWeights([layers[layer].weight for layer in PAPER_KEPT[name]], masks)
     dense_model = copy.deepcopy(model)  # the dense side keeps all its weights
     masked.mask_weights()
     dense, sparse = [], []
@@ -99,7 +97,7 @@ def mask_seconds(masked: MaskedWeights, device: torch.device, repeats: int = 10)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["alexnet", "vgg16"], choices=sorted(PAPER_KEPT))
+    parser.add_argument("--models", nargs="+", default=list(PAPER_NETWORKS), choices=PAPER_NETWORKS)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=20)

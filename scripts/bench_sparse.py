@@ -5,7 +5,8 @@
 Timing: the LeNets (whole model; conv layers stay dense) and the fc layers of AlexNet and VGG-16, with random
 weights pruned by magnitude to the given kept fractions, at batch 1 and 64, median of `--repeats` runs after a
 warm-up, under torch.inference_mode. Storage: all four networks (AlexNet and VGG-16 are torchvision's, randomly
-initialised, no download) pruned per layer to the paper's kept fractions (PAPER.md, Tables 2-5), conv layers too.
+initialised, no download) pruned per layer to the paper's kept fractions (PAPER.md, Tables 2-5), conv layers too,
+sized by prune-export's report without dead-unit removal.
 Weights are random, so the positions of the survivors are unstructured: a trained network's fillers may differ.
 """
 
@@ -17,26 +18,12 @@ from collections.abc import Callable, Iterator
 
 import pandas as pd
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from pruning_cli.models import get_model_spec
-from pruning_cli.sparse.formats import compact_bytes, csr_bytes, encode_compact, encode_csr
+from pruning_cli.report.tables import PAPER_KEPT, network_name
+from pruning_cli.sparse.export import export_state_dict
 from pruning_cli.sparse.model import SparseLinear, sparsify
-
-PAPER_KEPT = {
-    "LeNet-300-100": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
-    "LeNet-5": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19},
-    "AlexNet": {
-        "conv1": 0.84, "conv2": 0.38, "conv3": 0.35, "conv4": 0.37, "conv5": 0.37,
-        "fc6": 0.09, "fc7": 0.09, "fc8": 0.25,
-    },
-    "VGG-16": {
-        "conv1_1": 0.58, "conv1_2": 0.22, "conv2_1": 0.34, "conv2_2": 0.36, "conv3_1": 0.53, "conv3_2": 0.24,
-        "conv3_3": 0.42, "conv4_1": 0.32, "conv4_2": 0.27, "conv4_3": 0.34, "conv5_1": 0.35, "conv5_2": 0.29,
-        "conv5_3": 0.36, "fc6": 0.04, "fc7": 0.04, "fc8": 0.23,
-    },
-}  # fmt: skip
 
 # (label, in_features, out_features, kept) of the single fc layers timed, at the paper's kept fractions (PAPER.md).
 TIMED_FC_LAYERS = [
@@ -48,7 +35,7 @@ TIMED_FC_LAYERS = [
     ("VGG-16 fc8", 4096, 1000, 0.23),
 ]
 BATCHES = (1, 64)
-LENET_NAMES = {"LeNet-300-100": "lenet300", "LeNet-5": "lenet5"}
+LENETS = ("lenet300", "lenet5")
 
 
 @torch.no_grad()
@@ -66,56 +53,25 @@ def prune_to_fraction_(weight: Tensor, kept: float) -> None:
     weight.mul_(mask.view_as(weight))
 
 
-def paper_layers(network: str, model: nn.Module) -> dict[str, nn.Module]:
-    """The prunable modules under the paper's names (conv1.., fc6..; VGG's conv<block>_<i>)."""
-    if network in LENET_NAMES:
-        return get_model_spec(LENET_NAMES[network]).prunable(model)
-    convs, block, index = {}, 1, 0
-    for module in model.features:
-        if isinstance(module, nn.MaxPool2d):
-            block, index = block + 1, 0
-        elif isinstance(module, nn.Conv2d):
-            index += 1
-            convs[f"conv{len(convs) + 1}" if network == "AlexNet" else f"conv{block}_{index}"] = module
-    linears = [module for module in model.classifier if isinstance(module, nn.Linear)]
-    return convs | {f"fc{6 + i}": module for i, module in enumerate(linears)}
-
-
-def build_network(network: str) -> nn.Module:
-    if network in LENET_NAMES:
-        return get_model_spec(LENET_NAMES[network]).build(10)
-    return torchvision.models.alexnet() if network == "AlexNet" else torchvision.models.vgg16()
-
-
-def pruned_network(network: str) -> tuple[nn.Module, dict[str, nn.Module]]:
+def pruned_network(name: str) -> nn.Module:
+    """The registry's model (AlexNet/VGG-16: torchvision's, 1000 classes), random weights, each prunable layer
+    pruned to the paper's kept fraction (report.tables.PAPER_KEPT, Tables 2-5)."""
     torch.manual_seed(0)
-    model = build_network(network).eval()
-    layers = paper_layers(network, model)
-    assert layers.keys() == PAPER_KEPT[network].keys(), (network, list(layers))
-    for name, module in layers.items():
-        prune_to_fraction_(module.weight, PAPER_KEPT[network][name])
-    return model, layers
+    spec = get_model_spec(name)
+    model = spec.build(10 if name in LENETS else 1000).eval()
+    for layer, module in spec.prunable(model).items():
+        prune_to_fraction_(module.weight, PAPER_KEPT[name][layer] / 100)
+    return model
 
 
-def storage_row(network: str) -> dict:
-    """Bytes of the pruned network: dense float32, CSR (smallest index dtypes), compact (k-bit gaps, fillers)."""
-    model, layers = pruned_network(network)
-    pruned = {id(module.weight) for module in layers.values()}
-    rest = sum(4 * p.numel() for p in model.parameters() if id(p) not in pruned)  # biases: dense everywhere
-    row = {"network": network, "params": sum(p.numel() for p in model.parameters()), "nonzero": 0, "fillers": 0}
-    row |= {"dense_MB": rest, "csr_MB": rest, "compact_MB": rest}
-    for module in layers.values():
-        csr, compact = encode_csr(module.weight), encode_compact(module.weight)
-        row["nonzero"] += len(csr["values"])
-        row["fillers"] += compact["count"] - len(csr["values"])
-        row["dense_MB"] += 4 * module.weight.numel()
-        row["csr_MB"] += csr_bytes(csr)
-        row["compact_MB"] += compact_bytes(compact)
-    row["nonzero"] += sum(p.numel() for p in model.parameters() if id(p) not in pruned)
-    for key in ("dense_MB", "csr_MB", "compact_MB"):
-        row[key] /= 1e6
-    row["dense/csr"] = row["dense_MB"] / row["csr_MB"]
-    row["dense/compact"] = row["dense_MB"] / row["compact_MB"]
+def storage_row(name: str) -> dict:
+    """Bytes of the pruned network as prune-export reports them (dense float32, CSR, compact; biases dense)."""
+    model = pruned_network(name)
+    total = export_state_dict(model.state_dict(), name)[1].set_index("layer").loc["total"]
+    params = sum(parameter.numel() for parameter in model.parameters())
+    row = {"network": network_name(name), "params": params, "nonzero": total.nonzero, "fillers": total.fillers}
+    row |= {f"{kind}_MB": total[f"{kind}_bytes"] / 1e6 for kind in ("dense", "csr", "compact")}
+    row["dense/csr"], row["dense/compact"] = total.csr_ratio, total.compact_ratio
     return row
 
 
@@ -138,12 +94,12 @@ def median_ms(run: Callable[[], Tensor], repeats: int, device: torch.device) -> 
 
 def timing_cases(device: torch.device) -> Iterator[tuple[str, float, nn.Module, nn.Module, tuple[int, ...]]]:
     """(label, kept, dense module, sparse module, input shape without batch) for every timed case."""
-    for network, name in LENET_NAMES.items():
-        model, layers = pruned_network(network)
-        kept = sum(int(torch.count_nonzero(m.weight)) for m in layers.values())
-        kept /= sum(m.weight.numel() for m in layers.values())
-        sparse = sparsify(copy.deepcopy(model), get_model_spec(name).layers.values())
-        yield network, kept, model.to(device), sparse.to(device), get_model_spec(name).input_shape
+    for name in LENETS:
+        spec, model = get_model_spec(name), pruned_network(name)
+        layers = spec.prunable(model).values()
+        kept = sum(int(torch.count_nonzero(m.weight)) for m in layers) / sum(m.weight.numel() for m in layers)
+        sparse = sparsify(copy.deepcopy(model), spec.layers.values())
+        yield network_name(name), kept, model.to(device), sparse.to(device), spec.input_shape
     for label, in_features, out_features, kept in TIMED_FC_LAYERS:
         torch.manual_seed(0)
         dense = nn.Linear(in_features, out_features).eval()
@@ -197,7 +153,7 @@ def main() -> None:
         )
     )
     print("\nstorage at the paper's kept fractions (biases dense in every format; MB = 10^6 bytes)")
-    storage = pd.DataFrame(storage_row(network) for network in PAPER_KEPT)
+    storage = pd.DataFrame(storage_row(name) for name in PAPER_KEPT)
     storage["kept"] = storage["nonzero"] / storage["params"]
     print(
         storage.to_string(

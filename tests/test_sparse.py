@@ -10,6 +10,7 @@ from torch import nn
 
 from pruning_cli.models import get_model_spec
 from pruning_cli.pruning.masks import top_fraction_mask
+from pruning_cli.pruning.stats import dead_units
 from pruning_cli.sparse.cli import run
 from pruning_cli.sparse.export import (
     Link,
@@ -23,7 +24,6 @@ from pruning_cli.sparse.export import (
 from pruning_cli.sparse.formats import (
     compact_bytes,
     csr_bytes,
-    dead_units,
     decode_compact,
     decode_csr,
     encode_compact,

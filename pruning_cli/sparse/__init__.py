@@ -1,6 +1,6 @@
 """Sparse storage and sparse inference of pruned models (Han et al. 2015, section 3.5; Deep Compression's storage).
 
-`formats` holds the pure tensor encodings (CSR, the paper's relative k-bit indices with filler zeros, dead units),
+`formats` holds the pure tensor encodings (CSR, the paper's relative k-bit indices with filler zeros),
 `export` turns a pruned state_dict into a file of CSR layers plus a size report, `model` builds an inference model
 whose fc layers multiply with `torch.sparse` CSR tensors, and `cli` is the `prune-export` command.
 """
@@ -8,7 +8,6 @@ whose fc layers multiply with `torch.sparse` CSR tensors, and `cli` is the `prun
 from pruning_cli.sparse.formats import (
     compact_bytes,
     csr_bytes,
-    dead_units,
     decode_compact,
     decode_csr,
     encode_compact,
@@ -20,7 +19,6 @@ from pruning_cli.sparse.formats import (
 __all__ = [
     "compact_bytes",
     "csr_bytes",
-    "dead_units",
     "decode_compact",
     "decode_csr",
     "encode_compact",

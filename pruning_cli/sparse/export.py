@@ -21,11 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from pruning_cli.models import get_model_spec
+from pruning_cli.pruning.stats import dead_units
 from pruning_cli.sparse.formats import (
     Csr,
     compact_bytes,
     csr_bytes,
-    dead_units,
     decode_csr,
     encode_compact,
     encode_csr,

@@ -20,8 +20,6 @@ from typing import TypedDict
 import torch
 from torch import Tensor
 
-from pruning_cli.pruning.stats import dead_units  # noqa: F401  (part of this module's API)
-
 FC_INDEX_BITS = 5
 CONV_INDEX_BITS = 8
 

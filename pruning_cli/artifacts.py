@@ -11,17 +11,6 @@ import torch
 
 from pruning_cli.errors import UserError
 
-METRICS_COLUMNS = (
-    "iteration", "phase", "epochs", "params_total", "params_nonzero", "compression",
-    "top1", "top5", "loss", "train_loss", "seconds",
-)  # fmt: skip
-LAYERS_COLUMNS = (
-    "iteration", "phase", "layer", "weights_total", "weights_nonzero", "kept", "std", "sensitivity", "threshold",
-    "flops_total", "flops_nonzero", "inputs_nonzero", "dead_inputs", "dead_outputs",
-)  # fmt: skip
-EPOCHS_COLUMNS = ("iteration", "phase", "epoch", "train_loss", "lr", "images", "seconds", "images_per_second")
-SENSITIVITY_COLUMNS = ("layer", "sensitivity", "threshold", "kept", "top1", "top5", "loss")
-
 
 class CsvLog:
     """Appends rows to a CSV file and flushes each one, so a crash keeps every row written before it.
@@ -78,17 +67,30 @@ def write_atomic(text: str, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def load_model_state(path: Path) -> dict[str, torch.Tensor]:
-    """A model state_dict from a plain state_dict file or from one of this tool's checkpoints."""
+def _load(path: Path) -> Any:
+    """What `torch.save` put in `path` (tensors on the CPU), or a one-line error for a missing or foreign file."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give the path of a saved model (e.g. a run's model.pt)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: pickle and zip errors vary
         raise UserError(
             f"checkpoint {path} cannot be read ({type(error).__name__}); is it a torch.save file?"
         ) from error
-    return payload["model"] if isinstance(payload, dict) and "model" in payload else payload
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A model state_dict and what the file says beside it (`trained_on`, `iteration`; nothing for a plain
+    state_dict)."""
+    payload = _load(path)
+    if isinstance(payload, dict) and "model" in payload:
+        return payload["model"], {key: value for key, value in payload.items() if key != "model"}
+    return payload, {}
+
+
+def load_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """A model state_dict from a plain state_dict file or from one of this tool's checkpoints."""
+    return load_checkpoint(path)[0]
 
 
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:

@@ -1,6 +1,10 @@
-"""`prune-run`: the only module that reads the Hydra config; it hands typed dataclasses to the pipeline."""
+"""`prune-run`: the only module that reads the Hydra config; it hands typed dataclasses to the pipeline.
 
-import os
+The configs are `configs/` at the top of a clone, shipped inside the package as `pruning_cli/configs`; they are
+found by file path, so `prune-run`, `python -m pruning_cli.cli` and torchrun work from any directory, with an
+installed or an editable package, and from a clone's root (where the source tree shadows the installed package).
+"""
+
 import signal
 import sys
 import tempfile
@@ -10,21 +14,41 @@ from pathlib import Path
 
 import hydra
 import pandas as pd
-import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pruning_cli.config import RunConfig
+from pruning_cli.config import GROUP_SCHEMAS, RunConfig
 from pruning_cli.distributed import Shard
 from pruning_cli.errors import UserError
-from pruning_cli.pipeline import STATE_FILE, run
+from pruning_cli.pipeline import run
+from pruning_cli.run_state import STATE_FILE
 from pruning_cli.training.loop import StopRequested
 
 
+def config_dir() -> str:
+    """The folder of the YAML configs: inside the installed package, else at the top of the source tree."""
+    package = Path(__file__).resolve().parent
+    installed = package / "configs"
+    return str(installed if (installed / "config.yaml").is_file() else package.parent / "configs")
+
+
 def register_configs() -> None:
-    """Put the typed schema in Hydra's ConfigStore; `configs/config.yaml` lists it first in its defaults."""
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    """Put the typed schemas in Hydra's ConfigStore: the run's (first in `config.yaml`'s defaults) and one per
+    kind of each group's choices (first in each choice's defaults)."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, schema in schemas.items():
+            store.store(group=group, name=name, node=schema)
+
+
+def compose_config(*overrides: str) -> RunConfig:
+    """The typed config `prune-run OVERRIDES...` runs with (for scripts and tests: no output directory)."""
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
 
 
 def format_summary(metrics: pd.DataFrame, out_dir: Path) -> str:
@@ -65,19 +89,10 @@ class StopSignal:
                 signal.signal(sig, handler)
 
 
-def make_deterministic() -> None:
-    """Ask torch for deterministic kernels (cuBLAS needs its workspace setting before CUDA starts)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-
-
-@hydra.main(version_base="1.3", config_path="pkg://pruning_cli.configs", config_name="config")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _run_from_hydra(cfg: DictConfig) -> None:
     config: RunConfig = OmegaConf.to_object(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.deterministic:
-        make_deterministic()
     stop, shard = StopSignal(), Shard.from_environment()
     try:
         with stop.installed():

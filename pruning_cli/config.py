@@ -1,14 +1,18 @@
-"""Typed schemas of the run configuration.
+"""Typed schemas of the run configuration, and every default of it, stated once.
 
-Hydra validates every YAML file and override against these dataclasses (a misspelt key or a wrong type fails
-at compose time), and the CLI hands the core instances of them: the core never sees an omegaconf object.
+Hydra validates every YAML file and override against these dataclasses (a misspelt key, a wrong type, or a key of
+another data set kind or task fails at compose time), and the CLI hands the core instances of them: the core never
+sees an omegaconf object. The YAML files of `configs/` only choose between them and pin recipes.
 """
 
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from omegaconf import MISSING
+MISSING = "???"  # omegaconf's marker for a value the composed config must set
+
+DATA_ROOT = "${oc.env:PRUNING_CLI_DATA,'~/.cache/pruning_cli/datasets'}"
+IMAGENET_ROOT = "${oc.env:PRUNING_CLI_IMAGENET,'~/.cache/pruning_cli/datasets/imagenet'}"
 
 
 class Regularization(Enum):
@@ -54,29 +58,49 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
+    """What every data set kind has. The `dataset` group's choices each use one of the kinds below."""
+
     name: str = MISSING
-    root: str = "data"
-    download: bool = False
+    # Training images held out as a validation split (fixed seed); the choices made on data are made there.
+    val_split: int = 0
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class MnistLikeDataset(DatasetConfig):
+    """MNIST and Fashion-MNIST: four IDX files under `<root>/<torchvision class>/raw`."""
+
+    root: str = DATA_ROOT
+    download: bool = True
     # Where an operating-system package keeps the gzipped IDX files (Debian: /usr/share/datasets/fashion-mnist).
     system_dir: str | None = None
-    # Sizes of the generated data set (dataset=synthetic only).
+
+
+@dataclass
+class SyntheticDataset(DatasetConfig):
+    """Generated class prototypes plus noise: deterministic, no files (smoke runs and tests)."""
+
     num_train: int = 2048
     num_test: int = 512
     num_classes: int = 10
-    eval_batch_size: int = 1000
-    # Training images held out as a validation split (fixed seed); sensitivity analysis evaluates there.
-    val_split: int = 0
-    # Image-folder data sets (dataset=imagenet): DataLoader worker processes decoding JPEGs.
+
+
+@dataclass
+class ImageFolderDataset(DatasetConfig):
+    """A local ImageNet, `<root>/{train,val}/<class>/*.JPEG`, decoded by DataLoader worker processes."""
+
+    root: str = IMAGENET_ROOT
     num_workers: int = 8
+    eval_batch_size: int = 250
 
 
 @dataclass
 class PhaseConfig:
     """One training phase: dense training or retraining after a pruning step."""
 
-    epochs: int = 1
+    epochs: int = 10
     batch_size: int = 128
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     regularization: Regularization = Regularization.l2
@@ -89,26 +113,35 @@ class PhaseConfig:
 
 
 @dataclass
+class TrainConfig(PhaseConfig):
+    """Phase 1, the dense model."""
+
+    # A trained model (a state_dict, or a checkpoint of this tool): phase 1 loads it instead of training. Exact
+    # zeros in its prunable weights count as already pruned (continuing from a pruned model).
+    checkpoint: str | None = None
+
+
+@dataclass
 class RetrainConfig(PhaseConfig):
+    """Phase 3, after each pruning step; the paper retrains LeNets at 1/10 of the dense learning rate."""
+
+    epochs: int = 4
+    lr: float = 0.005
     # Layers that get no update while retraining (not in the optimizer, so no weight decay either).
     freeze: Freeze = Freeze.none
 
 
 @dataclass
-class TrainConfig(PhaseConfig):
-    # A trained dense model (a state_dict, or a checkpoint of this tool): phase 1 loads it instead of training.
-    checkpoint: str | None = None
-
-
-@dataclass
 class PruningConfig:
+    """Phase 2: each prunable layer loses every weight with |w| < sensitivity x std, or walks to a kept fraction."""
+
     name: str = "iterative"
-    iterations: int = 1
+    iterations: int = 3
     # Threshold = sensitivity x std for every prunable layer; null leaves unnamed layers dense.
     sensitivity: float | None = 1.0
     # Per-layer overrides, {layer: sensitivity}. Untyped and null by default so that `pruning.kept={fc1:0.08}`
-    # replaces the node (Hydra would merge a dict into a typed dict node and refuse its new keys);
-    # resolve_targets checks names and values instead.
+    # replaces the node (Hydra would merge a dict into a typed dict node and refuse its new keys); the CLI
+    # checks names and values instead.
     layer_sensitivity: Any = None
     # Final fraction of each layer's weights kept, {layer: fraction} (the paper's per-layer %); wins over sensitivities.
     kept: Any = None
@@ -116,9 +149,30 @@ class PruningConfig:
     # The paper's alternation: odd iterations prune the fc layers and retrain them with conv frozen, even
     # iterations prune conv and retrain it with fc frozen (pruning/schedule.py).
     alternate: bool = False
-    # pruning=sensitivity: the layer to analyse (null: every prunable layer, in one process) and the levels.
-    # A non-null `sensitivity` replaces `levels` by that one value (one point per job in a Hydra multirun).
-    layer: str | None = None
+
+
+@dataclass
+class TaskConfig:
+    """What `prune-run` does with the model: the `task` group's choices each use one of the kinds below."""
+
+    name: str = MISSING
+
+
+@dataclass
+class PruneTask(TaskConfig):
+    """Train, then prune -> retrain `pruning.iterations` times (the paper's three phases)."""
+
+    name: str = "prune"
+
+
+@dataclass
+class SensitivityTask(TaskConfig):
+    """Layer sensitivity (paper Fig. 6): prune one layer at a time at each level, evaluate on the validation split."""
+
+    name: str = "sensitivity"
+    layer: str | None = None  # null: every prunable layer, in one process
+    # A non-null `level` replaces `levels` by that one value (one point per job in a Hydra multirun).
+    level: float | None = None
     levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     level_kind: LevelKind = LevelKind.sensitivity
 
@@ -132,6 +186,7 @@ class DeviceConfig:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
@@ -143,3 +198,11 @@ class RunConfig:
     deterministic: bool = False
     # torch.compile the training forward/backward (evaluation stays eager so that its hooks see every layer).
     compile: bool = False
+
+
+# The schemas each config group's choices are checked against: {group: {schema name: dataclass}}. A choice's YAML
+# lists its schema first in its defaults (`defaults: [mnist_like, _self_]`).
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {"mnist_like": MnistLikeDataset, "synthetic_data": SyntheticDataset, "image_folder": ImageFolderDataset},
+    "task": {"prune_task": PruneTask, "sensitivity_task": SensitivityTask},
+}

@@ -121,6 +121,12 @@ class Shard:
             if self.is_main:
                 self.barrier()
 
+    def reseed(self, seed: int, position: int) -> None:
+        """Own dropout draws per process from `position` on (rank 0 keeps the seed's stream): the same stream
+        everywhere would give the k-th image of every process the same dropout mask."""
+        if self.rank > 0:
+            torch.manual_seed(seed + 1_000_003 * self.rank + position)
+
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """`model` under DistributedDataParallel when there are several processes (its parameters are rank 0's
         afterwards); the plain model otherwise. Build it per phase: DDP fixes which parameters train."""
@@ -132,13 +138,6 @@ class Shard:
 
 SHARD_VARIABLES = (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
 SINGLE_PROCESS = Shard()
-
-
-def process_device(shard: Shard, device: torch.device) -> torch.device:
-    """The device this process trains on: its own GPU (LOCAL_RANK) when the run is on CUDA."""
-    if device.type == "cuda" and shard.distributed:
-        return torch.device("cuda", shard.local_rank)
-    return device
 
 
 @contextmanager

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from pruning_cli.models import get_model_spec
+from pruning_cli.paper import PAPER_KEPT
 from pruning_cli.pruning.masks import top_fraction_mask
-from pruning_cli.report.tables import PAPER_KEPT
 from pruning_cli.training.loop import MaskedWeights
 
 PAPER_NETWORKS = ("alexnet", "vgg16")

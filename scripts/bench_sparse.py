@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from pruning_cli.models import get_model_spec
-from pruning_cli.report.tables import PAPER_KEPT, network_name
+from pruning_cli.paper import PAPER_KEPT, network_name
 from pruning_cli.sparse.export import export_state_dict
 from pruning_cli.sparse.model import SparseLinear, sparsify
 
@@ -55,7 +55,7 @@ def prune_to_fraction_(weight: Tensor, kept: float) -> None:
 
 def pruned_network(name: str) -> nn.Module:
     """The registry's model (AlexNet/VGG-16: torchvision's, 1000 classes), random weights, each prunable layer
-    pruned to the paper's kept fraction (report.tables.PAPER_KEPT, Tables 2-5)."""
+    pruned to the paper's kept fraction (paper.PAPER_KEPT, Tables 2-5)."""
     torch.manual_seed(0)
     spec = get_model_spec(name)
     model = spec.build(10 if name in LENETS else 1000).eval()

@@ -5,14 +5,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from test_cli import PRUNE_RUN, SMOKE, prune_run
+from runs import PRUNE_RUN, REPOSITORY, SMOKE, run_in_process
 
+from pruning_cli.cli import compose_config, distributed_arguments
 from pruning_cli.distributed import Shard
+from pruning_cli.errors import UserError
+from pruning_cli.plan import plan_run
 
 TIME_COLUMNS = ["seconds", "images_per_second"]
 
@@ -30,14 +32,15 @@ def test_each_process_takes_its_part_of_every_global_batch(size, batch_size, exp
     assert Shard().num_batches(9, 4) == 3
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one_process(tmp_path):
+    """`torchrun -m pruning_cli.cli`, started from the repository root, against one process in this one."""
     overrides = [*SMOKE, "pruning.iterations=2", "pruning.kept={fc1:0.1,fc2:0.2,fc3:0.5}"]
-    single = prune_run(*overrides, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
-    assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", PRUNE_RUN]
+    run_in_process(tmp_path / "single", *overrides)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     result = subprocess.run(
-        [*torchrun, *overrides, f"hydra.run.dir={tmp_path / 'ddp'}"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=300,
+        [*torchrun, "pruning_cli.cli", *overrides, f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=REPOSITORY, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("top-1 change:") == 1  # only rank 0 prints the summary
@@ -55,33 +58,26 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path):
     assert log.count("dense training epoch 1/2") == 1  # one writer
 
 
-def _as_rank(rank: int, world_size: int = 2) -> dict[str, str]:
-    return {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)}
-
-
-def test_torchrun_without_a_shared_run_dir_is_refused(tmp_path):
-    result = subprocess.run([PRUNE_RUN, *SMOKE], cwd=tmp_path, capture_output=True, text=True, env=_as_rank(0))
-    assert result.returncode == 2
-    assert result.stderr == (
-        "prune-run: error: under torchrun (2 processes) give hydra.run.dir=DIR, so that every process uses the "
-        "same output directory\n"
+def test_torchrun_without_a_shared_run_dir_is_refused():
+    with pytest.raises(UserError) as refused:
+        distributed_arguments(SMOKE, Shard(rank=0, world_size=2))
+    assert str(refused.value) == (
+        "under torchrun (2 processes) give hydra.run.dir=DIR, so that every process uses the same output directory"
     )
-    assert not (tmp_path / "outputs").exists()
+    assert distributed_arguments(SMOKE, Shard()) == SMOKE  # one process: nothing to add
+    worker = distributed_arguments([*SMOKE, "hydra.run.dir=run"], Shard(rank=1, world_size=2))
+    assert worker[-3:] == ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
-def test_a_global_batch_the_processes_cannot_share_is_refused(tmp_path):
-    result = subprocess.run(
-        [PRUNE_RUN, *SMOKE, "train.batch_size=33", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, capture_output=True, text=True, env=_as_rank(0),
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr == (
-        "prune-run: error: train.batch_size is 33, which 2 processes cannot share evenly; it is the global batch: "
-        "make it a multiple of 2\n"
+def test_a_global_batch_the_processes_cannot_share_is_refused():
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config(*SMOKE, "train.batch_size=33"), processes=2)
+    assert str(refused.value) == (
+        "train.batch_size is 33, which 2 processes cannot share evenly; it is the global batch: make it a multiple of 2"
     )
-    assert not (Path(tmp_path / "run") / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_process_and_the_rerun_resumes(tmp_path):
     overrides = [
         "dataset=synthetic", "dataset.num_train=8192", "dataset.num_test=256", "train.epochs=2", "retrain.epochs=3",

@@ -14,32 +14,18 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from test_cli import prune_run
-from test_configs import compose_run
+from runs import pruning_run_in_process, run_in_process
 from torch import nn
 
+from pruning_cli.cli import compose_config
 from pruning_cli.config import PhaseConfig
-from pruning_cli.data import load_data
 from pruning_cli.data.imagenet import load_imagenet
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
 from pruning_cli.models.pretrained import build_model
-from pruning_cli.pipeline import PruningRun
-from pruning_cli.pruning.schedule import pruning_schedule
-from pruning_cli.pruning.targets import resolve_targets
+from pruning_cli.paper import PAPER_KEPT
 from pruning_cli.training.loop import MaskedWeights, train_phase
 
-PAPER_KEPT = {
-    "alexnet": {
-        "conv1": 0.84, "conv2": 0.38, "conv3": 0.35, "conv4": 0.37, "conv5": 0.37, "fc6": 0.09, "fc7": 0.09,
-        "fc8": 0.25,
-    },
-    "vgg16": {
-        "conv1_1": 0.58, "conv1_2": 0.22, "conv2_1": 0.34, "conv2_2": 0.36, "conv3_1": 0.53, "conv3_2": 0.24,
-        "conv3_3": 0.42, "conv4_1": 0.32, "conv4_2": 0.27, "conv4_3": 0.34, "conv5_1": 0.35, "conv5_2": 0.29,
-        "conv5_3": 0.36, "fc6": 0.04, "fc7": 0.04, "fc8": 0.23,
-    },
-}  # fmt: skip
 NUM_CLASSES = 10
 TINY = {
     # Two iterations, a batch or two per phase, a handful of generated images.
@@ -83,25 +69,23 @@ def test_paper_names_cover_every_conv_and_fc_layer_and_the_dropouts_feed_them(na
 @pytest.mark.parametrize(
     ("experiment", "model", "iterations"), [("alexnet_paper", "alexnet", 3), ("vgg16_paper", "vgg16", 5)]
 )
-def test_paper_recipes_pin_the_papers_fractions_and_a_hundredth_of_the_lr(experiment, model, iterations):
-    config = compose_run(f"experiment={experiment}")
+def test_paper_recipes_start_pretrained_and_retrain_at_a_hundredth_of_the_lr(experiment, model, iterations):
+    config = compose_config(f"experiment={experiment}")
     assert config.model.name == model and config.model.weights == "IMAGENET1K_V1"
     assert config.dataset.name == "imagenet" and config.train.epochs == 0
     assert config.retrain.lr == pytest.approx(config.train.lr / 100)  # the paper's 1/100 for AlexNet
-    assert dict(config.pruning.kept) == PAPER_KEPT[model] and config.pruning.iterations == iterations
+    assert config.pruning.iterations == iterations  # the kept fractions: test_configs.py
 
 
 @pytest.fixture(scope="module", params=["alexnet", "vgg16"])
 def tiny_run(request):
-    """A whole `prune-run experiment=<net>_paper` on generated images, in a subprocess; deleted afterwards."""
+    """A whole `prune-run experiment=<net>_paper` on generated images, in process; deleted afterwards."""
     name = request.param
     out_dir = Path(tempfile.mkdtemp(prefix=f"tiny-{name}-"))
     try:
-        result = prune_run(
-            f"experiment={name}_paper", "dataset=synthetic_imagenet", "model.weights=null", *TINY[name],
-            f"hydra.run.dir={out_dir}", cwd=out_dir,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        run_in_process(
+            out_dir, f"experiment={name}_paper", "dataset=synthetic_imagenet", "model.weights=null", *TINY[name]
+        )
         yield name, out_dir
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -117,30 +101,16 @@ def test_tiny_paper_run_reaches_the_recipe_and_saves_a_torchvision_model(tiny_ru
     assert (metrics.params_total == parameter_count(reference)).all()
     layers = pd.read_csv(out_dir / "layers.csv")
     final = layers[(layers.iteration == 2) & (layers.phase == "retrain")].set_index("layer")
-    for layer, kept in PAPER_KEPT[name].items():
-        assert abs(final.kept[layer] - kept) <= 0.01, layer
+    for layer, percent in PAPER_KEPT[name].items():
+        assert abs(final.kept[layer] - percent / 100) <= 0.01, layer
     state = torch.load(out_dir / "model.pt", weights_only=True)
     reference.load_state_dict(state)  # strict: torchvision's own keys
     # Every non-zero of the saved model is counted (biases of dead units may be exactly zero after a tiny run).
     assert sum(int(torch.count_nonzero(value)) for value in state.values()) == metrics.params_nonzero.iloc[-1]
 
 
-def _pruning_run(tmp_path: Path, *overrides: str) -> PruningRun:
-    """A PruningRun built in-process, as `run` builds it, to look at its model after the steps."""
-    config = compose_run(*overrides)
-    spec = get_model_spec(config.model.name)
-    data = load_data(config.dataset, spec.input_shape, config.seed)
-    experiment = PruningRun(config, tmp_path, spec, data, torch.device("cpu"))
-    pruning = config.pruning
-    targets = resolve_targets(list(spec.layers), pruning.sensitivity, pruning.layer_sensitivity, pruning.kept)
-    experiment.execute(
-        targets, pruning_schedule(spec.layer_kinds(), pruning.iterations, pruning.alternate, config.retrain.freeze)
-    )
-    return experiment
-
-
 def test_dropout_feeding_a_pruned_fc_layer_is_rescaled_for_retraining(tmp_path):
-    experiment = _pruning_run(
+    experiment = pruning_run_in_process(
         tmp_path, "model=alexnet", "dataset=synthetic_imagenet", "train.epochs=0",
         "dataset.num_train=2", "dataset.num_test=2", "pruning=oneshot", "pruning.sensitivity=null",
         "pruning.kept={fc6:0.09}", "retrain.epochs=1", "retrain.batch_size=2", "retrain.max_batches=1",
@@ -153,7 +123,7 @@ def test_dropout_feeding_a_pruned_fc_layer_is_rescaled_for_retraining(tmp_path):
 @pytest.mark.parametrize(("freeze", "held", "trained"), [("conv", "conv", "fc"), ("fc", "fc", "conv")])
 def test_frozen_layers_are_bit_identical_after_retraining(tmp_path, freeze, held, trained):
     # Nothing is pruned (no targets), so any change to a layer comes from the retraining step alone.
-    experiment = _pruning_run(
+    experiment = pruning_run_in_process(
         tmp_path, "model=lenet5", "dataset=synthetic", "dataset.num_train=64", "dataset.num_test=32",
         "train.epochs=1", "train.batch_size=16", "pruning=oneshot", "pruning.sensitivity=null",
         "retrain.epochs=1", "retrain.batch_size=16", "retrain.lr=0.1",
@@ -229,12 +199,10 @@ def test_imagenet_folder_is_read_through_a_dataloader_in_a_repeatable_order(tmp_
 
 def test_missing_imagenet_folder_is_named_in_one_line(tmp_path):
     missing = tmp_path / "imagenet"
-    result = prune_run(
-        "model=alexnet", "dataset=imagenet", f"dataset.root={missing}", f"hydra.run.dir={tmp_path}", cwd=tmp_path
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"prune-run: error: ImageNet folder {missing / 'train'} does not exist")
-    assert result.stderr.count("\n") == 1
+    with pytest.raises(UserError) as refused:
+        run_in_process(tmp_path / "run", "model=alexnet", "dataset=imagenet", f"dataset.root={missing}")
+    assert str(refused.value).startswith(f"ImageNet folder {missing / 'train'} does not exist")
+    assert "\n" not in str(refused.value)
 
 
 def test_empty_imagenet_folder_is_named(tmp_path):

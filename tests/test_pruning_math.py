@@ -8,26 +8,56 @@ from torch import nn
 
 from pruning_cli.config import Freeze, PhaseConfig, Regularization
 from pruning_cli.data.tensors import TensorSplit
-from pruning_cli.errors import UserError
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import (
     count_nonzero,
     scheduled_fraction,
-    sensitivity_threshold,
     strongest_per_output,
     threshold_mask,
     top_fraction_mask,
 )
 from pruning_cli.pruning.schedule import Turn, pruning_schedule
 from pruning_cli.pruning.stats import layer_stats
-from pruning_cli.pruning.targets import LayerTarget, prune_layer, resolve_targets
+from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
+from pruning_cli.pruning.targets import LayerTarget, resolve_targets
 from pruning_cli.training.loop import MaskedWeights, train_phase
 
 
-def test_threshold_is_sensitivity_times_std():
-    weights = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])  # unbiased std = sqrt(10 / 4)
-    assert sensitivity_threshold(weights, 0.5) == pytest.approx(0.5 * math.sqrt(2.5))
-    assert sensitivity_threshold(weights, 0.0) == 0.0
+def test_threshold_is_sensitivity_times_the_std_of_the_survivors():
+    weight = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 9.0])
+    alive = torch.tensor([True, True, True, True, True, False])  # 9.0 was pruned: not in the std
+    assert surviving_std(weight, alive) == pytest.approx(math.sqrt(2.5))  # unbiased std of [-2, -1, 0, 1, 2]
+    masks, records = prune_step({"fc": weight}, {"fc": alive}, {"fc": LayerStep(LayerTarget(sensitivity=0.5))})
+    assert records["fc"].std == pytest.approx(math.sqrt(2.5))
+    assert records["fc"].threshold == pytest.approx(0.5 * math.sqrt(2.5)) and records["fc"].sensitivity == 0.5
+    assert masks["fc"].tolist() == [True, True, False, True, True, False] and records["fc"].kept == 4
+
+
+def test_the_dense_std_replaces_the_survivors_when_given():
+    weight, alive = torch.tensor([0.1, -0.3, 0.5, -0.7]), torch.ones(4, dtype=torch.bool)
+    masks, records = prune_step(
+        {"fc": weight}, {"fc": alive}, {"fc": LayerStep(LayerTarget(sensitivity=2.0))}, {"fc": 0.2}
+    )
+    assert records["fc"].threshold == pytest.approx(0.4) and records["fc"].std == 0.2
+    assert masks["fc"].tolist() == [False, False, True, True]
+
+
+def test_a_kept_target_walks_its_schedule_and_layers_outside_the_plan_keep_their_masks():
+    weights = {"fc1": torch.arange(1.0, 101.0), "fc2": torch.arange(1.0, 11.0)}
+    masks = {name: torch.ones_like(weight, dtype=torch.bool) for name, weight in weights.items()}
+    plan = {"fc1": LayerStep(LayerTarget(kept=0.25), Turn(1, 2))}  # half-way: keep 0.25 ** (1/2) = 50%
+    new_masks, records = prune_step(weights, masks, plan)
+    assert records["fc1"].kept == 50 and new_masks["fc1"][50:].all() and not new_masks["fc1"][:50].any()
+    assert records["fc1"].threshold == 51.0 and set(records) == {"fc1"}
+    assert new_masks["fc2"] is masks["fc2"]
+
+
+def test_a_step_that_would_empty_a_layer_is_capped_to_one_weight_per_output():
+    weight = torch.tensor([[0.1, -0.9, 0.5], [0.4, 0.2, -0.3]])
+    alive = torch.ones_like(weight, dtype=torch.bool)
+    masks, records = prune_step({"fc": weight}, {"fc": alive}, {"fc": LayerStep(LayerTarget(sensitivity=50.0))})
+    assert records["fc"].capped and records["fc"].kept == 2
+    assert masks["fc"].tolist() == [[False, True, False], [True, False, False]]
 
 
 def test_threshold_mask_removes_exactly_the_weights_below_the_threshold():
@@ -63,13 +93,6 @@ def test_schedule_walks_geometrically_to_the_target():
     assert ratios == pytest.approx([0.08**0.25] * 3)
 
 
-def test_prune_layer_with_sensitivity_uses_the_given_std():
-    weight = torch.tensor([0.1, -0.3, 0.5, -0.7])
-    mask, threshold = prune_layer(weight, torch.ones(4, dtype=torch.bool), LayerTarget(sensitivity=2.0), 0.2, 1, 1)
-    assert threshold == pytest.approx(0.4)
-    assert mask.tolist() == [False, False, True, True]
-
-
 def test_strongest_per_output_keeps_one_surviving_weight_per_unit():
     weight = torch.tensor([[0.1, -0.9, 0.5], [0.4, 0.2, -0.3], [0.8, 0.1, 0.1]])
     mask = torch.tensor([[True, False, True], [True, True, True], [False, False, False]])
@@ -100,14 +123,14 @@ def test_resolve_targets_precedence_kept_over_layer_over_global():
     ],
 )
 def test_resolve_targets_refuses_bad_settings(sensitivity, layer_sensitivity, kept, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve_targets(["fc1", "fc2"], sensitivity, layer_sensitivity, kept)
 
 
 def _train_pruned_layer(mask_it: bool) -> tuple[nn.Linear, torch.Tensor, torch.optim.Optimizer | None]:
     torch.manual_seed(0)
     layer = nn.Linear(20, 5)
-    mask = threshold_mask(layer.weight, sensitivity_threshold(layer.weight, 1.0))
+    mask = threshold_mask(layer.weight, layer.weight.std().item())
     with torch.no_grad():
         layer.weight.mul_(mask)
     masked = MaskedWeights([layer.weight], [mask]) if mask_it else MaskedWeights([], [])
@@ -196,5 +219,5 @@ def test_alternation_prunes_fc_with_conv_frozen_then_the_reverse():
     (LENET5_KINDS, 4, Freeze.fc, "leave retrain.freeze=none, not fc"),
 ])  # fmt: skip
 def test_alternation_refuses_what_it_cannot_do(kinds, iterations, freeze, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         pruning_schedule(kinds, iterations, alternate=True, freeze=freeze)

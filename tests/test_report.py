@@ -1,5 +1,6 @@
 """`prune-report` on hand-made run directories whose numbers are known, so every frame value is checked exactly."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +9,9 @@ import matplotlib.image
 import pandas as pd
 import pytest
 import torch
-import yaml
-from omegaconf import OmegaConf
 
 from pruning_cli.models import get_model_spec
+from pruning_cli.records import RUN_RECORD
 from pruning_cli.report.cli import run
 from pruning_cli.report.collect import Skipped, collect, method_label
 from pruning_cli.report.plots import plot_sensitivity
@@ -31,20 +31,23 @@ FINAL_LAYERS = [
 
 
 def config(model="lenet300", dataset="fashion_mnist", seed=0, name="iterative", iterations=2, epochs=1, **regs):
+    """The `config` part of a run.json (the keys the report reads; the others count as their defaults)."""
+    task = {"name": "sensitivity", "level": None} if name == "sensitivity" else {"name": "prune"}
     return {
         "model": {"name": model},
-        "dataset": {"name": dataset, "root": "${oc.env:PRUNING_CLI_DATA,'~/data'}"},
+        "dataset": {"name": dataset, "root": "~/data"},
+        "task": task,
         "train": {"epochs": 2, "regularization": regs.get("train", "l2"), "checkpoint": None},
         "retrain": {"epochs": epochs, "regularization": regs.get("retrain", "l2")},
-        "pruning": {"name": name, "iterations": iterations, "sensitivity": 1.0, "kept": None},
+        "pruning": {"name": "iterative" if name == "sensitivity" else name, "iterations": iterations, "kept": None},
         "seed": seed,
     }
 
 
 def write_run(directory: Path, cfg: dict, metrics: str | None = None, layers: str | None = None, model_pt=True):
     """A run directory as prune-run leaves it; `metrics` / `layers` are the CSV bodies without header."""
-    (directory / ".hydra").mkdir(parents=True)
-    (directory / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    directory.mkdir(parents=True)
+    (directory / RUN_RECORD).write_text(json.dumps({"format": 1, "config": cfg}))
     if metrics is not None:
         (directory / "metrics.csv").write_text(METRICS_HEADER + metrics)
     if layers is not None:
@@ -277,13 +280,13 @@ def test_layer_table_shows_bytes_dense_and_compact(collection):
 
 def test_method_labels_follow_the_config():
     def label(**kwargs):
-        return method_label(OmegaConf.create(config(**kwargs)))["method"]
+        return method_label(config(**kwargs))["method"]
 
     assert label() == "L2, iterative, retrain"
     assert label(name="oneshot", iterations=1, epochs=0, train="l1") == "L1, one-shot, no retrain"
     assert label(train="l1", retrain="l2") == "L1/L2, iterative, retrain"
     assert label(name="sensitivity") == "L2, sensitivity analysis"
-    assert method_label(OmegaConf.create({"model": {"name": "lenet5"}}))["method"] == "?, ?, retrain"
+    assert method_label({"model": {"name": "lenet5"}})["method"] == "?, ?, retrain"
 
 
 def is_png(path: Path) -> bool:
@@ -359,14 +362,23 @@ def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (("broken",), "no usable run found in broken (skipped "),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
     write_run(tmp_path / "broken" / "run", config())  # no metrics.csv
-    result = report_cli(*args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.startswith(f"prune-report: error: {message}")
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    monkeypatch.chdir(tmp_path)
+    assert run(list(args)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"prune-report: error: {message}")
+    assert captured.err.count("\n") == 1
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_the_installed_command_exits_2_with_one_line(tmp_path):
+    result = report_cli("does_not_exist", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr == (
+        "prune-report: error: does_not_exist does not exist; give run directories or Hydra multirun directories\n"
+    )
 
 
 def test_each_run_counts_once_and_empty_sweep_jobs_are_named(runs, tmp_path):
@@ -378,7 +390,7 @@ def test_each_run_counts_once_and_empty_sweep_jobs_are_named(runs, tmp_path):
     found = collect([sweep])
     assert found.runs.run.tolist() == ["sweep/0"]
     assert [(item.path.name, item.reason) for item in found.skipped] == [
-        ("1", "multirun job without .hydra/config.yaml (did the job start?)")
+        ("1", "multirun job without run.json (did the job start?)")
     ]
 
 
@@ -386,13 +398,13 @@ def test_a_sensitivity_sweep_with_one_point_per_job_makes_whole_lines(tmp_path):
     sweep = tmp_path / "sens_sweep"
     for job, (level, kept, top1) in enumerate([(0.5, 0.7, 0.97), (1.0, 0.4, 0.9)]):
         cfg = config(name="sensitivity", iterations=0)
-        write_run(sweep / str(job), {**cfg, "pruning": {**cfg["pruning"], "sensitivity": level}}, model_pt=False)
+        write_run(sweep / str(job), {**cfg, "task": {**cfg["task"], "level": level}}, model_pt=False)
         (sweep / str(job) / "sensitivity.csv").write_text(
             f"layer,sensitivity,threshold,kept,top1,top5,loss\nnone,0,0,1,0.98,0.999,0.1\nfc1,{level},0.1,{kept},{top1},1,1\n"
         )
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     found = collect([sweep])
     assert found.sensitivity.layer.tolist() == ["none", "fc1", "none", "fc1"]
-    assert found.sensitivity.setting.tolist() == ["pruning.sensitivity=0.5"] * 2 + ["pruning.sensitivity=1.0"] * 2
+    assert found.sensitivity.setting.tolist() == ["task.level=0.5"] * 2 + ["task.level=1.0"] * 2
     assert plot_sensitivity(found.sensitivity, "lenet300", tmp_path / "s.png") is None
     assert is_png(tmp_path / "s.png")

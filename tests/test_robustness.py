@@ -8,17 +8,15 @@ import time
 import pandas as pd
 import pytest
 import torch
-from test_cli import PRUNE_RUN, prune_run
+from runs import PRUNE_RUN, prune_run, run_in_process, without_wall_time
+
+from pruning_cli.errors import UserError
 
 # Big enough that one retraining epoch takes a noticeable fraction of a second, so a kill lands inside one.
 LONG = [
-    "dataset=synthetic", "dataset.num_train=8192", "dataset.num_test=512", "train.epochs=2", "retrain.epochs=4",
+    "dataset=synthetic", "dataset.num_train=2048", "dataset.num_test=512", "train.epochs=1", "retrain.epochs=3",
     "train.batch_size=32", "retrain.batch_size=32", "pruning.iterations=2",
 ]  # fmt: skip
-
-
-def _without_wall_time(path) -> pd.DataFrame:
-    return pd.read_csv(path).drop(columns=["seconds", "images_per_second"], errors="ignore")
 
 
 def _start(out_dir) -> subprocess.Popen:
@@ -28,8 +26,8 @@ def _start(out_dir) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def _wait_for_retraining(out_dir, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until the first retraining phase has checkpointed at least one epoch."""
+def _wait_for_retraining(out_dir, process: subprocess.Popen, step: int, timeout: float = 120) -> None:
+    """Wait until the retraining phase at `step` (2: iteration 1, 4: iteration 2) has checkpointed an epoch."""
     state, deadline = out_dir / "checkpoints" / "last.pt", time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if state.is_file():
@@ -37,63 +35,62 @@ def _wait_for_retraining(out_dir, process: subprocess.Popen, timeout: float = 12
                 progress = torch.load(state, weights_only=True)
             except Exception:  # caught mid-rename: try again
                 progress = None
-            if progress and progress["step"] == 2 and progress["phase"]["epochs_done"] >= 1:
+            if progress and progress["step"] == step and progress["phase"]["epochs_done"] >= 1:
                 return
         time.sleep(0.05)
-    raise AssertionError("the run never reached its first retraining phase")
+    raise AssertionError(f"the run never reached the retraining phase of step {step}")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("uninterrupted")
-    result = prune_run(*LONG, f"hydra.run.dir={out_dir}", cwd=out_dir)
-    assert result.returncode == 0, result.stderr
+    run_in_process(out_dir, *LONG)
     return out_dir
 
 
-def test_sigkill_in_retraining_then_resume_gives_the_uninterrupted_csvs(uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_csvs(uninterrupted, tmp_path):
     process = _start(tmp_path)
-    _wait_for_retraining(tmp_path, process)
+    _wait_for_retraining(tmp_path, process, step=2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert "prune-run: stopped by SIGTERM; progress up to the last completed epoch is in" in stderr
+    assert f"resume with: prune-run {' '.join(LONG)} hydra.run.dir={tmp_path}" in stderr
+
+    process = _start(tmp_path)  # resumes, and is killed without warning in the second retraining
+    _wait_for_retraining(tmp_path, process, step=4)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_rows = len(pd.read_csv(tmp_path / "metrics.csv"))
-    assert killed_rows < 5 and not (tmp_path / "model.pt").exists()
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) < 5 and not (tmp_path / "model.pt").exists()
+
     resumed = prune_run(*LONG, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     for name in ("metrics.csv", "layers.csv", "epochs.csv"):
-        pd.testing.assert_frame_equal(_without_wall_time(tmp_path / name), _without_wall_time(uninterrupted / name))
+        pd.testing.assert_frame_equal(without_wall_time(tmp_path / name), without_wall_time(uninterrupted / name))
     final = torch.load(tmp_path / "model.pt", weights_only=True)
     expected = torch.load(uninterrupted / "model.pt", weights_only=True)
     assert all(torch.equal(final[key], expected[key]) for key in expected)
 
 
-def test_sigterm_stops_with_a_resume_line_and_the_rerun_finishes(uninterrupted, tmp_path):
-    process = _start(tmp_path)
-    _wait_for_retraining(tmp_path, process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM
-    assert "prune-run: stopped by SIGTERM; progress up to the last completed epoch is in" in stderr
-    assert f"resume with: prune-run {' '.join(LONG)} hydra.run.dir={tmp_path}" in stderr
-    assert "Traceback" not in stderr
-    assert prune_run(*LONG, f"hydra.run.dir={tmp_path}", cwd=tmp_path).returncode == 0
-    pd.testing.assert_frame_equal(
-        _without_wall_time(tmp_path / "metrics.csv"), _without_wall_time(uninterrupted / "metrics.csv")
-    )
-
-
 def test_same_seed_gives_the_same_numbers(uninterrupted, tmp_path):
-    again = prune_run(*LONG, "resume=false", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    pd.testing.assert_frame_equal(
-        _without_wall_time(tmp_path / "metrics.csv"), _without_wall_time(uninterrupted / "metrics.csv")
-    )
+    run_in_process(tmp_path, *LONG, "resume=false")
+    for name in ("metrics.csv", "layers.csv", "epochs.csv"):
+        pd.testing.assert_frame_equal(without_wall_time(tmp_path / name), without_wall_time(uninterrupted / name))
 
 
 def test_resuming_with_another_config_is_refused(uninterrupted):
-    result = prune_run(*LONG, "seed=7", f"hydra.run.dir={uninterrupted}", cwd=uninterrupted)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{uninterrupted} holds a run with a different configuration" in result.stderr
+    with pytest.raises(UserError, match=f"{uninterrupted} holds a run with a different configuration"):
+        run_in_process(uninterrupted, *LONG, "seed=7")
+
+
+def test_what_does_not_change_the_numbers_does_not_stop_a_resume(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "model.pt").unlink()  # as if it had stopped after its last step
+    metrics_before = (run_dir / "metrics.csv").read_text()
+    run_in_process(run_dir, *LONG, "dataset.eval_batch_size=100", "deterministic=true", "device=cpu")
+    assert (run_dir / "metrics.csv").read_text() == metrics_before and (run_dir / "model.pt").is_file()
 
 
 def test_a_checkpoint_that_lost_its_sparsity_is_refused_on_resume(uninterrupted, tmp_path):
@@ -103,38 +100,37 @@ def test_a_checkpoint_that_lost_its_sparsity_is_refused_on_resume(uninterrupted,
     state["model"]["fc2.weight"][~state["masks"]["fc2"]] = 0.5  # sparsity lost, as a buggy tool would save it
     torch.save(state, run_dir / "checkpoints" / "last.pt")
     metrics_before = (run_dir / "metrics.csv").read_text()
-    result = prune_run(*LONG, f"hydra.run.dir={run_dir}", cwd=run_dir)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"cannot resume: {run_dir / 'checkpoints' / 'last.pt'} has non-zero pruned weights in fc2" in result.stderr
+    with pytest.raises(UserError, match="has non-zero pruned weights in fc2") as refused:
+        run_in_process(run_dir, *LONG)
+    assert str(refused.value).startswith(f"cannot resume: {run_dir / 'checkpoints' / 'last.pt'}")
     assert (run_dir / "metrics.csv").read_text() == metrics_before
 
 
 def test_a_truncated_state_file_is_named(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    result = prune_run(*LONG, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"cannot resume: {tmp_path / 'checkpoints' / 'last.pt'} is unreadable" in result.stderr
+    with pytest.raises(UserError) as refused:
+        run_in_process(tmp_path, *LONG)
+    assert str(refused.value).startswith(f"cannot resume: {tmp_path / 'checkpoints' / 'last.pt'} is unreadable")
 
 
 def test_a_corrupt_dense_checkpoint_is_named(tmp_path):
     (tmp_path / "dense.pt").write_text("not a checkpoint")
-    result = prune_run(*LONG, f"train.checkpoint={tmp_path / 'dense.pt'}", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"checkpoint {tmp_path / 'dense.pt'} cannot be read (UnpicklingError)" in result.stderr
+    with pytest.raises(UserError) as refused:
+        run_in_process(tmp_path / "run", *LONG, f"train.checkpoint={tmp_path / 'dense.pt'}")
+    assert str(refused.value).startswith(f"checkpoint {tmp_path / 'dense.pt'} cannot be read (UnpicklingError)")
+
+
+def test_a_missing_dense_checkpoint_is_named(tmp_path):
+    with pytest.raises(UserError) as refused:
+        run_in_process(tmp_path, *LONG, "train.checkpoint=/nonexistent/dense.pt")
+    assert str(refused.value) == (
+        "checkpoint /nonexistent/dense.pt does not exist; give the path of a saved model (e.g. a run's model.pt)"
+    )
 
 
 def test_a_diverging_loss_names_iteration_phase_and_epoch(tmp_path):
-    result = prune_run(*LONG, "train.lr=1e30", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "training loss became NaN or infinite in iteration 0 (dense training), epoch 1" in result.stderr
-
-
-def test_an_unwritable_output_directory_is_refused(tmp_path):
-    (tmp_path / "a_file").write_text("")
-    result = prune_run(*LONG, f"hydra.run.dir={tmp_path / 'a_file' / 'run'}", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert (
-        result.stderr
-        == f"prune-run: error: cannot write the output directory {tmp_path / 'a_file' / 'run'} (Not a directory)\n"
-    )
+    with pytest.raises(
+        UserError, match=r"training loss became NaN or infinite in iteration 0 \(dense training\), epoch 1"
+    ):
+        run_in_process(tmp_path, *LONG, "train.lr=1e30")

@@ -1,5 +1,6 @@
 """Sparse storage and inference: exact round trips, the paper's k-bit relative indices, dead units, the CLI."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from torch import nn
 from pruning_cli.models import get_model_spec
 from pruning_cli.pruning.masks import top_fraction_mask
 from pruning_cli.pruning.stats import dead_units
+from pruning_cli.records import RUN_RECORD
 from pruning_cli.sparse.cli import run
 from pruning_cli.sparse.export import (
     Link,
@@ -245,6 +247,8 @@ def test_dead_channels_of_alexnet_go_through_padding_and_the_flatten_to_fc6():
         model.classifier[1], model.classifier[4],
     )  # fmt: skip
     with torch.no_grad():
+        for fc in (fc6, fc7):  # the paper's 9%: a realistic export (a dense one only takes longer to encode)
+            fc.weight.mul_(top_fraction_mask(fc.weight, 0.09)[0])
         conv3.weight[20], conv3.bias[20] = 0, 0.5  # no input, a constant into a zero-padded conv4: must stay
         conv4.weight[:, 11] = 0  # conv3 channel 11 feeds nothing: goes
         conv5.weight[5], conv5.bias[5] = 0, 0.3  # a constant through avgpool + flatten: folded into fc6's bias
@@ -282,8 +286,8 @@ def test_lenet300_at_paper_densities_compact_storage_ratio():
 
 
 def write_run(run_dir: Path, name: str = "lenet300") -> dict[str, torch.Tensor]:
-    (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "config.yaml").write_text(f"seed: 0\nmodel:\n  name: {name}\n")
+    run_dir.mkdir(parents=True)
+    (run_dir / RUN_RECORD).write_text(json.dumps({"format": 1, "config": {"seed": 0, "model": {"name": name}}}))
     state = pruned_model(name).state_dict()
     torch.save(state, run_dir / "model.pt")
     return state
@@ -295,6 +299,7 @@ def prune_export(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_exports_a_run_directory(tmp_path):
     state = write_run(tmp_path / "run", "lenet5")
     result = prune_export(str(tmp_path / "run"), "--keep-dead")  # same shapes, so the weights compare exactly
@@ -304,6 +309,7 @@ def test_cli_exports_a_run_directory(tmp_path):
     assert all(torch.equal(restored[key], state[key]) for key in state)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     result = prune_export(str(tmp_path / "missing"))
     assert result.returncode == 2
@@ -317,7 +323,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     [
         ("none", ["--model", "resnet50"], "unknown model 'resnet50'"),
         ("no_model", [], "model.pt does not exist"),
-        ("no_config", [], "config.yaml does not exist, so the model is unknown; pass --model"),
+        ("no_config", [], "no run.json, so the model is unknown; pass --model"),
         ("run", ["--model", "lenet5"], "model.pt does not fit model lenet5: missing keys conv1.bias"),
         ("garbage", [], "model.pt cannot be read"),
     ],
@@ -327,11 +333,10 @@ def test_cli_bad_inputs_in_process(tmp_path, capsys, setup, args, message):
     if setup in ("none", "run", "no_config"):
         write_run(run_dir)
     if setup == "no_config":
-        (run_dir / ".hydra" / "config.yaml").unlink()
+        (run_dir / RUN_RECORD).unlink()
     if setup in ("no_model", "garbage"):
         run_dir.mkdir()
-        (run_dir / ".hydra").mkdir()
-        (run_dir / ".hydra" / "config.yaml").write_text("model:\n  name: lenet300\n")
+        (run_dir / RUN_RECORD).write_text(json.dumps({"config": {"model": {"name": "lenet300"}}}))
     if setup == "garbage":
         (run_dir / "model.pt").write_bytes(b"not a torch file")
     assert run([str(run_dir), *args]) == 2

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pruning_cli.config import DatasetConfig
+from pruning_cli.config import DatasetConfig, ImageFolderDataset, MnistLikeDataset, SyntheticDataset
 from pruning_cli.data.imagenet import load_imagenet
 from pruning_cli.data.mnist_like import MNIST_LIKE, load_mnist_like
 from pruning_cli.data.synthetic import make_synthetic
@@ -16,13 +16,12 @@ IMAGENET_SHAPE = (3, 224, 224)
 
 def load_data(config: DatasetConfig, input_shape: tuple[int, int, int], seed: int) -> ImageData:
     """The data set `config` names, shaped for a model that takes `input_shape` images, with its validation split."""
-    if config.name == "synthetic":
-        data = make_synthetic(config.num_train, config.num_test, config.num_classes, input_shape, seed)
-    elif config.name == "synthetic_imagenet":
-        data = make_synthetic(config.num_train, config.num_test, config.num_classes, IMAGENET_SHAPE, seed)
-    elif config.name == "imagenet":
+    if isinstance(config, SyntheticDataset):
+        shape = IMAGENET_SHAPE if config.name == "synthetic_imagenet" else input_shape
+        data = make_synthetic(config.num_train, config.num_test, config.num_classes, shape, seed)
+    elif isinstance(config, ImageFolderDataset):
         data = load_imagenet(Path(config.root), config.num_workers, seed)
-    elif config.name in MNIST_LIKE:
+    elif isinstance(config, MnistLikeDataset) and config.name in MNIST_LIKE:
         system_dir = Path(config.system_dir) if config.system_dir else None
         data = load_mnist_like(config.name, Path(config.root), config.download, system_dir)
     else:

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pruning_cli.config import Freeze
-from pruning_cli.errors import UserError
 
 FC, CONV = "fc", "conv"
 
@@ -36,14 +35,16 @@ def pruning_schedule(kinds: Mapping[str, str], iterations: int, alternate: bool,
     if not alternate:
         return [Iteration({name: Turn(i, iterations) for name in kinds}, freeze) for i in range(1, iterations + 1)]
     if freeze is not Freeze.none:
-        raise UserError(
+        raise ValueError(
             "pruning.alternate=true freezes the layers it does not prune; "
             f"leave retrain.freeze=none, not {freeze.value}"
         )
     if set(kinds.values()) != {FC, CONV}:
-        raise UserError("pruning.alternate=true needs conv and fc layers to alternate between; this model has one kind")
+        raise ValueError(
+            "pruning.alternate=true needs conv and fc layers to alternate between; this model has one kind"
+        )
     if iterations < 2:
-        raise UserError(f"pruning.alternate=true needs pruning.iterations >= 2 (fc, then conv), not {iterations}")
+        raise ValueError(f"pruning.alternate=true needs pruning.iterations >= 2 (fc, then conv), not {iterations}")
     turn_kinds = [FC if i % 2 else CONV for i in range(1, iterations + 1)]
     steps = {kind: turn_kinds.count(kind) for kind in (FC, CONV)}
     plan = []

@@ -3,11 +3,6 @@
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from pruning_cli.errors import UserError
-from pruning_cli.pruning.masks import scheduled_fraction, threshold_mask, top_fraction_mask
-
 
 @dataclass(frozen=True)
 class LayerTarget:
@@ -31,7 +26,7 @@ def resolve_targets(
     layer_sensitivity, kept = _numbers(layer_sensitivity, "layer_sensitivity"), _numbers(kept, "kept")
     unknown = sorted((set(layer_sensitivity) | set(kept)) - set(layer_names))
     if unknown:
-        raise UserError(
+        raise ValueError(
             f"pruning names layer(s) {', '.join(unknown)} that this model does not have; "
             f"its prunable layers are: {', '.join(layer_names)}"
         )
@@ -40,10 +35,10 @@ def resolve_targets(
         sensitivities = {name: sensitivities.get(name, sensitivity) for name in layer_names if name not in kept}
     for name, value in sensitivities.items():
         if value < 0:
-            raise UserError(f"sensitivity of layer {name} is {value}; it must be >= 0 (threshold = sensitivity x std)")
+            raise ValueError(f"sensitivity of layer {name} is {value}; it must be >= 0 (threshold = sensitivity x std)")
     for name, value in kept.items():
         if not 0 < value <= 1:
-            raise UserError(f"kept fraction of layer {name} is {value}; it must be in (0, 1]")
+            raise ValueError(f"kept fraction of layer {name} is {value}; it must be in (0, 1]")
     return {
         name: LayerTarget(kept=kept[name]) if name in kept else LayerTarget(sensitivity=sensitivities[name])
         for name in layer_names
@@ -51,23 +46,13 @@ def resolve_targets(
     }
 
 
-def prune_layer(
-    weight: Tensor, mask: Tensor, target: LayerTarget, std: float, iteration: int, iterations: int
-) -> tuple[Tensor, float]:
-    """One pruning step of one layer: the new (never larger) mask and the magnitude threshold it used."""
-    if target.kept is not None:
-        return top_fraction_mask(weight, scheduled_fraction(target.kept, iteration, iterations), mask)
-    threshold = target.sensitivity * std
-    return threshold_mask(weight, threshold, mask), threshold
-
-
 def _numbers(values: Mapping[str, float] | None, option: str) -> dict[str, float]:
     """`{layer: number}` from a config value, or a one-line error saying what shape it must have."""
     if values is None:
         return {}
     if not isinstance(values, Mapping):
-        raise UserError(f"pruning.{option} must be a mapping of layer to number, e.g. pruning.{option}={{fc1:0.5}}")
+        raise ValueError(f"pruning.{option} must be a mapping of layer to number, e.g. pruning.{option}={{fc1:0.5}}")
     try:
         return {str(name): float(value) for name, value in values.items()}
     except (TypeError, ValueError) as error:
-        raise UserError(f"pruning.{option} must map layers to numbers, got {dict(values)}") from error
+        raise ValueError(f"pruning.{option} must map layers to numbers, got {dict(values)}") from error

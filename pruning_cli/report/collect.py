@@ -11,24 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
 from pruning_cli.artifacts import load_model_state
 from pruning_cli.config import RunConfig
 from pruning_cli.errors import UserError
+from pruning_cli.records import (
+    LAYERS,
+    METRICS,
+    PHASES,
+    RUN_RECORD,
+    SENSITIVITY,
+    CsvSchema,
+    config_tree,
+    experiment_settings,
+    flatten,
+    read_run_record,
+)
 from pruning_cli.sparse.export import export_state_dict
 
-CONFIG = Path(".hydra") / "config.yaml"
-PHASES = ("train", "prune", "retrain")
-
-# Columns a CSV must have and fill on every row (else it is truncated or foreign), then those it may lack or leave
-# empty (train_loss is empty on prune rows; inputs_nonzero is missing from runs made before it was logged).
-METRICS_REQUIRED = ("iteration", "phase", "params_total", "params_nonzero", "top1")
-METRICS_OPTIONAL = ("epochs", "compression", "top5", "loss", "train_loss", "seconds")
-LAYERS_REQUIRED = ("iteration", "phase", "layer", "weights_total", "weights_nonzero")
-LAYERS_OPTIONAL = ("kept", "std", "sensitivity", "threshold", "flops_total", "flops_nonzero", "inputs_nonzero")
-SENSITIVITY_REQUIRED = ("layer", "top1")
-SENSITIVITY_OPTIONAL = ("kept", "sensitivity", "threshold", "top5", "loss")
 TEXT_COLUMNS = ("phase", "layer")
 
 RUN_COLUMNS = (
@@ -39,12 +39,6 @@ RUN_COLUMNS = (
 )  # fmt: skip
 STORAGE_COLUMNS = ("layer", "dense_bytes", "csr_bytes", "compact_bytes")
 ID_COLUMNS = ("run", "model", "dataset", "seed", "method", "setting")
-# Keys that do not change what is measured (where files live, resuming, the device) and the seed and dense
-# checkpoint, which are the repeats being averaged. Runs that differ in any other key are kept apart.
-IGNORED_KEYS = (
-    "seed", "resume", "deterministic", "device", "hydra", "train.checkpoint",
-    "dataset.root", "dataset.download", "dataset.system_dir", "dataset.eval_batch_size",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,7 +71,7 @@ def _natural_key(path: Path) -> list[Any]:
 
 
 def find_run_dirs(paths: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[Skipped]]:
-    """Run directories (those holding `.hydra/config.yaml`) at or below each path, each with a short unique id.
+    """Run directories (those holding `run.json`) at or below each path, each with a short unique id.
 
     The id is the input's name plus the path below it (`sweep/3`), so runs from several sweeps stay apart.
     A multirun job folder without a config, or an input with no run at all, is reported as skipped.
@@ -92,7 +86,7 @@ def find_run_dirs(paths: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[S
             raise UserError(f"{root} is not a directory; give run directories or Hydra multirun directories")
         walked = list(_walk(root, skipped))
         if not walked:
-            skipped.append(Skipped(root, "no run directory found (no .hydra/config.yaml at or below it)"))
+            skipped.append(Skipped(root, f"no run directory found (no {RUN_RECORD} at or below it)"))
         runs = [run for run in walked if run.resolve() not in seen]
         seen.update(run.resolve() for run in runs)  # a sweep given along with one of its jobs counts once
         name = root.resolve().name or str(root)
@@ -106,7 +100,7 @@ def find_run_dirs(paths: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[S
 
 
 def _walk(directory: Path, skipped: list[Skipped]) -> Iterable[Path]:
-    if (directory / CONFIG).is_file():
+    if (directory / RUN_RECORD).is_file():
         yield directory  # a run: its subfolders (checkpoints) hold no further runs
         return
     try:
@@ -118,23 +112,26 @@ def _walk(directory: Path, skipped: list[Skipped]) -> Iterable[Path]:
     for child in children:
         if child.name.startswith(".") or child.is_symlink():
             continue
-        if is_sweep and child.name.isdigit() and not (child / CONFIG).is_file():
-            skipped.append(Skipped(child, "multirun job without .hydra/config.yaml (did the job start?)"))
+        if is_sweep and child.name.isdigit() and not (child / RUN_RECORD).is_file():
+            skipped.append(Skipped(child, f"multirun job without {RUN_RECORD} (did the job start?)"))
             continue
         yield from _walk(child, skipped)
 
 
-def _select(config: DictConfig, key: str) -> Any:
-    return OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+def _select(config: dict[str, Any], key: str) -> Any:
+    """`config["a"]["b"]` for key `a.b`, or None where the run's config has no such key."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
-def method_label(config: DictConfig, metrics: pd.DataFrame | None = None) -> dict[str, Any]:
+def method_label(config: dict[str, Any], metrics: pd.DataFrame | None = None) -> dict[str, Any]:
     """The run's method as the paper's Fig. 5 names it: regularization, schedule, with or without retraining.
 
     Without retraining the pruned weights come straight from dense training, so the training's regularization is
     the one that matters; with retraining, the retraining's (written `L1/L2` when training used L1, retraining L2).
     """
-    name = _select(config, "pruning.name")
+    name = "sensitivity" if _select(config, "task.name") == "sensitivity" else _select(config, "pruning.name")
     iterations = _select(config, "pruning.iterations")
     epochs = _select(config, "retrain.epochs")
     if isinstance(epochs, int | float):
@@ -168,23 +165,15 @@ def method_label(config: DictConfig, metrics: pd.DataFrame | None = None) -> dic
     }
 
 
-def flat_config(config: DictConfig) -> dict[str, str]:
-    """The config as `dotted.key -> value text` over the schema's defaults, without IGNORED_KEYS."""
-    flat: dict[str, str] = {}
+def flat_config(config: dict[str, Any]) -> dict[str, str]:
+    """The experiment's settings (records.experiment_settings, without the repeat keys) as `dotted.key -> text`.
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            key = prefix.rstrip(".")
-            if not any(key == ignored or key.startswith(f"{ignored}.") for ignored in IGNORED_KEYS):
-                flat[key] = "null" if node is None else str(node)
-
-    # A key an older run's config lacks (added to the schema since) counts as its default, not as a difference.
-    walk(OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False, enum_to_str=True), "")
-    walk(OmegaConf.to_container(config, resolve=False), "")
-    return flat
+    A key an older run's config lacks (added to the schema since) counts as its default, not as a difference.
+    """
+    flat = {**flatten(config_tree(RunConfig())), **flatten(config)}
+    return {
+        key: "null" if value is None else str(value) for key, value in experiment_settings(flat, repeats=False).items()
+    }
 
 
 def settings(configs: dict[str, dict[str, str]], groups: dict[str, tuple[Any, ...]]) -> dict[str, str]:
@@ -205,7 +194,7 @@ def settings(configs: dict[str, dict[str, str]], groups: dict[str, tuple[Any, ..
     return result
 
 
-def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str]) -> pd.DataFrame:
+def read_csv_checked(path: Path, schema: CsvSchema) -> pd.DataFrame:
     """A run CSV with numeric columns as numbers, or `_Unusable` saying what is wrong with it.
 
     prune-run writes whole lines and flushes each, so a last line without its newline, or a row with an
@@ -225,6 +214,7 @@ def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # text as written: a layer may be "None"
     except (OSError, ValueError) as error:  # pandas' ParserError and EmptyDataError are ValueErrors
         raise _Unusable(f"{path.name} cannot be parsed ({str(error).splitlines()[0]})") from error
+    required, optional = schema.required, schema.optional
     missing = [column for column in required if column not in frame]
     if missing:
         raise _Unusable(f"{path.name} lacks column(s) {', '.join(missing)}")
@@ -245,7 +235,7 @@ def read_csv_checked(path: Path, required: Sequence[str], optional: Sequence[str
 
 
 def _read_metrics(run_dir: Path, iterations: Any) -> pd.DataFrame:
-    metrics = read_csv_checked(run_dir / "metrics.csv", METRICS_REQUIRED, METRICS_OPTIONAL)
+    metrics = read_csv_checked(run_dir / METRICS.file, METRICS)
     unknown = sorted(set(metrics.phase) - set(PHASES))
     if unknown:
         raise _Unusable(f"metrics.csv has unknown phase(s) {', '.join(unknown)}")
@@ -270,7 +260,7 @@ def _read_sensitivity(run_dir: Path) -> pd.DataFrame:
 
     The unpruned baseline row (layer `none`) may leave `kept` empty: it keeps everything.
     """
-    table = read_csv_checked(run_dir / "sensitivity.csv", SENSITIVITY_REQUIRED, SENSITIVITY_OPTIONAL)
+    table = read_csv_checked(run_dir / SENSITIVITY.file, SENSITIVITY)
     table["layer"] = table.layer.where(table.layer.str.lower() != "none", "none")
     table.loc[table.layer == "none", "kept"] = table.loc[table.layer == "none", "kept"].fillna(1.0)
     if table.kept.isna().any():
@@ -322,91 +312,96 @@ def _with_ids(frame: pd.DataFrame, ids: dict[str, Any]) -> pd.DataFrame:
     return frame.assign(**ids)[[*ID_COLUMNS, *frame.columns]]
 
 
+@dataclass
+class _Gathered:
+    """The rows and frames read so far, per kind, and the runs' settings (to tell experiments apart)."""
+
+    skipped: list[Skipped]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    frames: dict[str, list[pd.DataFrame]] = field(
+        default_factory=lambda: {kind: [] for kind in ("metrics", "layers", "sensitivity", "storage")}
+    )
+    configs: dict[str, dict[str, str]] = field(default_factory=dict)
+    groups: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def collection(self) -> Collection:
+        columns = {
+            "metrics": (*ID_COLUMNS, *METRICS.required, *METRICS.optional),
+            "layers": (*ID_COLUMNS, *LAYERS.required, *LAYERS.optional),
+            "sensitivity": (*ID_COLUMNS, *SENSITIVITY.required, *SENSITIVITY.optional, "pruned"),
+            "storage": (*ID_COLUMNS, *STORAGE_COLUMNS),
+        }
+        frames = {"runs": pd.DataFrame(self.runs, columns=list(RUN_COLUMNS))}
+        frames |= {kind: _concat(self.frames[kind], columns[kind]) for kind in columns}
+        used = set(frames["runs"].run) | set(frames["sensitivity"].run)  # skipped runs must not split the others
+        setting = settings({run: self.configs[run] for run in used}, {run: self.groups[run] for run in used})
+        for frame in frames.values():
+            frame["setting"] = frame.run.map(setting).astype(object)
+        return Collection(**frames, skipped=self.skipped)
+
+
 def collect(paths: Sequence[Path]) -> Collection:
     """Read every run below `paths` into frames: runs, metrics, layers, sensitivity (see RUN_COLUMNS)."""
     found, skipped = find_run_dirs(paths)
-    runs: list[dict[str, Any]] = []
-    metrics_frames: list[pd.DataFrame] = []
-    layer_frames: list[pd.DataFrame] = []
-    sensitivity_frames: list[pd.DataFrame] = []
-    storage_frames: list[pd.DataFrame] = []
-    configs: dict[str, dict[str, str]] = {}
-    groups: dict[str, tuple[Any, ...]] = {}
+    gathered = _Gathered(skipped)
     for run_id, run_dir in found:
+        _collect_run(gathered, run_id, run_dir)
+    return gathered.collection()
+
+
+def _collect_run(gathered: _Gathered, run_id: str, run_dir: Path) -> None:
+    """Read one run's record and CSVs into `gathered`, or say in its skipped list why they are left out."""
+    try:
+        config = read_run_record(run_dir)["config"]
+    except ValueError as problem:
+        gathered.skipped.append(Skipped(run_dir, str(problem)))
+        return
+    model, dataset, seed = (_select(config, key) for key in ("model.name", "dataset.name", "seed"))
+    if not isinstance(model, str):
+        gathered.skipped.append(Skipped(run_dir, f"{RUN_RECORD} has no model.name"))
+        return
+    label = method_label(config)
+    gathered.configs[run_id] = flat_config(config)
+    gathered.groups[run_id] = (model, dataset, label["method"])
+    ids = {"run": run_id, "model": model, "dataset": dataset, "seed": seed, "method": label["method"], "setting": ""}
+    problems = []
+    if (run_dir / SENSITIVITY.file).is_file() or label["schedule"] == "sensitivity":
         try:
-            config = OmegaConf.load(run_dir / CONFIG)
-            if not isinstance(config, DictConfig):
-                raise ValueError("not a mapping")
-        except Exception as error:  # YAML and OmegaConf errors vary
-            skipped.append(Skipped(run_dir, f".hydra/config.yaml cannot be read ({type(error).__name__})"))
-            continue
-        model, dataset, seed = (_select(config, key) for key in ("model.name", "dataset.name", "seed"))
-        if not isinstance(model, str):
-            skipped.append(Skipped(run_dir, ".hydra/config.yaml has no model.name"))
-            continue
-        label = method_label(config)
-        configs[run_id] = flat_config(config)
-        groups[run_id] = (model, dataset, label["method"])
-        ids = {
-            "run": run_id,
-            "model": model,
-            "dataset": dataset,
-            "seed": seed,
-            "method": label["method"],
-            "setting": "",
-        }
+            gathered.frames["sensitivity"].append(_with_ids(_read_sensitivity(run_dir), ids))
+        except _Unusable as problem:
+            problems.append(str(problem))
+    # A sensitivity analysis prunes no model for good: its metrics.csv (if any) is not a pruning result.
+    if label["schedule"] != "sensitivity" and (
+        (run_dir / METRICS.file).is_file() or not (run_dir / SENSITIVITY.file).is_file()
+    ):
+        problems.append(_collect_pruning(gathered, run_dir, config, ids))
+    problems = [problem for problem in problems if problem]
+    if problems:
+        gathered.skipped.append(Skipped(run_dir, "; ".join(problems)))
 
-        sensitivity_problem = None
-        if (run_dir / "sensitivity.csv").is_file() or label["schedule"] == "sensitivity":
-            try:
-                sensitivity_frames.append(_with_ids(_read_sensitivity(run_dir), ids))
-            except _Unusable as problem:
-                sensitivity_problem = str(problem)
-        # A sensitivity analysis prunes no model for good: its metrics.csv (if any) is not a pruning result.
-        expects_metrics = label["schedule"] != "sensitivity" and (
-            (run_dir / "metrics.csv").is_file() or not (run_dir / "sensitivity.csv").is_file()
-        )
-        metrics_problem = None
-        if expects_metrics:
-            try:
-                metrics = _read_metrics(run_dir, label["iterations"])
-            except _Unusable as problem:
-                metrics_problem = str(problem)
-            else:
-                label = method_label(config, metrics)
-                ids["method"] = label["method"]
-                groups[run_id] = (model, dataset, label["method"])
-                try:
-                    storage = _read_storage(run_dir, model)
-                    storage_frames.append(_with_ids(storage, ids))
-                except _Unusable as problem:
-                    storage = None
-                    skipped.append(Skipped(run_dir, f"{problem}: storage left out (the run is kept)"))
-                runs.append(_run_row(run_id, run_dir, {**ids, **label}, metrics, storage))
-                metrics_frames.append(_with_ids(metrics, ids))
-                try:
-                    layers = read_csv_checked(run_dir / "layers.csv", LAYERS_REQUIRED, LAYERS_OPTIONAL)
-                    layer_frames.append(_with_ids(layers, ids))
-                except _Unusable as problem:
-                    skipped.append(Skipped(run_dir, f"{problem}: per-layer rows left out (the run is kept)"))
-        problems = [problem for problem in (metrics_problem, sensitivity_problem) if problem]
-        if problems:
-            skipped.append(Skipped(run_dir, "; ".join(problems)))
 
-    frames = {
-        "runs": pd.DataFrame(runs, columns=list(RUN_COLUMNS)),
-        "metrics": _concat(metrics_frames, (*ID_COLUMNS, *METRICS_REQUIRED, *METRICS_OPTIONAL)),
-        "layers": _concat(layer_frames, (*ID_COLUMNS, *LAYERS_REQUIRED, *LAYERS_OPTIONAL)),
-        "sensitivity": _concat(
-            sensitivity_frames, (*ID_COLUMNS, *SENSITIVITY_REQUIRED, *SENSITIVITY_OPTIONAL, "pruned")
-        ),
-        "storage": _concat(storage_frames, (*ID_COLUMNS, *STORAGE_COLUMNS)),
-    }
-    used = set(frames["runs"].run) | set(frames["sensitivity"].run)  # skipped runs must not split the others
-    setting = settings({run: configs[run] for run in used}, {run: groups[run] for run in used})
-    for frame in frames.values():
-        frame["setting"] = frame.run.map(setting).astype(object)
-    return Collection(**frames, skipped=skipped)
+def _collect_pruning(gathered: _Gathered, run_dir: Path, config: dict[str, Any], ids: dict[str, Any]) -> str | None:
+    """Read a pruning run's metrics, storage and layers into `gathered`; the reason it is unusable, if it is."""
+    try:
+        metrics = _read_metrics(run_dir, _select(config, "pruning.iterations"))
+    except _Unusable as problem:
+        return str(problem)
+    label = method_label(config, metrics)
+    ids["method"] = label["method"]
+    gathered.groups[ids["run"]] = (ids["model"], ids["dataset"], label["method"])
+    try:
+        storage = _read_storage(run_dir, ids["model"])
+        gathered.frames["storage"].append(_with_ids(storage, ids))
+    except _Unusable as problem:
+        storage = None
+        gathered.skipped.append(Skipped(run_dir, f"{problem}: storage left out (the run is kept)"))
+    gathered.runs.append(_run_row(ids["run"], run_dir, {**ids, **label}, metrics, storage))
+    gathered.frames["metrics"].append(_with_ids(metrics, ids))
+    try:
+        gathered.frames["layers"].append(_with_ids(read_csv_checked(run_dir / LAYERS.file, LAYERS), ids))
+    except _Unusable as problem:
+        gathered.skipped.append(Skipped(run_dir, f"{problem}: per-layer rows left out (the run is kept)"))
+    return None
 
 
 def _concat(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:

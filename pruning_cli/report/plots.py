@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from pruning_cli.report.tables import network_name
+from pruning_cli.paper import network_name
 
 DPI = 110
 MAX_LEGEND = 12  # beyond this many lines a legend hides the plot

@@ -1,63 +1,31 @@
 """Table 1 and the per-layer tables (paper Tables 2-5), measured beside the paper's figures, as frames and markdown.
 
-The paper's numbers live here, next to the comparison that uses them, so a reader of table1.md sees exactly
-what a run was held against (the figures are those of /work/shared/PAPER.md).
+The paper's figures come from `pruning_cli.paper`, so a reader of table1.md sees exactly what a run was held
+against.
 """
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from pruning_cli.paper import (
+    NETWORKS,
+    PAPER_FLOPS_CUT,
+    PAPER_KEPT,
+    PAPER_KEPT_TOTAL,
+    PAPER_TABLE1,
+    PaperRow,
+    network_name,
+)
+
 GROUP = ["model", "dataset", "method", "setting"]
-NETWORKS = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "alexnet": "AlexNet", "vgg16": "VGG-16"}
 EPSILON = 1e-9  # float noise when a change equals the paper's exactly (tolerance 0)
 
 
-@dataclass(frozen=True)
-class PaperRow:
-    """One row of the paper's Table 1; errors in %, top-5 only for the ImageNet networks."""
-
-    dataset: str
-    dense_top1: float
-    pruned_top1: float
-    params_before: float
-    params_after: float
-    compression: float
-    dense_top5: float = math.nan
-    pruned_top5: float = math.nan
-
-
-PAPER_TABLE1 = {
-    "lenet300": PaperRow("MNIST", 1.64, 1.59, 267e3, 22e3, 12),
-    "lenet5": PaperRow("MNIST", 0.80, 0.77, 431e3, 36e3, 12),
-    "alexnet": PaperRow("ImageNet", 42.78, 42.77, 61e6, 6.7e6, 9, 19.73, 19.67),
-    "vgg16": PaperRow("ImageNet", 31.50, 31.34, 138e6, 10.3e6, 13, 11.32, 10.88),
-}
-
-# Paper Tables 2-5: % of weights kept per layer, the total over all layers, and the FLOPs reduction of the network.
-PAPER_KEPT = {
-    "lenet300": {"fc1": 8, "fc2": 9, "fc3": 26},
-    "lenet5": {"conv1": 66, "conv2": 12, "fc1": 8, "fc2": 19},
-    "alexnet": {"conv1": 84, "conv2": 38, "conv3": 35, "conv4": 37, "conv5": 37, "fc6": 9, "fc7": 9, "fc8": 25},
-    "vgg16": {
-        "conv1_1": 58, "conv1_2": 22, "conv2_1": 34, "conv2_2": 36, "conv3_1": 53, "conv3_2": 24, "conv3_3": 42,
-        "conv4_1": 32, "conv4_2": 27, "conv4_3": 34, "conv5_1": 35, "conv5_2": 29, "conv5_3": 36,
-        "fc6": 4, "fc7": 4, "fc8": 23,
-    },
-}  # fmt: skip
-PAPER_KEPT_TOTAL = {"lenet300": 8, "lenet5": 8, "alexnet": 11, "vgg16": 7.5}
-PAPER_FLOPS_CUT = {"lenet300": 12, "lenet5": 6, "alexnet": 3, "vgg16": 5}
-
 MODEL_ORDER = list(NETWORKS)
 CSV_FLOAT = "%.10g"  # full precision of the logged numbers without float noise
-
-
-def network_name(model: str) -> str:
-    """The paper's name of a model (`lenet300` -> `LeNet-300-100`); unknown models keep their own name."""
-    return NETWORKS.get(model, model)
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
@@ -132,13 +100,23 @@ def table1(runs: pd.DataFrame, tolerance: float = 0.0) -> pd.DataFrame:
     Errors are in %, changes (pruned - dense error) in percentage points. `meets_paper`: compression at least the
     paper's and the top-1 change (and top-5 where the paper has it) at most the paper's change + `tolerance`.
     """
+    table = _seed_means(runs)
+    table["storage_ratio"] = table.dense_bytes / table.compact_bytes
+    table.insert(0, "network", table.model.map(network_name))
+    table = _beside_paper(table)
+    table["meets_paper"] = [_meets(row, tolerance) for row in table.itertuples()]
+    return _in_model_order(table)
+
+
+def _seed_means(runs: pd.DataFrame) -> pd.DataFrame:
+    """Errors in % and the other measures averaged over seeds, so each (model, dataset, method, setting) is one row."""
     frame = runs.assign(
         dense_top1_err=100 * (1 - runs.dense_top1),
         pruned_top1_err=100 * (1 - runs.final_top1),
         dense_top5_err=100 * (1 - runs.dense_top5),
         pruned_top5_err=100 * (1 - runs.final_top5),
     )
-    table = (
+    return (
         frame.groupby(GROUP, sort=False, dropna=False)
         .agg(
             n=("run", "size"),
@@ -158,8 +136,10 @@ def table1(runs: pd.DataFrame, tolerance: float = 0.0) -> pd.DataFrame:
         )
         .reset_index()
     )
-    table["storage_ratio"] = table.dense_bytes / table.compact_bytes
-    table.insert(0, "network", table.model.map(network_name))
+
+
+def _beside_paper(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 1 figures beside each measured row, so `meets_paper` and the differences can be read off."""
     paper = pd.DataFrame(
         [_paper_columns(PAPER_TABLE1.get(model)) for model in table.model],
         index=table.index,
@@ -172,7 +152,11 @@ def table1(runs: pd.DataFrame, tolerance: float = 0.0) -> pd.DataFrame:
         ["error_change_vs_paper", "error_change_top5_vs_paper"]
     ].round(9)
     table["compression_vs_paper"] = table.compression / table.paper_compression
-    table["meets_paper"] = [_meets(row, tolerance) for row in table.itertuples()]
+    return table
+
+
+def _in_model_order(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows in the paper's network order (unknown models last), then by dataset and method, so runs compare."""
     order = {model: index for index, model in enumerate(MODEL_ORDER)}
     table["_order"] = table.model.map(lambda model: order.get(model, len(order)))
     return (
@@ -219,44 +203,55 @@ def _meets(row: object, tolerance: float) -> bool | None:
 
 def table1_markdown(table: pd.DataFrame, tolerance: float = 0.0) -> str:
     """table1.md: the measured rows, the paper's, their difference, and a note on what is compared."""
-    rows = []
-    for row in table.itertuples():
-        top5 = not _missing(row.paper_dense_top5_err)  # the paper gives top-5 for the ImageNet networks only
-        has_paper = row.paper_dataset is not None
-        rows.append(
-            {
-                "network": row.network,
-                "dataset": row.dataset,
-                "method": row.method,
-                "setting": row.setting,
-                "n": row.n,
-                "dense error": _both(row.dense_top1_err, row.dense_top5_err, top5),
-                "pruned error": _both(row.pruned_top1_err, row.pruned_top5_err, top5),
-                "change (pts)": _pair(
-                    fmt_points(row.error_change_top1, row.error_change_top1_std),
-                    fmt_points(row.error_change_top5) if top5 else None,
-                ),
-                "paper error": (
-                    f"{row.paper_dataset}: {_both(row.paper_dense_top1_err, row.paper_dense_top5_err, top5)} -> "
-                    f"{_both(row.paper_pruned_top1_err, row.paper_pruned_top5_err, top5)}"
-                    if has_paper
-                    else "n/a"
-                ),
-                "paper change": _both(row.paper_error_change_top1, row.paper_error_change_top5, top5, fmt_points),
-                "change - paper": _both(row.error_change_vs_paper, row.error_change_top5_vs_paper, top5, fmt_points),
-                "parameters": f"{fmt_count(row.params_before)} -> {fmt_count(row.params_after)}",
-                "paper parameters": (
-                    f"{fmt_count(row.paper_params_before)} -> {fmt_count(row.paper_params_after)}"
-                    if has_paper
-                    else "n/a"
-                ),
-                "compression": f"{row.compression:.1f}x",
-                "paper compression": f"{row.paper_compression:.0f}x" if has_paper else "n/a",
-                "storage (dense -> CSR / compact)": fmt_storage(row.dense_bytes, row.csr_bytes, row.compact_bytes),
-                "meets paper": {True: "yes", False: "no", None: "n/a"}[row.meets_paper],
-            }
-        )
-    note = (
+    rows = [_table1_cells(row) for row in table.itertuples()]
+    note = _table1_note(tolerance)
+    shown = pd.DataFrame(rows)
+    if rows and not shown.setting.astype(bool).any():
+        shown = shown.drop(columns="setting")  # only shown when runs of one method differ in other settings
+    elif rows:
+        note += " *setting*: the config keys in which runs of the same network, dataset and method differ."
+    body = markdown_table(shown) if rows else "(no finished pruning run)"
+    return f"# Table 1: pruning without loss of accuracy\n\n{note}\n\n{body}\n"
+
+
+def _table1_cells(row: object) -> dict[str, object]:
+    """One table1.md row as formatted cells, so the measured and the paper's figures read side by side."""
+    top5 = not _missing(row.paper_dense_top5_err)  # the paper gives top-5 for the ImageNet networks only
+    has_paper = row.paper_dataset is not None
+    return {
+        "network": row.network,
+        "dataset": row.dataset,
+        "method": row.method,
+        "setting": row.setting,
+        "n": row.n,
+        "dense error": _both(row.dense_top1_err, row.dense_top5_err, top5),
+        "pruned error": _both(row.pruned_top1_err, row.pruned_top5_err, top5),
+        "change (pts)": _pair(
+            fmt_points(row.error_change_top1, row.error_change_top1_std),
+            fmt_points(row.error_change_top5) if top5 else None,
+        ),
+        "paper error": (
+            f"{row.paper_dataset}: {_both(row.paper_dense_top1_err, row.paper_dense_top5_err, top5)} -> "
+            f"{_both(row.paper_pruned_top1_err, row.paper_pruned_top5_err, top5)}"
+            if has_paper
+            else "n/a"
+        ),
+        "paper change": _both(row.paper_error_change_top1, row.paper_error_change_top5, top5, fmt_points),
+        "change - paper": _both(row.error_change_vs_paper, row.error_change_top5_vs_paper, top5, fmt_points),
+        "parameters": f"{fmt_count(row.params_before)} -> {fmt_count(row.params_after)}",
+        "paper parameters": (
+            f"{fmt_count(row.paper_params_before)} -> {fmt_count(row.paper_params_after)}" if has_paper else "n/a"
+        ),
+        "compression": f"{row.compression:.1f}x",
+        "paper compression": f"{row.paper_compression:.0f}x" if has_paper else "n/a",
+        "storage (dense -> CSR / compact)": fmt_storage(row.dense_bytes, row.csr_bytes, row.compact_bytes),
+        "meets paper": {True: "yes", False: "no", None: "n/a"}[row.meets_paper],
+    }
+
+
+def _table1_note(tolerance: float) -> str:
+    """The note above table1.md, so a reader knows what each column measures and what is held against the paper."""
+    return (
         "Errors are test errors (100% - accuracy; top-1, and top-1 / top-5 where the paper gives top-5), the mean "
         "over the n runs (seeds) of each network, dataset and method. *change* = pruned - dense error in percentage "
         "points (± std over seeds); *change - paper* compares it with the paper's change, positive = more accuracy "
@@ -267,13 +262,6 @@ def table1_markdown(table: pd.DataFrame, tolerance: float = 0.0) -> str:
         "and in the paper's compact format with dead units removed (what `prune-export` writes and prints), and "
         "dense / compact."
     )
-    shown = pd.DataFrame(rows)
-    if rows and not shown.setting.astype(bool).any():
-        shown = shown.drop(columns="setting")  # only shown when runs of one method differ in other settings
-    elif rows:
-        note += " *setting*: the config keys in which runs of the same network, dataset and method differ."
-    body = markdown_table(shown) if rows else "(no finished pruning run)"
-    return f"# Table 1: pruning without loss of accuracy\n\n{note}\n\n{body}\n"
 
 
 # ---------------------------------------------------------------------------------------------------- per layer
@@ -306,14 +294,35 @@ def layer_tables(
     """
     if layers.empty or metrics.empty:
         return {}
+    final = _final_with_storage(layers, metrics, storage)
+    table = _layer_means(pd.concat([final, _per_run_totals(final)], ignore_index=True))
+    table = _beside_paper_layers(table)
+    # keep each group's layers in forward order with its total last
+    table["_group"] = table.groupby(GROUP, sort=False, dropna=False).ngroup()
+    table["_total"] = table.layer == "total"
+    table = table.sort_values(["_group", "_total"], kind="stable").drop(columns=["_group", "_total"])
+    return {str(model): part.reset_index(drop=True) for model, part in table.groupby("model", sort=False)}
+
+
+def _kept_fractions(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the kept fractions of weights and FLOPs, the same way for layers and for totals."""
+    return frame.assign(
+        weights_kept=frame.weights_nonzero / frame.weights_total,
+        flops_kept=frame.flops_nonzero / frame.flops_total,
+    )
+
+
+def _final_with_storage(layers: pd.DataFrame, metrics: pd.DataFrame, storage: pd.DataFrame | None) -> pd.DataFrame:
+    """Each run's final layer rows with bytes (NaN without `storage`) and kept fractions: what the tables average."""
     final = final_layers(layers, metrics)
     storage = pd.DataFrame(columns=["run", "layer", "dense_bytes", "compact_bytes"]) if storage is None else storage
     final = final.merge(storage[["run", "layer", "dense_bytes", "compact_bytes"]], on=["run", "layer"], how="left")
-    final = final.assign(
-        weights_kept=final.weights_nonzero / final.weights_total,
-        flops_kept=final.flops_nonzero / final.flops_total,
-    )
-    per_run_total = (
+    return _kept_fractions(final)
+
+
+def _per_run_totals(final: pd.DataFrame) -> pd.DataFrame:
+    """Each run's "total" row, summed over its layers (NaN if any lacks FLOPs or bytes), to average like a layer."""
+    totals = (
         final.groupby([*GROUP, "run"], sort=False)
         .agg(
             weights_total=("weights_total", "sum"),
@@ -326,11 +335,11 @@ def layer_tables(
         .reset_index()
         .assign(layer="total", activations_nonzero=math.nan)
     )
-    per_run_total = per_run_total.assign(
-        weights_kept=per_run_total.weights_nonzero / per_run_total.weights_total,
-        flops_kept=per_run_total.flops_nonzero / per_run_total.flops_total,
-    )
-    both = pd.concat([final, per_run_total], ignore_index=True)
+    return _kept_fractions(totals)
+
+
+def _layer_means(both: pd.DataFrame) -> pd.DataFrame:
+    """Means over seeds per (model, dataset, method, setting, layer), fractions in %, as the paper's tables show."""
     table = (
         both.groupby([*GROUP, "layer"], sort=False, dropna=False)
         .agg(
@@ -347,6 +356,11 @@ def layer_tables(
     )
     for column in ("activations_nonzero_pct", "weights_kept_pct", "flops_kept_pct"):
         table[column] *= 100
+    return table
+
+
+def _beside_paper_layers(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's % weights kept (Tables 2-5) and % FLOPs kept beside each layer row, to compare with the run."""
     table["paper_weights_kept_pct"] = [
         PAPER_KEPT_TOTAL.get(model, math.nan) if layer == "total" else PAPER_KEPT.get(model, {}).get(layer, math.nan)
         for model, layer in zip(table.model, table.layer, strict=True)
@@ -356,11 +370,7 @@ def layer_tables(
         100 / PAPER_FLOPS_CUT[model] if layer == "total" and model in PAPER_FLOPS_CUT else math.nan
         for model, layer in zip(table.model, table.layer, strict=True)
     ]
-    # keep each group's layers in forward order with its total last
-    table["_group"] = table.groupby(GROUP, sort=False, dropna=False).ngroup()
-    table["_total"] = table.layer == "total"
-    table = table.sort_values(["_group", "_total"], kind="stable").drop(columns=["_group", "_total"])
-    return {str(model): part.reset_index(drop=True) for model, part in table.groupby("model", sort=False)}
+    return table
 
 
 def layers_markdown(model: str, table: pd.DataFrame) -> str:

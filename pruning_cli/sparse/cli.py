@@ -7,12 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mismatch
 from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
+from pruning_cli.records import RUN_RECORD, read_run_record
 from pruning_cli.sparse.export import export_state_dict, format_report
 
 PROG = "prune-export"
@@ -24,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a prune-run output directory with model.pt")
     parser.add_argument(
         "--model",
-        help=f"model name ({', '.join(MODELS)}); default: model.name in RUN_DIR/.hydra/config.yaml",
+        help=f"model name ({', '.join(MODELS)}); default: model.name in RUN_DIR/{RUN_RECORD}",
     )
     parser.add_argument(
         "--keep-dead",
@@ -36,16 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_name_from_run(run_dir: Path) -> str:
-    """The run's `model.name` from Hydra's saved config."""
-    config_file = run_dir / ".hydra" / "config.yaml"
-    if not config_file.is_file():
-        raise UserError(f"{config_file} does not exist, so the model is unknown; pass --model {'|'.join(MODELS)}")
+    """The run's `model.name` from its record (run.json)."""
     try:
-        name = OmegaConf.select(OmegaConf.load(config_file), "model.name")
-    except Exception as error:  # YAML and OmegaConf errors vary
-        raise UserError(f"{config_file} cannot be read ({type(error).__name__}); pass --model instead") from error
+        name = read_run_record(run_dir)["config"].get("model", {}).get("name")
+    except ValueError as problem:
+        raise UserError(f"{run_dir}: {problem}, so the model is unknown; pass --model {'|'.join(MODELS)}") from problem
     if not isinstance(name, str):
-        raise UserError(f"{config_file} has no model.name; pass --model {'|'.join(MODELS)}")
+        raise UserError(f"{run_dir / RUN_RECORD} has no model.name; pass --model {'|'.join(MODELS)}")
     return name
 
 

@@ -145,34 +145,49 @@ def size_report(original: Mapping[str, Tensor], exported: dict, dense_rest: int)
     dead-unit removal); csr_bytes what the export file stores; compact_bytes the paper's relative-index storage
     (k-bit gaps incl. fillers) with the rest dense. Ratios are dense / sparse.
     """
-    rows = []
-    for name, weight in original.items():
-        layer = exported["layers"][name]
-        compact = encode_compact(decode_csr(layer))
-        rows.append(
-            {
-                "layer": name,
-                "shape": "x".join(map(str, weight.shape)),
-                "exported_shape": "x".join(map(str, layer["shape"])),
-                "nonzero": len(layer["values"]),
-                "kept": len(layer["values"]) / weight.numel(),
-                "dense_bytes": weight.numel() * FLOAT32_BYTES,
-                "csr_bytes": csr_bytes(layer),
-                "compact_bytes": compact_bytes(compact),
-                "index_bits": compact["bits"],
-                "fillers": compact["count"] - len(layer["values"]),
-                "removed_inputs": weight.shape[1] - layer["shape"][1],
-                "removed_outputs": weight.shape[0] - layer["shape"][0],
-            }
-        )
+    rows = [_layer_row(name, weight, exported["layers"][name]) for name, weight in original.items()]
+    rows.append(_rest_row(exported, dense_rest))
+    report = _with_total(pd.DataFrame(rows), original)
+    report["csr_ratio"] = report["dense_bytes"] / report["csr_bytes"]
+    report["compact_ratio"] = report["dense_bytes"] / report["compact_bytes"]
+    return report.fillna({"shape": "", "exported_shape": ""})
+
+
+def _layer_row(name: str, weight: Tensor, layer: dict) -> dict[str, object]:
+    """A prunable layer's sizes: its original dense weight beside its CSR and compact export, and units removed."""
+    compact = encode_compact(decode_csr(layer))
+    return {
+        "layer": name,
+        "shape": "x".join(map(str, weight.shape)),
+        "exported_shape": "x".join(map(str, layer["shape"])),
+        "nonzero": len(layer["values"]),
+        "kept": len(layer["values"]) / weight.numel(),
+        "dense_bytes": weight.numel() * FLOAT32_BYTES,
+        "csr_bytes": csr_bytes(layer),
+        "compact_bytes": compact_bytes(compact),
+        "index_bits": compact["bits"],
+        "fillers": compact["count"] - len(layer["values"]),
+        "removed_inputs": weight.shape[1] - layer["shape"][1],
+        "removed_outputs": weight.shape[0] - layer["shape"][0],
+    }
+
+
+def _rest_row(exported: dict, dense_rest: int) -> dict[str, object]:
+    """The biases and other tensors, stored dense in both formats, so the total counts the whole file."""
     rest = [layer["bias"] for layer in exported["layers"].values() if layer["bias"] is not None]
     rest += list(exported["tensors"].values())
     rest_stored = sum(t.nbytes for t in rest)
-    rows.append(
-        {"layer": "biases+other", "nonzero": sum(int(torch.count_nonzero(t)) for t in rest)}
-        | {"dense_bytes": dense_rest * FLOAT32_BYTES, "csr_bytes": rest_stored, "compact_bytes": rest_stored}
-    )
-    report = pd.DataFrame(rows)
+    return {
+        "layer": "biases+other",
+        "nonzero": sum(int(torch.count_nonzero(t)) for t in rest),
+        "dense_bytes": dense_rest * FLOAT32_BYTES,
+        "csr_bytes": rest_stored,
+        "compact_bytes": rest_stored,
+    }
+
+
+def _with_total(report: pd.DataFrame, original: Mapping[str, Tensor]) -> pd.DataFrame:
+    """`report` with its total row and counts as nullable ints, so blanks stay blank instead of turning floats."""
     total = report[["nonzero", "dense_bytes", "csr_bytes", "compact_bytes", "fillers"]].sum()
     total_weights = sum(weight.numel() for weight in original.values())
     total_row = {"layer": "total", **total.to_dict(), "kept": report["nonzero"].iloc[:-1].sum() / total_weights}
@@ -185,9 +200,7 @@ def size_report(original: Mapping[str, Tensor], exported: dict, dense_rest: int)
     # counted in columns, so removed_inputs has no meaningful total).
     report.loc[report.index[-1], "removed_outputs"] = report["removed_outputs"].iloc[:-2].sum()
     report.loc[report.index[-1], "removed_inputs"] = pd.NA
-    report["csr_ratio"] = report["dense_bytes"] / report["csr_bytes"]
-    report["compact_ratio"] = report["dense_bytes"] / report["compact_bytes"]
-    return report.fillna({"shape": "", "exported_shape": ""})
+    return report
 
 
 def format_report(report: pd.DataFrame) -> str:

@@ -2,15 +2,17 @@
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import islice
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 from tqdm.auto import tqdm
 
-from pruning_cli.config import PhaseConfig, Precision, Regularization
+from pruning_cli.config import PhaseConfig, Regularization
 from pruning_cli.data.tensors import TensorSplit
 from pruning_cli.distributed import SINGLE_PROCESS, Shard
 from pruning_cli.pruning.masks import apply_masks_
@@ -90,61 +92,90 @@ def train_phase(
     on_epoch_end: Callable[[PhaseProgress, EpochStats], None] = lambda progress, stats: None,
     stop_requested: Callable[[], bool] = lambda: False,
     shard: Shard = SINGLE_PROCESS,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> float:
     """Run the remaining epochs of `phase` on `data`; return the mean training loss of the last epoch.
 
     `progress` resumes a phase where it stopped; `on_epoch_end` receives the progress after every epoch (to
     checkpoint it) and the epoch's statistics (to log them); `stop_requested` is polled between batches and
-    raises StopRequested when true. With several processes (`shard`), `model` is the DistributedDataParallel
-    wrapper, each process trains on its part of every global batch, and loss and image counts are summed.
+    raises StopRequested when true; `autocast` gives the arithmetic of a step (the device policy's). With several
+    processes (`shard`), `model` is the DistributedDataParallel wrapper, each process trains on its part of every
+    global batch, and loss and image counts are summed.
     """
     progress = progress or PhaseProgress()
-    decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=phase.lr, momentum=phase.momentum, weight_decay=decay)
-    batches_per_epoch = data.num_batches(phase.batch_size, shard)
-    if phase.max_batches is not None:
-        batches_per_epoch = min(batches_per_epoch, phase.max_batches)
-    steps = max(1, phase.epochs * batches_per_epoch)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if phase.cosine else None
-    if progress.optimizer is not None:
-        optimizer.load_state_dict(progress.optimizer)
-    if scheduler is not None and progress.scheduler is not None:
-        scheduler.load_state_dict(progress.scheduler)
+    batches_per_epoch = min(data.num_batches(phase.batch_size, shard), phase.max_batches or math.inf)
+    step = _SgdStep(model, phase, max(1, phase.epochs * batches_per_epoch), progress, masked, autocast)
     epoch_loss = progress.train_loss
-    mixed = phase.precision is Precision.bf16 and data.device.type == "cuda"
     epochs = range(progress.epochs_done, phase.epochs)
     for epoch in tqdm(epochs, desc=description, unit="epoch", disable=None, leave=False):
         model.train()
         started = time.perf_counter()
-        loss_sum, seen = torch.zeros((), device=data.device), 0
         batches = islice(data.batches(phase.batch_size, generator, shard), batches_per_epoch)
-        for images, labels in tqdm(batches, total=batches_per_epoch, disable=None, leave=False):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mixed):
-                loss = nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=False)
-            loss.backward()
-            if phase.regularization is Regularization.l1 and phase.weight_decay:
-                grads = [parameter.grad for parameter in parameters]
-                torch._foreach_add_(grads, torch._foreach_sign(parameters), alpha=phase.weight_decay)
-            optimizer.step()
-            masked.mask_weights()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += loss.detach() * len(labels)
+        loss_sum, seen = step.epoch(
+            tqdm(batches, total=batches_per_epoch, disable=None, leave=False), stop_requested, data.device
+        )
+        loss_total, seen = shard.sum_(torch.stack([loss_sum, loss_sum.new_tensor(seen)])).tolist()  # one host sync
+        epoch_loss = loss_total / max(seen, 1)
+        if not math.isfinite(epoch_loss):
+            raise NonFiniteLoss(epoch + 1)
+        stats = EpochStats(epoch + 1, epoch_loss, step.lr, int(seen), time.perf_counter() - started)
+        on_epoch_end(step.progress(epoch + 1, epoch_loss), stats)
+    return epoch_loss
+
+
+class _SgdStep:
+    """One masked SGD step of a phase (momentum, L2 or L1 decay, cosine schedule), resumable from its progress."""
+
+    def __init__(
+        self, model: nn.Module, phase: PhaseConfig, steps: int, progress: PhaseProgress, masked: MaskedWeights,
+        autocast: Callable[[], AbstractContextManager],
+    ) -> None:  # fmt: skip
+        self.model, self.masked, self.autocast = model, masked, autocast
+        self.parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        self.l1 = phase.weight_decay if phase.regularization is Regularization.l1 else 0.0
+        decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
+        self.optimizer = torch.optim.SGD(self.parameters, lr=phase.lr, momentum=phase.momentum, weight_decay=decay)
+        self.scheduler = CosineAnnealingLR(self.optimizer, T_max=steps) if phase.cosine else None
+        if progress.optimizer is not None:
+            self.optimizer.load_state_dict(progress.optimizer)
+        if self.scheduler is not None and progress.scheduler is not None:
+            self.scheduler.load_state_dict(progress.scheduler)
+
+    def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Train on one batch; return its mean loss (on the device: no host sync)."""
+        with self.autocast():
+            loss = nn.functional.cross_entropy(self.model(images), labels)
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if self.l1:
+            grads = [parameter.grad for parameter in self.parameters]
+            torch._foreach_add_(grads, torch._foreach_sign(self.parameters), alpha=self.l1)
+        self.optimizer.step()
+        self.masked.mask_weights()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach()
+
+    def epoch(
+        self, batches: Iterable[tuple[Tensor, Tensor]], stop_requested: Callable[[], bool], device: torch.device
+    ) -> tuple[Tensor, int]:
+        """Train on every batch; return the summed loss (on `device`: no host sync) and the number of images.
+        Polls `stop_requested` after every batch and raises StopRequested when it is true."""
+        loss_sum, seen = torch.zeros((), device=device), 0
+        for images, labels in batches:
+            loss_sum += self(images, labels) * len(labels)
             seen += len(labels)
             if stop_requested():
                 raise StopRequested
-        totals = shard.sum_(torch.stack([loss_sum, loss_sum.new_tensor(seen)]))  # over all processes
-        loss_total, seen = totals.tolist()  # one host sync per epoch
-        epoch_loss = loss_total / max(seen, 1)
-        seconds = time.perf_counter() - started
-        if not math.isfinite(epoch_loss):
-            raise NonFiniteLoss(epoch + 1)
-        scheduler_state = scheduler.state_dict() if scheduler is not None else None
-        stats = EpochStats(epoch + 1, epoch_loss, optimizer.param_groups[0]["lr"], int(seen), seconds)
-        on_epoch_end(PhaseProgress(epoch + 1, optimizer.state_dict(), scheduler_state, epoch_loss), stats)
-    return epoch_loss
+        return loss_sum, seen
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def progress(self, epochs_done: int, train_loss: float) -> PhaseProgress:
+        scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
+        return PhaseProgress(epochs_done, self.optimizer.state_dict(), scheduler, train_loss)
 
 
 @torch.no_grad()

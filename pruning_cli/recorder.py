@@ -1,0 +1,105 @@
+"""The rows a run logs: after every phase an evaluation on the test split, with parameter and per-layer counts
+(metrics.csv, layers.csv), and after every training epoch its loss and throughput (epochs.csv).
+
+The test split is only reported here; nothing the run decides reads it.
+"""
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from pruning_cli.artifacts import CsvLog, DiscardLog
+from pruning_cli.data import TensorSplit
+from pruning_cli.pruning.masks import count_nonzero
+from pruning_cli.pruning.stats import layer_stats
+from pruning_cli.pruning.step import LayerPruned
+from pruning_cli.records import EPOCHS, LAYERS, METRICS, CsvSchema
+from pruning_cli.training.activations import InputDensity
+from pruning_cli.training.loop import EpochStats, evaluate
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Appends a run's rows to its CSVs (rank 0 writes; other processes only count their rows).
+
+    `kept_rows` reopens the CSVs of a resumed run, cut back to the rows its checkpoint had seen.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        layers: Mapping[str, nn.Module],
+        positions: Mapping[str, int],
+        test: TensorSplit,
+        eval_batch_size: int,
+        writes: bool = True,
+        kept_rows: Mapping[str, int] | None = None,
+    ) -> None:
+        self.layers, self.positions, self.test = layers, positions, test  # positions: of each layer's outputs
+        self.eval_batch_size, self.writes = eval_batch_size, writes
+
+        def open_log(schema: CsvSchema) -> CsvLog | DiscardLog:
+            keep = None if kept_rows is None else kept_rows.get(schema.file)  # older state: a fresh epochs.csv
+            return (CsvLog if writes else DiscardLog)(out_dir / schema.file, schema.columns, keep)
+
+        self.logs = {schema.file: open_log(schema) for schema in (METRICS, LAYERS, EPOCHS)}
+
+    def rows(self) -> dict[str, int]:
+        """How many rows each CSV holds: saved with the run's state, to cut the CSVs back on resume."""
+        return {file: csv_log.rows for file, csv_log in self.logs.items()}
+
+    def epoch(self, iteration: int, phase: str, stats: EpochStats, description: str, epochs: int) -> None:
+        """One row of epochs.csv, and the same line in the log."""
+        row = {"iteration": iteration, "phase": phase, **asdict(stats), "images_per_second": stats.images_per_second}
+        self.logs[EPOCHS.file].write([row])
+        log.info(
+            f"{description} epoch {stats.epoch}/{epochs}: train loss {stats.train_loss:.4f}, "
+            f"{stats.images_per_second:,.0f} images/s"
+        )
+
+    def phase(
+        self,
+        model: nn.Module,
+        key: dict[str, int | str],
+        epochs: int,
+        started: float,
+        train_loss: float,
+        pruned: Mapping[str, LayerPruned] | None = None,
+    ) -> None:
+        """Evaluate `model` on the test split and append the rows of the phase `key` (iteration, phase) that
+        began at `started` (time.perf_counter)."""
+        if not self.writes:
+            return
+        with InputDensity(self.layers) as density:
+            evaluation = evaluate(model, self.test, self.eval_batch_size)
+        parameters = list(model.parameters())
+        total, nonzero = sum(parameter.numel() for parameter in parameters), count_nonzero(parameters)
+        metrics = {
+            **key, "epochs": epochs, "params_total": total, "params_nonzero": nonzero, "compression": total / nonzero,
+            **asdict(evaluation), "train_loss": train_loss, "seconds": time.perf_counter() - started,
+        }  # fmt: skip
+        self.logs[METRICS.file].write([metrics])
+        self.logs[LAYERS.file].write(self._layer_rows(key, density.fractions(), pruned or {}))
+
+    def _layer_rows(
+        self, key: dict[str, int | str], inputs_nonzero: dict[str, float], pruned: Mapping[str, LayerPruned]
+    ) -> list[dict]:
+        rows = []
+        for name, layer in self.layers.items():
+            step = pruned.get(name)
+            record = (
+                {} if step is None else {"std": step.std, "threshold": step.threshold, "sensitivity": step.sensitivity}
+            )
+            stats = layer_stats(layer.weight, self.positions[name])
+            rows.append({**key, "layer": name, **record, **stats, "inputs_nonzero": inputs_nonzero[name]})
+        return rows
+
+
+def weights_of(layers: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+    """The prunable weight of each layer, by the paper's layer name."""
+    return {name: layer.weight for name, layer in layers.items()}

@@ -1,0 +1,160 @@
+"""The records contract: what a run writes and what every reader of a run may rely on.
+
+One module owns the CSV schemas (the writer's columns, the reader's required ones), the keys that make two runs
+"the same experiment" (resume refuses another experiment; `prune-report` averages the repeats of one), and
+`run.json`, the small machine-readable record every run writes first: its whole config and the data its
+weights were trained on. Readers (`prune-report`, `prune-export`, a sensitivity analysis given a checkpoint)
+read that record, never Hydra's YAML.
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pruning_cli.artifacts import write_atomic
+from pruning_cli.config import RunConfig
+
+
+@dataclass(frozen=True)
+class CsvSchema:
+    """One CSV of a run: its file name, its columns in order, and those a reader needs on every row."""
+
+    file: str
+    columns: tuple[str, ...]
+    required: tuple[str, ...]
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        """Columns a row may leave empty (train_loss of a prune row) or an older run may lack."""
+        return tuple(column for column in self.columns if column not in self.required)
+
+
+METRICS = CsvSchema(
+    "metrics.csv",
+    ("iteration", "phase", "epochs", "params_total", "params_nonzero", "compression", "top1", "top5", "loss",
+     "train_loss", "seconds"),
+    ("iteration", "phase", "params_total", "params_nonzero", "top1"),
+)  # fmt: skip
+LAYERS = CsvSchema(
+    "layers.csv",
+    ("iteration", "phase", "layer", "weights_total", "weights_nonzero", "kept", "std", "sensitivity", "threshold",
+     "flops_total", "flops_nonzero", "inputs_nonzero", "dead_inputs", "dead_outputs"),
+    ("iteration", "phase", "layer", "weights_total", "weights_nonzero"),
+)  # fmt: skip
+EPOCHS = CsvSchema(
+    "epochs.csv",
+    ("iteration", "phase", "epoch", "train_loss", "lr", "images", "seconds", "images_per_second"),
+    ("iteration", "phase", "epoch"),
+)
+SENSITIVITY = CsvSchema(
+    "sensitivity.csv", ("layer", "sensitivity", "threshold", "kept", "top1", "top5", "loss"), ("layer", "top1")
+)
+PHASES = ("train", "prune", "retrain")  # the `phase` of metrics, layers and epochs rows, in the order they run
+
+RUN_RECORD = "run.json"
+RECORD_FORMAT = 1
+
+# Keys that do not change what a run computes (where files live, how it is executed): resume ignores them and
+# the report does not tell runs apart by them.
+NOT_EXPERIMENT_KEYS = (
+    "resume", "device", "deterministic", "compile",
+    "dataset.root", "dataset.download", "dataset.system_dir", "dataset.eval_batch_size", "dataset.num_workers",
+)  # fmt: skip
+# The repeats of one experiment: the report averages over them; a run resumes only with the same ones.
+REPEAT_KEYS = ("seed", "train.checkpoint")
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a model's weights were trained on: the data set, its training images before the validation split,
+    and the split (the first `val_split` images of a permutation drawn with `split_seed` are held out)."""
+
+    dataset: str
+    images: int
+    val_split: int
+    split_seed: int
+
+    def overlaps_validation_of(self, other: "TrainingData") -> bool:
+        """True when these weights were trained on some image that `other` holds out for validation."""
+        if (self.dataset, self.images) != (other.dataset, other.images):
+            return False  # another data set (or another size of a generated one): other images
+        held_out_here = self.val_split if self.split_seed == other.split_seed else 0
+        return held_out_here < other.val_split
+
+
+def config_tree(config: RunConfig) -> dict[str, Any]:
+    """The config as plain JSON values (enums as their names), nested like the YAML."""
+    return json.loads(
+        json.dumps(asdict(config), default=lambda value: value.value if isinstance(value, Enum) else str(value))
+    )
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 0.1}}` -> `{"train.lr": 0.1}` (a dict-valued setting such as `pruning.kept` stays whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and prefix + key not in ("pruning.kept", "pruning.layer_sensitivity"):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def experiment_settings(flat: Mapping[str, Any], repeats: bool = True) -> dict[str, Any]:
+    """The settings that determine a run's numbers (without the repeat keys when `repeats` is false)."""
+    dropped = NOT_EXPERIMENT_KEYS if repeats else NOT_EXPERIMENT_KEYS + REPEAT_KEYS
+    return {key: value for key, value in flat.items() if not key.startswith(dropped) or _kept_key(key, dropped)}
+
+
+def _kept_key(key: str, dropped: tuple[str, ...]) -> bool:
+    """`key` only shares a prefix with a dropped key (`seeds` vs `seed`), it is not that key or below it."""
+    return not any(key == prefix or key.startswith(prefix + ".") for prefix in dropped)
+
+
+def fingerprint(config: RunConfig) -> str:
+    """A run resumes only under the same fingerprint: the same experiment and the same repeat."""
+    return json.dumps(experiment_settings(flatten(config_tree(config))), sort_keys=True)
+
+
+def write_run_record(out_dir: Path, config: RunConfig, trained_on: TrainingData) -> None:
+    """`run.json`: the format, the whole config, and what the run's weights are trained on."""
+    record = {"format": RECORD_FORMAT, "config": config_tree(config), "trained_on": asdict(trained_on)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(json.dumps(record, indent=2) + "\n", out_dir / RUN_RECORD)
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """The record of the run in `run_dir`; ValueError (with the reason) when it is missing or unreadable."""
+    path = run_dir / RUN_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ValueError(f"no {RUN_RECORD}") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{RUN_RECORD} cannot be read ({type(error).__name__})") from error
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError(f"{RUN_RECORD} has no config")
+    return record
+
+
+def recorded_training_data(record: Mapping[str, Any]) -> TrainingData | None:
+    """The `trained_on` part of a run record or checkpoint, if it has a well-formed one."""
+    try:
+        return TrainingData(**record["trained_on"])
+    except (KeyError, TypeError):
+        return None
+
+
+def checkpoint_training_data(path: Path, extras: Mapping[str, Any]) -> TrainingData | None:
+    """What a checkpoint's weights were trained on: from the checkpoint itself, or, for a plain state_dict such as
+    a run's model.pt, from the run.json beside it."""
+    found = recorded_training_data(extras)
+    if found is None and (path.parent / RUN_RECORD).is_file():
+        try:
+            found = recorded_training_data(read_run_record(path.parent))
+        except ValueError:
+            return None
+    return found

@@ -1,0 +1,86 @@
+"""A run's state on disk: what a resumed run needs (`checkpoints/last.pt`, after every epoch and step), the
+checkpoints of each phase, the final `model.pt`, and the checks that no pruned weight came back to life.
+
+Every checkpoint records what its weights were trained on (records.TrainingData); `model.pt` stays a plain
+state_dict, loadable into the bare model, with that record in `run.json` beside it.
+"""
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pruning_cli.artifacts import save_atomic
+from pruning_cli.errors import UserError
+from pruning_cli.pruning.masks import unmasked_layers
+from pruning_cli.records import TrainingData
+
+STATE_FILE = Path("checkpoints") / "last.pt"
+MODEL_FILE = "model.pt"
+
+
+class RunStore:
+    """Saves and restores one run directory's state and checkpoints (only the process that `writes` writes)."""
+
+    def __init__(self, out_dir: Path, fingerprint: str, trained_on: TrainingData, writes: bool = True) -> None:
+        self.out_dir, self.fingerprint, self.trained_on, self.writes = out_dir, fingerprint, trained_on, writes
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE_FILE
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Everything a resumed run needs, as of the end of the last completed epoch or step."""
+        if self.writes:
+            save_atomic({"fingerprint": self.fingerprint, **state}, self.state_path)
+
+    def load_state(self) -> dict[str, Any]:
+        """The saved state of this very experiment, or a one-line error saying why it cannot resume."""
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated or foreign file: the errors of zip and pickle vary
+            raise UserError(
+                f"cannot resume: {self.state_path} is unreadable ({type(error).__name__}); delete it to restart"
+            ) from error
+        if state.get("fingerprint") != self.fingerprint:
+            raise UserError(
+                f"{self.out_dir} holds a run with a different configuration; resume it with the same overrides, "
+                "give a new hydra.run.dir, or pass resume=false to start it over"
+            )
+        return state
+
+    def save_checkpoint(self, name: str, model: nn.Module, iteration: int, masks: Mapping[str, Tensor]) -> None:
+        """`checkpoints/<name>.pt`: the model after a phase, its masks and what it was trained on."""
+        if self.writes:
+            payload = {"model": model.state_dict(), "masks": dict(masks), "iteration": iteration}
+            save_atomic({**payload, "trained_on": asdict(self.trained_on)}, self.out_dir / "checkpoints" / f"{name}.pt")
+
+    def save_model(self, model: nn.Module, layer_paths: Mapping[str, str], masks: Mapping[str, Tensor]) -> Path:
+        """The final pruned weights as a plain state_dict (zeros in place, the model's own keys), read back from
+        disk to check that every pruned weight is zero there too."""
+        path = self.out_dir / MODEL_FILE
+        if self.writes:
+            save_atomic({key: value.cpu() for key, value in model.state_dict().items()}, path)
+            saved = torch.load(path, weights_only=True)
+            check_masks({name: saved[f"{module}.weight"] for name, module in layer_paths.items()}, masks, str(path))
+        return path
+
+
+def check_masks(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], where: str) -> None:
+    """Fail loudly if any pruned weight is not exactly zero: sparsity silently lost is the worst bug here."""
+    violated = unmasked_layers(weights, masks)
+    if violated:
+        raise RuntimeError(f"mask violated: pruned weights of {', '.join(violated)} are not zero in {where}")
+
+
+def check_restored_masks(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], path: Path) -> None:
+    """A state file whose pruned weights are not zero was edited or damaged: refuse to resume from it."""
+    violated = unmasked_layers(weights, masks)
+    if violated:
+        raise UserError(
+            f"cannot resume: {path} has non-zero pruned weights in {', '.join(violated)} (edited or corrupt); "
+            "delete it to restart"
+        )

@@ -1,0 +1,57 @@
+"""The one place that decides where and how the run computes: device, memory format, precision, determinism.
+
+Everything device-dependent reads a `DevicePolicy`; no other module looks at `torch.cuda` or the device's type.
+"""
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pruning_cli.config import Precision
+from pruning_cli.distributed import Shard
+from pruning_cli.errors import UserError
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """Where this process computes and how: NHWC convolutions (cuDNN's fast path), bf16 autocast, determinism."""
+
+    device: torch.device
+    channels_last: bool = False
+    bf16_autocast: bool = False  # allowed where it pays (CUDA); each phase still asks for it with its precision
+    deterministic: bool = False
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """`model` on the device, in the memory format chosen for it (state_dict keys and values unchanged)."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def autocast(self, precision: Precision) -> AbstractContextManager:
+        """The arithmetic of a training step: bf16 autocast where the phase asks for it and the device has it."""
+        if precision is Precision.bf16 and self.bf16_autocast:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def apply(self) -> None:
+        """Set torch's process-wide switches for this policy (once, before any model is built)."""
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before CUDA starts
+        torch.use_deterministic_algorithms(self.deterministic)  # both ways: a process may run several runs
+        if self.device.type == "cuda":
+            # fixed input shapes: let cuDNN pick the fastest kernels once, unless runs must repeat bit for bit
+            torch.backends.cudnn.benchmark = not self.deterministic
+
+
+def device_policy(name: str, deterministic: bool, shard: Shard) -> DevicePolicy:
+    """The policy for `device=name` (auto, cpu, cuda) in this process (its own GPU under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but this machine has no usable CUDA device; use device=cpu or device=auto")
+    if name == "cpu":
+        return DevicePolicy(torch.device("cpu"), deterministic=deterministic)
+    device = torch.device("cuda", shard.local_rank) if shard.distributed else torch.device("cuda")
+    return DevicePolicy(device, channels_last=True, bf16_autocast=True, deterministic=deterministic)

@@ -1,0 +1,55 @@
+"""How the tests run the tool: in process on the composed config (most tests), or the installed `prune-run` in a
+subprocess (the few end-to-end tests marked slow)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pruning_cli.cli import compose_config
+from pruning_cli.data import load_data
+from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED
+from pruning_cli.pipeline import PruningRun, run
+from pruning_cli.plan import plan_run
+from pruning_cli.records import TrainingData, fingerprint
+from pruning_cli.run_state import RunStore
+from pruning_cli.runtime import DevicePolicy
+
+PRUNE_RUN = str(Path(sys.executable).parent / "prune-run")
+REPOSITORY = Path(__file__).resolve().parent.parent
+SMOKE = [
+    "dataset=synthetic", "dataset.num_train=512", "dataset.num_test=256", "train.epochs=2", "retrain.epochs=1",
+    "train.batch_size=32", "retrain.batch_size=32",
+]  # fmt: skip
+LENET5_PAPER_KEPT = "pruning.kept={conv1:0.66,conv2:0.12,fc1:0.075,fc2:0.19}"
+
+
+def run_in_process(out_dir: Path, *overrides: str) -> pd.DataFrame:
+    """`prune-run OVERRIDES hydra.run.dir=OUT_DIR`, in this process: the composed config handed to the pipeline."""
+    return run(compose_config(*overrides), out_dir)
+
+
+def prune_run(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed `prune-run` in a subprocess."""
+    environment = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([PRUNE_RUN, *overrides], cwd=cwd, capture_output=True, text=True, env=environment)
+
+
+def without_wall_time(path: Path) -> pd.DataFrame:
+    """A CSV of a run without the columns that measure time (they differ between identical runs)."""
+    return pd.read_csv(path).drop(columns=["seconds", "images_per_second"], errors="ignore")
+
+
+def pruning_run_in_process(out_dir: Path, *overrides: str) -> PruningRun:
+    """The PruningRun of `prune-run OVERRIDES` on the CPU after all its steps, to look at its model."""
+    config = compose_config(*overrides)
+    plan = plan_run(config)
+    data = load_data(config.dataset, plan.spec.input_shape, config.seed)
+    trained_on = TrainingData(config.dataset.name, len(data.train), config.dataset.val_split, VALIDATION_SPLIT_SEED)
+    store = RunStore(out_dir, fingerprint(config), trained_on)
+    experiment = PruningRun(config, plan, data, DevicePolicy(torch.device("cpu")), store)
+    experiment.execute()
+    return experiment

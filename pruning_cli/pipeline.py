@@ -95,7 +95,8 @@ class PruningRun:
             self._load_dense(Path(self.config.train.checkpoint).expanduser())
         else:
             epochs, train_loss = self.config.train.epochs, self._train(self.config.train, "dense training")
-        self.dense_std = {name: surviving_std(weight, self.masks[name]) for name, weight in self.weights.items()}
+        if self.config.pruning.std is StdSource.dense:  # the std every pruning step multiplies, fixed from here on
+            self.dense_std = {name: surviving_std(weight, self.masks[name]) for name, weight in self.weights.items()}
         self.store.save_checkpoint("dense", self.model, 0, self.masks)
         self._record(0, "train", epochs, start, train_loss)
 

@@ -10,16 +10,10 @@ set -euo pipefail
 out=${1:-outputs/reproduce_lenets}
 shift || true
 
-# Dense training for the sensitivity analysis, as in each paper recipe (configs/experiment/*_paper.yaml), but on
-# 55,000 training images: the other 5,000 are the validation split the analysis evaluates on.
-declare -A dense_training=(
-    [lenet300]="train.epochs=20 train.lr=0.1 train.weight_decay=1e-3"
-    [lenet5]="train.epochs=15 train.lr=0.05"
-)
 for model in lenet300 lenet5; do
     prune-run experiment="${model}_paper" dataset=fashion_mnist "$@" hydra.run.dir="$out/$model/pruned"
-    # shellcheck disable=SC2086  # the training settings are several overrides on purpose
-    prune-run model="$model" pruning=sensitivity dataset=fashion_mnist ${dense_training[$model]} "$@" \
+    # The recipe's dense training, on 55,000 training images: the other 5,000 are the analysis's validation split.
+    prune-run experiment="${model}_paper" task=sensitivity dataset=fashion_mnist "$@" \
         hydra.run.dir="$out/$model/sensitivity"
 done
 prune-report "$out" --out "$out/report"

@@ -47,6 +47,7 @@ def pruning_run_in_process(out_dir: Path, *overrides: str) -> PruningRun:
     """The PruningRun of `prune-run OVERRIDES` on the CPU after all its steps, to look at its model."""
     config = compose_config(*overrides)
     plan = plan_run(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
     data = load_data(config.dataset, plan.spec.input_shape, config.seed)
     trained_on = TrainingData(config.dataset.name, len(data.train), config.dataset.val_split, VALIDATION_SPLIT_SEED)
     store = RunStore(out_dir, fingerprint(config), trained_on)

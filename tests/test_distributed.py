@@ -80,7 +80,7 @@ def test_a_global_batch_the_processes_cannot_share_is_refused():
 @pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_process_and_the_rerun_resumes(tmp_path):
     overrides = [
-        "dataset=synthetic", "dataset.num_train=8192", "dataset.num_test=256", "train.epochs=2", "retrain.epochs=3",
+        "dataset=synthetic", "dataset.num_train=2048", "dataset.num_test=256", "train.epochs=1", "retrain.epochs=3",
         "train.batch_size=32", "retrain.batch_size=32", "pruning.iterations=2", f"hydra.run.dir={tmp_path}",
     ]  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", PRUNE_RUN]
@@ -105,7 +105,7 @@ def test_sigterm_to_torchrun_stops_every_process_and_the_rerun_resumes(tmp_path)
         (0, "train"), (1, "prune"), (1, "retrain"), (2, "prune"), (2, "retrain"),
     ]  # fmt: skip
     rows = pd.read_csv(tmp_path / "epochs.csv")[["iteration", "phase", "epoch"]]
-    assert rows.values.tolist() == [[0, "train", 1], [0, "train", 2]] + [
+    assert rows.values.tolist() == [[0, "train", 1]] + [
         [i, "retrain", e] for i in (1, 2) for e in (1, 2, 3)
     ]  # every epoch exactly once across the stop
     assert (tmp_path / "model.pt").is_file()

@@ -5,17 +5,21 @@ ImageNet cannot be downloaded by torchvision any more; the user points `dataset.
 """
 
 from pathlib import Path
-
-from torchvision import datasets, transforms
+from typing import TYPE_CHECKING
 
 from pruning_cli.data.loader import LoaderSplit
 from pruning_cli.data.tensors import ImageData
 from pruning_cli.errors import UserError
 
+if TYPE_CHECKING:
+    from torchvision import datasets, transforms
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def train_transform(size: int = 224) -> transforms.Compose:
+def train_transform(size: int = 224) -> "transforms.Compose":
+    from torchvision import transforms  # imported here: see models/imagenet.py
+
     return transforms.Compose(
         [
             transforms.RandomResizedCrop(size),
@@ -26,7 +30,9 @@ def train_transform(size: int = 224) -> transforms.Compose:
     )
 
 
-def eval_transform(size: int = 224) -> transforms.Compose:
+def eval_transform(size: int = 224) -> "transforms.Compose":
+    from torchvision import transforms
+
     return transforms.Compose(
         [
             transforms.Resize(size * 256 // 224),
@@ -37,12 +43,14 @@ def eval_transform(size: int = 224) -> transforms.Compose:
     )
 
 
-def _image_folder(folder: Path, transform: transforms.Compose) -> datasets.ImageFolder:
+def _image_folder(folder: Path, transform: "transforms.Compose") -> "datasets.ImageFolder":
     """The ImageFolder at `folder`, or a one-line error naming the folder when it is missing or holds no images."""
     hint = "dataset.root must hold train/<class>/*.JPEG and val/<class>/*.JPEG"
     if not folder.is_dir():
         raise UserError(f"ImageNet folder {folder} does not exist; {hint}")
     try:
+        from torchvision import datasets
+
         return datasets.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as error:
         raise UserError(f"ImageNet folder {folder} has no class folders with images; {hint}") from error

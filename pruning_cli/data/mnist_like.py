@@ -4,15 +4,13 @@ import gzip
 import shutil
 from pathlib import Path
 
-from torchvision import datasets
-
 from pruning_cli.data.tensors import ImageData, TensorSplit, normalise
 from pruning_cli.errors import UserError
 
-# name -> (torchvision class, mean, std of the training pixels in [0, 1])
+# name -> (torchvision.datasets class name, mean, std of the training pixels in [0, 1])
 MNIST_LIKE = {
-    "mnist": (datasets.MNIST, 0.1307, 0.3081),
-    "fashion_mnist": (datasets.FashionMNIST, 0.2860, 0.3530),
+    "mnist": ("MNIST", 0.1307, 0.3081),
+    "fashion_mnist": ("FashionMNIST", 0.2860, 0.3530),
 }
 
 
@@ -31,7 +29,10 @@ def _unpack_system_files(system_dir: Path, raw_folder: Path) -> None:
 
 def load_mnist_like(name: str, root: Path, download: bool, system_dir: Path | None = None) -> ImageData:
     """Both splits of an MNIST-like data set as normalised float tensors (N, 1, 28, 28)."""
-    dataset_class, mean, std = MNIST_LIKE[name]
+    from torchvision import datasets  # imported here: see models/imagenet.py
+
+    class_name, mean, std = MNIST_LIKE[name]
+    dataset_class = getattr(datasets, class_name)
     root = Path(root).expanduser()
     raw_folder = root / dataset_class.__name__ / "raw"
     if system_dir is not None and Path(system_dir).is_dir():

@@ -7,7 +7,6 @@ The model is torchvision's own module, so `model.pt` keeps torchvision's state_d
 from collections.abc import Callable
 from functools import partial
 
-import torchvision
 from torch import nn
 
 VGG16_CONVS = ("1_1", "1_2", "2_1", "2_2", "3_1", "3_2", "3_3", "4_1", "4_2", "4_3", "5_1", "5_2", "5_3")
@@ -38,4 +37,6 @@ def torchvision_builder(name: str) -> Callable[[int], nn.Module]:
 
 
 def _build(name: str, num_classes: int) -> nn.Module:
+    import torchvision  # imported where it is used: it takes a second, which LeNet runs need not pay
+
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)

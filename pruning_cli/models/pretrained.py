@@ -1,7 +1,6 @@
 """Building a registered model, with torchvision's pretrained weights when the config asks for them."""
 
 import torch
-import torchvision
 from torch import nn
 
 from pruning_cli.errors import UserError
@@ -18,6 +17,8 @@ def build_model(spec: ModelSpec, name: str, num_classes: int, weights: str | Non
     """
     if weights is None:
         return spec.build(num_classes)
+    import torchvision  # imported here: see models/imagenet.py
+
     if spec.torchvision_name is None:
         raise UserError(f"model.weights={weights} needs a torchvision model (alexnet, vgg16); model={name} is not one")
     if num_classes != IMAGENET_CLASSES:

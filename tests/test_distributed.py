@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from runs import PRUNE_RUN, REPOSITORY, SMOKE, run_in_process
+from runs import REPOSITORY, SMOKE, run_in_process
 
 from pruning_cli.cli import compose_config, distributed_arguments
 from pruning_cli.distributed import Shard
@@ -32,32 +32,6 @@ def test_each_process_takes_its_part_of_every_global_batch(size, batch_size, exp
     assert Shard().num_batches(9, 4) == 3
 
 
-@pytest.mark.slow
-def test_two_processes_under_torchrun_match_one_process(tmp_path):
-    """`torchrun -m pruning_cli.cli`, started from the repository root, against one process in this one."""
-    overrides = [*SMOKE, "pruning.iterations=2", "pruning.kept={fc1:0.1,fc2:0.2,fc3:0.5}"]
-    run_in_process(tmp_path / "single", *overrides)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-    result = subprocess.run(
-        [*torchrun, "pruning_cli.cli", *overrides, f"hydra.run.dir={tmp_path / 'ddp'}"],
-        cwd=REPOSITORY, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("top-1 change:") == 1  # only rank 0 prints the summary
-    for name in ("metrics.csv", "layers.csv", "epochs.csv"):
-        ddp = pd.read_csv(tmp_path / "ddp" / name).drop(columns=TIME_COLUMNS, errors="ignore")
-        one = pd.read_csv(tmp_path / "single" / name).drop(columns=TIME_COLUMNS, errors="ignore")
-        pd.testing.assert_frame_equal(ddp, one, rtol=1e-4)  # same global batches; only float sums differ
-    assert pd.read_csv(tmp_path / "ddp" / "epochs.csv").images.eq(512).all()  # both halves counted
-    ddp_model = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
-    one_model = torch.load(tmp_path / "single" / "model.pt", weights_only=True)
-    for key, value in one_model.items():
-        assert torch.equal(ddp_model[key] == 0, value == 0), key  # the same masks
-        torch.testing.assert_close(ddp_model[key], value, rtol=1e-3, atol=1e-5)
-    log = (tmp_path / "ddp" / "prune-run.log").read_text()
-    assert log.count("dense training epoch 1/2") == 1  # one writer
-
-
 def test_torchrun_without_a_shared_run_dir_is_refused():
     with pytest.raises(UserError) as refused:
         distributed_arguments(SMOKE, Shard(rank=0, world_size=2))
@@ -78,34 +52,43 @@ def test_a_global_batch_the_processes_cannot_share_is_refused():
 
 
 @pytest.mark.slow
-def test_sigterm_to_torchrun_stops_every_process_and_the_rerun_resumes(tmp_path):
-    overrides = [
-        "dataset=synthetic", "dataset.num_train=2048", "dataset.num_test=256", "train.epochs=1", "retrain.epochs=3",
-        "train.batch_size=32", "retrain.batch_size=32", "pruning.iterations=2", f"hydra.run.dir={tmp_path}",
-    ]  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", PRUNE_RUN]
+def test_torchrun_stops_on_sigterm_resumes_and_matches_one_process(tmp_path):
+    """`torchrun -m pruning_cli.cli` from the repository root, stopped by SIGTERM in its first retraining and run
+    again: every epoch is logged once, and the result is what one process computes, up to float rounding."""
+    overrides = [*SMOKE, "retrain.epochs=3", "pruning.iterations=2", "pruning.kept={fc1:0.1,fc2:0.2,fc3:0.5}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    command = [*torchrun, "pruning_cli.cli", *overrides, f"hydra.run.dir={tmp_path / 'ddp'}"]
+    environment = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     process = subprocess.Popen(
-        [*command, *overrides], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
     )
-    epochs, deadline = tmp_path / "epochs.csv", time.monotonic() + 120
+    epochs, deadline = tmp_path / "ddp" / "epochs.csv", time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:  # wait for the first retraining epoch
         if epochs.is_file() and "retrain" in epochs.read_text():
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
-    assert stderr.count("prune-run: stopped by SIGTERM") == 1  # rank 0 says it, once
-    assert not (tmp_path / "model.pt").exists()
+    assert process.returncode != 0 and stderr.count("prune-run: stopped by SIGTERM") == 1  # rank 0 says it, once
+    assert not (tmp_path / "ddp" / "model.pt").exists()
 
-    resumed = subprocess.run([*command, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, env=environment, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    metrics = pd.read_csv(tmp_path / "metrics.csv")
-    assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [
-        (0, "train"), (1, "prune"), (1, "retrain"), (2, "prune"), (2, "retrain"),
-    ]  # fmt: skip
-    rows = pd.read_csv(tmp_path / "epochs.csv")[["iteration", "phase", "epoch"]]
-    assert rows.values.tolist() == [[0, "train", 1]] + [
+    assert resumed.stdout.count("top-1 change:") == 1  # only rank 0 prints the summary
+    rows = pd.read_csv(tmp_path / "ddp" / "epochs.csv")[["iteration", "phase", "epoch"]]
+    assert rows.values.tolist() == [[0, "train", 1], [0, "train", 2]] + [
         [i, "retrain", e] for i in (1, 2) for e in (1, 2, 3)
     ]  # every epoch exactly once across the stop
-    assert (tmp_path / "model.pt").is_file()
+    assert pd.read_csv(tmp_path / "ddp" / "epochs.csv").images.eq(512).all()  # both halves counted
+    assert (tmp_path / "ddp" / "prune-run.log").read_text().count("dense training epoch 1/2") == 1  # one writer
+
+    run_in_process(tmp_path / "single", *overrides)
+    for name in ("metrics.csv", "layers.csv", "epochs.csv"):
+        ddp = pd.read_csv(tmp_path / "ddp" / name).drop(columns=TIME_COLUMNS, errors="ignore")
+        one = pd.read_csv(tmp_path / "single" / name).drop(columns=TIME_COLUMNS, errors="ignore")
+        pd.testing.assert_frame_equal(ddp, one, rtol=1e-4)  # same global batches; only float sums differ
+    ddp_model = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
+    one_model = torch.load(tmp_path / "single" / "model.pt", weights_only=True)
+    for key, value in one_model.items():
+        assert torch.equal(ddp_model[key] == 0, value == 0), key  # the same masks
+        torch.testing.assert_close(ddp_model[key], value, rtol=1e-3, atol=1e-5)

@@ -25,25 +25,23 @@ from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
 from pruning_cli.models.pretrained import build_model
 from pruning_cli.paper import PAPER_KEPT
+from pruning_cli.plan import plan_run
+from pruning_cli.pruning.dropout import rescaled_dropout
+from pruning_cli.pruning.masks import full_masks
+from pruning_cli.pruning.step import prune_step
 from pruning_cli.training.loop import MaskedWeights, train_phase
 
 NUM_CLASSES = 10
-TINY = {
-    # A batch per phase on a handful of generated images, one iteration straight to the paper's fractions (the
-    # checkpoints written after every epoch and step dominate the time). AlexNet trains its dense model for a batch;
-    # VGG-16 (2.3x AlexNet's weights) starts from the untrained one.
-    "alexnet": [
-        "dataset.num_train=8", "dataset.num_test=4", "pruning.iterations=1", "train.epochs=1", "retrain.epochs=1",
-        "train.batch_size=2", "retrain.batch_size=2", "train.max_batches=1", "retrain.max_batches=1",
-    ],
-    "vgg16": [
-        "dataset.num_train=2", "dataset.num_test=1", "pruning.iterations=1", "train.epochs=0", "retrain.epochs=1",
-        "train.batch_size=1", "retrain.batch_size=1", "retrain.max_batches=1",
-    ],
-}  # fmt: skip
+# AlexNet's paper recipe on a handful of generated images, a batch per phase, one iteration straight to the paper's
+# fractions (the checkpoints written after every epoch and step, 0.25 GB each, dominate the time).
+TINY_ALEXNET = [
+    "experiment=alexnet_paper", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=8",
+    "dataset.num_test=4", "pruning.iterations=1", "train.epochs=1", "retrain.epochs=1", "train.batch_size=2",
+    "retrain.batch_size=2", "train.max_batches=1", "retrain.max_batches=1",
+]  # fmt: skip
 
 
-# The tiny runs write checkpoints of 0.25-0.7 GB after every epoch and step; where the machine has a memory file
+# The tiny run writes checkpoints of 0.25 GB after every epoch and step; where the machine has a memory file
 # system, they go there (3x faster to write than this machine's disk), and are deleted when the module is done.
 MEMORY_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
@@ -85,44 +83,57 @@ def test_paper_recipes_start_pretrained_and_retrain_at_a_hundredth_of_the_lr(exp
     assert config.pruning.iterations == iterations  # the kept fractions: test_configs.py
 
 
-@pytest.fixture(scope="module", params=["alexnet", "vgg16"])
-def tiny_run(request):
-    """A whole `prune-run experiment=<net>_paper` on generated images, in process; deleted afterwards."""
-    name = request.param
-    out_dir = Path(tempfile.mkdtemp(prefix=f"tiny-{name}-", dir=MEMORY_DIR))
+@pytest.fixture(scope="module")
+def tiny_run():
+    """A whole `prune-run experiment=alexnet_paper` on generated images, in process; deleted afterwards."""
+    out_dir = Path(tempfile.mkdtemp(prefix="tiny-alexnet-", dir=MEMORY_DIR))
     try:
-        overrides = [f"experiment={name}_paper", "dataset=synthetic_imagenet", "model.weights=null", *TINY[name]]
-        yield name, out_dir, pruning_run_in_process(out_dir, *overrides)
+        yield out_dir, pruning_run_in_process(out_dir, *TINY_ALEXNET)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_tiny_paper_run_reaches_the_recipe_and_saves_a_torchvision_model(tiny_run):
-    name, out_dir, experiment = tiny_run
-    reference = torchvision.models.get_model(name, num_classes=NUM_CLASSES)
+    out_dir, experiment = tiny_run
+    reference = torchvision.models.get_model("alexnet", num_classes=NUM_CLASSES)
     metrics = pd.read_csv(out_dir / "metrics.csv")
-    iterations = len(experiment.plan.iterations)
-    assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [(0, "train")] + [
-        (i, phase) for i in range(1, iterations + 1) for phase in ("prune", "retrain")
-    ]
+    assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [(0, "train"), (1, "prune"), (1, "retrain")]
     assert (metrics.params_total == parameter_count(reference)).all()
     layers = pd.read_csv(out_dir / "layers.csv")
-    final = layers[(layers.iteration == iterations) & (layers.phase == "retrain")].set_index("layer")
-    for layer, percent in PAPER_KEPT[name].items():
-        assert abs(final.kept[layer] - percent / 100) <= 0.01, layer
+    final = layers[layers.phase == "retrain"].set_index("layer")
+    assert final.kept.to_dict() == pytest.approx(
+        {layer: p / 100 for layer, p in PAPER_KEPT["alexnet"].items()}, abs=1e-4
+    )
     state = torch.load(out_dir / "model.pt", weights_only=True)
     reference.load_state_dict(state)  # strict: torchvision's own keys
     # Every non-zero of the saved model is counted (biases of dead units may be exactly zero after a tiny run).
     assert sum(int(torch.count_nonzero(value)) for value in state.values()) == metrics.params_nonzero.iloc[-1]
 
 
+@pytest.mark.slow
 def test_dropout_feeding_a_pruned_fc_layer_is_rescaled_for_retraining(tiny_run):
-    name, out_dir, experiment = tiny_run
-    final = pd.read_csv(out_dir / "layers.csv").groupby("layer").kept.last()
-    rates = {layer: experiment.model.get_submodule(path).p for layer, path in experiment.plan.spec.dropouts.items()}
-    assert rates == pytest.approx({layer: 0.5 * final[layer] ** 0.5 for layer in rates})  # D_r = D_o sqrt(C_r/C_o)
-    if name == "alexnet":
-        assert rates["fc6"] == pytest.approx(0.15, abs=1e-3)  # the paper's example: fc6 at 9%, 0.5 -> 0.15
+    out_dir, experiment = tiny_run
+    classifier = experiment.model.classifier
+    assert classifier[0].p == pytest.approx(0.5 * 0.09**0.5, rel=1e-4) == pytest.approx(0.15)  # feeds fc6, kept 9%
+    assert classifier[3].p == pytest.approx(0.5 * 0.09**0.5, rel=1e-4)  # feeds fc7, kept 9% too
+
+
+@pytest.mark.slow
+def test_vgg16_recipe_prunes_each_layer_to_the_papers_fraction_and_rescales_the_dropouts_it_feeds():
+    """VGG-16's paper recipe through the pipeline's plan and pruning step (its end-to-end run is AlexNet's above,
+    at 2.3x the weights, whose checkpoints would take most of the suite's time)."""
+    plan = plan_run(compose_config("experiment=vgg16_paper", "model.weights=null", "pruning.iterations=1"))
+    model = plan.spec.build(NUM_CLASSES)
+    weights = {name: layer.weight for name, layer in plan.spec.prunable(model).items()}
+    masks, pruned = prune_step(weights, full_masks(weights), plan.iterations[0].pruned)
+    kept = {name: record.kept / weights[name].numel() for name, record in pruned.items()}
+    paper = {layer: percent / 100 for layer, percent in PAPER_KEPT["vgg16"].items()}
+    assert kept == pytest.approx(paper, abs=1e-3)  # a fraction of a layer's weights, rounded
+    assert all(int(masks[name].sum()) == record.kept for name, record in pruned.items())
+    rates = {layer: rescaled_dropout(0.5, masks[layer].numel(), pruned[layer].kept) for layer in plan.spec.dropouts}
+    assert rates == pytest.approx({"fc7": 0.1, "fc8": 0.5 * 0.23**0.5}, abs=1e-4)  # fc7 at 4%: 0.5 -> 0.1
+    assert all(isinstance(model.get_submodule(path), nn.Dropout) for path in plan.spec.dropouts.values())
 
 
 @pytest.mark.parametrize(("freeze", "held", "trained"), [("conv", "conv", "fc"), ("fc", "fc", "conv")])

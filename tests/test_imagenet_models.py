@@ -4,6 +4,7 @@ The end-to-end runs use generated 3x224x224 images and a budget of one or two ba
 directories (checkpoints of 0.2-1 GB each) are deleted as soon as the module is done.
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -46,19 +47,25 @@ TINY_ALEXNET = [
 MEMORY_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
+@functools.cache
+def imagenet_model(name: str) -> nn.Module:
+    """torchvision's model at ImageNet's 1000 classes, built once per module (VGG-16 takes a second): read only."""
+    return get_model_spec(name).build(1000)
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
 @pytest.mark.parametrize(("name", "expected"), [("alexnet", 61_100_840), ("vgg16", 138_357_544)])
 def test_parameter_counts_are_torchvisions(name, expected):
-    assert parameter_count(get_model_spec(name).build(1000)) == expected
+    assert parameter_count(imagenet_model(name)) == expected
 
 
 @pytest.mark.parametrize("name", ["alexnet", "vgg16"])
 def test_paper_names_cover_every_conv_and_fc_layer_and_the_dropouts_feed_them(name):
     spec = get_model_spec(name)
-    model = spec.build(NUM_CLASSES)
+    model = imagenet_model(name)
     weighted = [path for path, module in model.named_modules() if isinstance(module, nn.Conv2d | nn.Linear)]
     assert list(spec.layers.values()) == weighted  # all of them, in forward order
     assert list(spec.layers) == list(PAPER_KEPT[name])
@@ -124,7 +131,7 @@ def test_vgg16_recipe_prunes_each_layer_to_the_papers_fraction_and_rescales_the_
     """VGG-16's paper recipe through the pipeline's plan and pruning step (its end-to-end run is AlexNet's above,
     at 2.3x the weights, whose checkpoints would take most of the suite's time)."""
     plan = plan_run(compose_config("experiment=vgg16_paper", "model.weights=null", "pruning.iterations=1"))
-    model = plan.spec.build(NUM_CLASSES)
+    model = imagenet_model("vgg16")
     weights = {name: layer.weight for name, layer in plan.spec.prunable(model).items()}
     masks, pruned = prune_step(weights, full_masks(weights), plan.iterations[0].pruned)
     kept = {name: record.kept / weights[name].numel() for name, record in pruned.items()}

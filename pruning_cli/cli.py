@@ -19,10 +19,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pruning_cli.config import GROUP_SCHEMAS, RunConfig
+from pruning_cli.config import GROUP_SCHEMAS, RunConfig, SensitivityTask
 from pruning_cli.distributed import Shard
 from pruning_cli.errors import UserError
 from pruning_cli.pipeline import run
+from pruning_cli.records import SENSITIVITY
 from pruning_cli.run_state import STATE_FILE
 from pruning_cli.training.loop import StopRequested
 
@@ -51,9 +52,14 @@ def compose_config(*overrides: str) -> RunConfig:
         return OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
 
 
-def format_summary(metrics: pd.DataFrame, out_dir: Path) -> str:
+def format_summary(metrics: pd.DataFrame, out_dir: Path, analysis: bool = False) -> str:
     """One screen: dense vs final accuracy, parameters and compression, and where the outputs are."""
     dense, final = metrics.iloc[0], metrics.iloc[-1]
+    if analysis:
+        return (
+            f"dense model: test top-1 {dense.top1:.2%}; layer sensitivity on the validation split in "
+            f"{out_dir / SENSITIVITY.file}"
+        )
     lines = [
         f"{'':10}{'top-1':>9}{'top-5':>9}{'params':>12}{'compression':>13}",
         *(
@@ -112,7 +118,7 @@ def _run_from_hydra(cfg: DictConfig) -> None:
             print(f"prune-run: error: {error}", file=sys.stderr)
         sys.exit(2)
     if metrics is not None:
-        print(format_summary(metrics, out_dir))
+        print(format_summary(metrics, out_dir, isinstance(config.task, SensitivityTask)))
 
 
 def check_output_dir(arguments: list[str]) -> None:

@@ -12,12 +12,12 @@ import torch
 
 from pruning_cli.artifacts import CsvLog, load_checkpoint, state_dict_mismatch
 from pruning_cli.config import PhaseConfig, RunConfig, StdSource
-from pruning_cli.data import ImageData, load_data
+from pruning_cli.data import ImageData, TensorSplit, load_data
 from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED
 from pruning_cli.distributed import SINGLE_PROCESS, Shard, process_group
 from pruning_cli.errors import UserError
 from pruning_cli.models.pretrained import build_model
-from pruning_cli.plan import IterationPlan, RunPlan, plan_run
+from pruning_cli.plan import AnalysisPlan, IterationPlan, RunPlan, plan_run
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
 from pruning_cli.pruning.step import prune_step, surviving_std
@@ -167,12 +167,10 @@ class PruningRun:
 
     def _load_dense(self, path: Path) -> None:
         """Load a trained model; its exact zeros count as pruned (continuing from a pruned model)."""
-        state, extras = load_checkpoint(path)
+        state, _ = load_checkpoint(path)
         mismatch = state_dict_mismatch(self.model.state_dict(), state)
         if mismatch:
             raise UserError(f"checkpoint {path} does not fit model={self.config.model.name}: {mismatch}")
-        if self.data.val is not None:
-            check_no_validation_leak(path, checkpoint_training_data(path, extras), self.store.trained_on)
         self.model.load_state_dict(state)
         self.masks = {name: weight.detach() != 0 for name, weight in self.weights.items()}
 
@@ -204,8 +202,9 @@ class PruningRun:
         self.recorder.phase(self.model, key, epochs, start, train_loss, pruned)
 
 
-def check_no_validation_leak(path: Path, trained_on: TrainingData | None, validating: TrainingData) -> None:
+def check_no_validation_leak(path: Path, validating: TrainingData) -> None:
     """Refuse a model trained on images this run holds out for validation; warn when the file cannot tell."""
+    trained_on = checkpoint_training_data(path, load_checkpoint(path)[1])
     if trained_on is None:
         log.warning(
             f"{path} does not record what it was trained on (a foreign state_dict?): if its training data included "
@@ -240,6 +239,8 @@ def run(
             data = load_data(config.dataset, plan.spec.input_shape, config.seed).to(policy.device)
         images = len(data.train) + (len(data.val) if data.val is not None else 0)
         trained_on = TrainingData(config.dataset.name, images, config.dataset.val_split, VALIDATION_SPLIT_SEED)
+        if config.train.checkpoint and data.val is not None:  # before anything is written into out_dir
+            check_no_validation_leak(Path(config.train.checkpoint).expanduser(), trained_on)
         experiment = PruningRun(
             config, plan, data, policy, RunStore(out_dir, fingerprint(config), trained_on, shard.is_main), shard
         )
@@ -250,9 +251,14 @@ def run(
     if not shard.is_main:
         return None
     if plan.analysis is not None:
-        analysis, csv_log = plan.analysis, CsvLog(out_dir / SENSITIVITY.file, SENSITIVITY.columns)
-        weights = {name: experiment.weights[name] for name in analysis.layers}
-        batch_size = config.dataset.eval_batch_size
-        for row in layer_sensitivity(experiment.model, weights, data.val, analysis.levels, analysis.kind, batch_size):
-            csv_log.write([row])
+        write_sensitivity(out_dir / SENSITIVITY.file, experiment, plan.analysis, data.val)
     return pd.read_csv(out_dir / METRICS.file)
+
+
+def write_sensitivity(path: Path, experiment: PruningRun, analysis: AnalysisPlan, validation: TensorSplit) -> None:
+    """The sensitivity analysis of the run's trained model on the validation split, row by row into `path`."""
+    csv_log = CsvLog(path, SENSITIVITY.columns)
+    weights = {name: experiment.weights[name] for name in analysis.layers}
+    batch_size = experiment.config.dataset.eval_batch_size
+    for row in layer_sensitivity(experiment.model, weights, validation, analysis.levels, analysis.kind, batch_size):
+        csv_log.write([row])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from runs import REPOSITORY, SMOKE, prune_run
 
-from pruning_cli.cli import check_output_dir
+from pruning_cli.cli import check_output_dir, format_summary
 
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -65,3 +65,11 @@ def test_an_unwritable_output_directory_is_refused_before_hydra_starts(tmp_path)
     assert refused.value.code == (
         f"prune-run: error: cannot write the output directory {tmp_path / 'a_file' / 'run'} (Not a directory)"
     )
+
+
+def test_the_summary_of_an_analysis_points_to_its_csv_instead_of_a_compression(tmp_path):
+    metrics = pd.DataFrame([{"top1": 0.8977, "top5": 0.9988, "params_nonzero": 266_610, "compression": 1.0}])
+    assert format_summary(metrics, tmp_path, analysis=True) == (
+        f"dense model: test top-1 89.77%; layer sensitivity on the validation split in {tmp_path / 'sensitivity.csv'}"
+    )
+    assert "compression" in format_summary(metrics, tmp_path).splitlines()[0]

@@ -231,7 +231,8 @@ def run(
     """
     plan = plan_run(config, shard.world_size)
     out_dir.mkdir(parents=True, exist_ok=True)
-    policy = device_policy(config.device.name, config.deterministic, shard)
+    convolutional = "conv" in plan.spec.layer_kinds().values()
+    policy = device_policy(config.device.name, config.deterministic, shard, convolutional)
     policy.apply()
     torch.manual_seed(config.seed)
     with process_group(shard, policy.device) as shard:

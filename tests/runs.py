@@ -4,6 +4,7 @@ subprocess (the few end-to-end tests marked slow)."""
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -12,11 +13,12 @@ import torch
 from pruning_cli.cli import compose_config
 from pruning_cli.data import load_data
 from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED
+from pruning_cli.distributed import SINGLE_PROCESS
 from pruning_cli.pipeline import PruningRun, run
 from pruning_cli.plan import plan_run
 from pruning_cli.records import TrainingData, fingerprint
 from pruning_cli.run_state import RunStore
-from pruning_cli.runtime import DevicePolicy
+from pruning_cli.runtime import device_policy
 
 PRUNE_RUN = str(Path(sys.executable).parent / "prune-run")
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -43,14 +45,19 @@ def without_wall_time(path: Path) -> pd.DataFrame:
     return pd.read_csv(path).drop(columns=["seconds", "images_per_second"], errors="ignore")
 
 
-def pruning_run_in_process(out_dir: Path, *overrides: str) -> PruningRun:
-    """The PruningRun of `prune-run OVERRIDES` on the CPU after all its steps, to look at its model."""
+def pruning_run_in_process(out_dir: Path, *overrides: str, channels_last: bool | None = None) -> PruningRun:
+    """The PruningRun of `prune-run OVERRIDES` on the CPU after all its steps, to look at its model; the memory
+    format is the device policy's unless `channels_last` says otherwise."""
     config = compose_config(*overrides)
     plan = plan_run(config)
     out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)  # as `run` seeds before it loads the data and builds the model
     data = load_data(config.dataset, plan.spec.input_shape, config.seed)
     trained_on = TrainingData(config.dataset.name, len(data.train), config.dataset.val_split, VALIDATION_SPLIT_SEED)
     store = RunStore(out_dir, fingerprint(config), trained_on)
-    experiment = PruningRun(config, plan, data, DevicePolicy(torch.device("cpu")), store)
+    policy = device_policy("cpu", False, SINGLE_PROCESS, "conv" in plan.spec.layer_kinds().values())
+    if channels_last is not None:
+        policy = replace(policy, channels_last=channels_last)
+    experiment = PruningRun(config, plan, data, policy, store)
     experiment.execute()
     return experiment

@@ -124,9 +124,10 @@ def test_a_global_batch_that_processes_cannot_share_is_refused():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_refused():
     with pytest.raises(UserError, match="device=cuda but this machine has no usable CUDA device"):
-        device_policy("cuda", False, Shard())
-    policy = device_policy("auto", False, Shard())
-    assert policy.device.type == "cpu" and not policy.channels_last and not policy.bf16_autocast
+        device_policy("cuda", False, Shard(), convolutional=True)
+    policy = device_policy("auto", False, Shard(), convolutional=True)
+    assert policy.device.type == "cpu" and policy.channels_last and not policy.bf16_autocast
+    assert not device_policy("cpu", False, Shard(), convolutional=False).channels_last
 
 
 def compose_launcher(name: str):

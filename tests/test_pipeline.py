@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from runs import LENET5_PAPER_KEPT, SMOKE, run_in_process, without_wall_time
+from runs import LENET5_PAPER_KEPT, SMOKE, pruning_run_in_process, run_in_process, without_wall_time
 
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
@@ -166,3 +166,21 @@ def test_compiled_training_gives_the_eager_numbers(lenet5_run, tmp_path):
     eager = without_wall_time(lenet5_run / "metrics.csv")
     compiled = without_wall_time(tmp_path / "metrics.csv")
     pd.testing.assert_frame_equal(compiled, eager, rtol=1e-4)  # inductor fuses differently: float rounding only
+
+
+def test_channels_last_gives_the_contiguous_numbers_up_to_rounding_and_repeats_exactly(lenet5_run, tmp_path):
+    """The CPU policy puts conv models in channels_last (faster kernels): the same numbers as the contiguous format up
+    to float rounding, and a second run with the same seed repeats the first bit for bit."""
+    overrides = ["model=lenet5", *SMOKE, "pruning.iterations=2", LENET5_PAPER_KEPT]
+    contiguous = pruning_run_in_process(tmp_path / "contiguous", *overrides, channels_last=False)
+    assert not contiguous.model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    for name in ("metrics.csv", "layers.csv"):
+        pd.testing.assert_frame_equal(
+            without_wall_time(tmp_path / "contiguous" / name), without_wall_time(lenet5_run / name), rtol=1e-4
+        )
+    again = pruning_run_in_process(tmp_path / "again", *overrides)
+    assert again.model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    for name in ("metrics.csv", "layers.csv", "epochs.csv"):
+        pd.testing.assert_frame_equal(
+            without_wall_time(tmp_path / "again" / name), without_wall_time(lenet5_run / name)
+        )

@@ -25,9 +25,11 @@ from pruning_cli.recorder import Recorder, weights_of
 from pruning_cli.records import (
     METRICS,
     SENSITIVITY,
+    TrainedOn,
     TrainingData,
     checkpoint_training_data,
     fingerprint,
+    training_history,
     write_run_record,
 )
 from pruning_cli.run_state import RunStore, check_masks, check_restored_masks
@@ -202,21 +204,37 @@ class PruningRun:
         self.recorder.phase(self.model, key, epochs, start, train_loss, pruned)
 
 
-def check_no_validation_leak(path: Path, validating: TrainingData) -> None:
+def check_no_validation_leak(path: Path, trained_on: TrainedOn, validating: TrainingData) -> None:
     """Refuse a model trained on images this run holds out for validation; warn when the file cannot tell."""
-    trained_on = checkpoint_training_data(path, load_checkpoint(path)[1])
     if trained_on is None:
         log.warning(
             f"{path} does not record what it was trained on (a foreign state_dict?): if its training data included "
             f"the {validating.val_split} images held out here, validation accuracy is optimistic"
         )
-    elif trained_on.overlaps_validation_of(validating):
-        raise UserError(
-            f"checkpoint {path} was trained on {trained_on.dataset} with dataset.val_split={trained_on.val_split}, "
-            f"so it has seen images of this run's validation split (dataset.val_split={validating.val_split}): "
-            f"train the dense model with dataset.val_split={validating.val_split} (or more), or leave out "
-            "train.checkpoint"
-        )
+        return
+    for seen in trained_on:
+        if seen.overlaps_validation_of(validating):
+            raise UserError(
+                f"checkpoint {path} was trained on {seen.dataset} with dataset.val_split={seen.val_split}, so it has "
+                f"seen images of this run's validation split (dataset.val_split={validating.val_split}): train the "
+                f"dense model with dataset.val_split={validating.val_split} (or more), or leave out train.checkpoint"
+            )
+
+
+def training_data(config: RunConfig, data: ImageData, analysis: bool) -> TrainedOn:
+    """Every data set the run's weights will have been trained on: this run's training split, after those of the
+    `train.checkpoint` it starts from (unknown if that file does not say). A sensitivity analysis that starts from a
+    checkpoint refuses it here when it has seen the validation images, before anything is written."""
+    images = len(data.train) + (len(data.val) if data.val is not None else 0)
+    own = TrainingData(config.dataset.name, images, config.dataset.val_split, VALIDATION_SPLIT_SEED)
+    if not config.train.checkpoint:
+        return [own]
+    path = Path(config.train.checkpoint).expanduser()
+    inherited = checkpoint_training_data(path, load_checkpoint(path)[1])
+    if analysis:  # which trains nothing more when it starts from a checkpoint
+        check_no_validation_leak(path, inherited, own)
+        return inherited
+    return training_history(inherited, own)
 
 
 def run(
@@ -238,10 +256,7 @@ def run(
     with process_group(shard, policy.device) as shard:
         with shard.main_first():  # a download into dataset.root happens once
             data = load_data(config.dataset, plan.spec.input_shape, config.seed).to(policy.device)
-        images = len(data.train) + (len(data.val) if data.val is not None else 0)
-        trained_on = TrainingData(config.dataset.name, images, config.dataset.val_split, VALIDATION_SPLIT_SEED)
-        if config.train.checkpoint and data.val is not None:  # before anything is written into out_dir
-            check_no_validation_leak(Path(config.train.checkpoint).expanduser(), trained_on)
+        trained_on = training_data(config, data, plan.analysis is not None)
         experiment = PruningRun(
             config, plan, data, policy, RunStore(out_dir, fingerprint(config), trained_on, shard.is_main), shard
         )
@@ -261,5 +276,7 @@ def write_sensitivity(path: Path, experiment: PruningRun, analysis: AnalysisPlan
     csv_log = CsvLog(path, SENSITIVITY.columns)
     weights = {name: experiment.weights[name] for name in analysis.layers}
     batch_size = experiment.config.dataset.eval_batch_size
-    for row in layer_sensitivity(experiment.model, weights, validation, analysis.levels, analysis.kind, batch_size):
+    masks = {name: experiment.masks[name] for name in analysis.layers}
+    rows = layer_sensitivity(experiment.model, weights, masks, validation, analysis.levels, analysis.kind, batch_size)
+    for row in rows:
         csv_log.write([row])

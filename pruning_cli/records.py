@@ -119,9 +119,9 @@ def fingerprint(config: RunConfig) -> str:
     return json.dumps(experiment_settings(flatten(config_tree(config))), sort_keys=True)
 
 
-def write_run_record(out_dir: Path, config: RunConfig, trained_on: TrainingData) -> None:
-    """`run.json`: the format, the whole config, and what the run's weights are trained on."""
-    record = {"format": RECORD_FORMAT, "config": config_tree(config), "trained_on": asdict(trained_on)}
+def write_run_record(out_dir: Path, config: RunConfig, trained_on: "TrainedOn") -> None:
+    """`run.json`: the format, the whole config, and every data set the run's weights are trained on."""
+    record = {"format": RECORD_FORMAT, "config": config_tree(config), "trained_on": as_records(trained_on)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(json.dumps(record, indent=2) + "\n", out_dir / RUN_RECORD)
 
@@ -132,7 +132,7 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError as error:
-        raise ValueError(f"no {RUN_RECORD}") from error
+        raise ValueError(f"no {RUN_RECORD} (a run of a version before run.json, or one that never started)") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{RUN_RECORD} cannot be read ({type(error).__name__})") from error
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
@@ -140,15 +140,18 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def recorded_training_data(record: Mapping[str, Any]) -> TrainingData | None:
-    """The `trained_on` part of a run record or checkpoint, if it has a well-formed one."""
+TrainedOn = list[TrainingData] | None  # every data set a model's weights were trained on; None: not known
+
+
+def recorded_training_data(record: Mapping[str, Any]) -> TrainedOn:
+    """The `trained_on` list of a run record or checkpoint (None where it has none, or a malformed one)."""
     try:
-        return TrainingData(**record["trained_on"])
+        return [TrainingData(**entry) for entry in record["trained_on"]]
     except (KeyError, TypeError):
         return None
 
 
-def checkpoint_training_data(path: Path, extras: Mapping[str, Any]) -> TrainingData | None:
+def checkpoint_training_data(path: Path, extras: Mapping[str, Any]) -> TrainedOn:
     """What a checkpoint's weights were trained on: from the checkpoint itself, or, for a plain state_dict such as
     a run's model.pt, from the run.json beside it."""
     found = recorded_training_data(extras)
@@ -158,3 +161,13 @@ def checkpoint_training_data(path: Path, extras: Mapping[str, Any]) -> TrainingD
         except ValueError:
             return None
     return found
+
+
+def training_history(inherited: TrainedOn, own: TrainingData) -> TrainedOn:
+    """A model trained on `own` after starting from weights trained on `inherited` (unknown stays unknown)."""
+    return None if inherited is None else list(dict.fromkeys([*inherited, own]))
+
+
+def as_records(trained_on: TrainedOn) -> list[dict[str, Any]] | None:
+    """`trained_on` as it is written into run.json and the checkpoints."""
+    return None if trained_on is None else [asdict(entry) for entry in trained_on]

@@ -6,7 +6,6 @@ state_dict, loadable into the bare model, with that record in `run.json` beside 
 """
 
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 from pruning_cli.artifacts import save_atomic
 from pruning_cli.errors import UserError
 from pruning_cli.pruning.masks import unmasked_layers
-from pruning_cli.records import TrainingData
+from pruning_cli.records import TrainedOn, as_records
 
 STATE_FILE = Path("checkpoints") / "last.pt"
 MODEL_FILE = "model.pt"
@@ -25,7 +24,7 @@ MODEL_FILE = "model.pt"
 class RunStore:
     """Saves and restores one run directory's state and checkpoints (only the process that `writes` writes)."""
 
-    def __init__(self, out_dir: Path, fingerprint: str, trained_on: TrainingData, writes: bool = True) -> None:
+    def __init__(self, out_dir: Path, fingerprint: str, trained_on: TrainedOn, writes: bool = True) -> None:
         self.out_dir, self.fingerprint, self.trained_on, self.writes = out_dir, fingerprint, trained_on, writes
 
     @property
@@ -35,7 +34,9 @@ class RunStore:
     def save_state(self, state: dict[str, Any]) -> None:
         """Everything a resumed run needs, as of the end of the last completed epoch or step."""
         if self.writes:
-            save_atomic({"fingerprint": self.fingerprint, **state}, self.state_path)
+            save_atomic(
+                {"fingerprint": self.fingerprint, "trained_on": as_records(self.trained_on), **state}, self.state_path
+            )
 
     def load_state(self) -> dict[str, Any]:
         """The saved state of this very experiment, or a one-line error saying why it cannot resume."""
@@ -56,7 +57,8 @@ class RunStore:
         """`checkpoints/<name>.pt`: the model after a phase, its masks and what it was trained on."""
         if self.writes:
             payload = {"model": model.state_dict(), "masks": dict(masks), "iteration": iteration}
-            save_atomic({**payload, "trained_on": asdict(self.trained_on)}, self.out_dir / "checkpoints" / f"{name}.pt")
+            payload["trained_on"] = as_records(self.trained_on)
+            save_atomic(payload, self.out_dir / "checkpoints" / f"{name}.pt")
 
     def save_model(self, model: nn.Module, layer_paths: Mapping[str, str], masks: Mapping[str, Tensor]) -> Path:
         """The final pruned weights as a plain state_dict (zeros in place, the model's own keys), read back from

@@ -1,6 +1,8 @@
 """The one place that decides where and how the run computes: device, memory format, precision, determinism.
 
-Everything device-dependent reads a `DevicePolicy`; no other module looks at `torch.cuda` or the device's type.
+Model placement, memory format, autocast and determinism are read from a `DevicePolicy`, decided here once per
+process; what follows from the device alone (NCCL for CUDA processes, pinned memory for CUDA loaders) stays with
+the code that uses it.
 """
 
 import os

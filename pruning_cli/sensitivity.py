@@ -24,21 +24,23 @@ BASELINE_LAYER = "none"  # the row of the unpruned model, for the curves' starti
 def layer_sensitivity(
     model: nn.Module,
     weights: Mapping[str, Tensor],
+    masks: Mapping[str, Tensor],
     data: TensorSplit,
     levels: Sequence[float],
     kind: LevelKind,
     batch_size: int,
 ) -> Iterator[dict[str, float | str]]:
-    """Rows of sensitivity.csv: the unpruned baseline, then one per (layer, level) with that layer alone pruned."""
+    """Rows of sensitivity.csv: the model as given (the baseline), then one per (layer, level) with that layer alone
+    pruned further from its `masks` (all True for a dense model; a pruned model's zeros stay pruned)."""
     baseline = {"layer": BASELINE_LAYER, "sensitivity": 0.0, "threshold": 0.0, "kept": 1.0}
     yield baseline | _evaluate(model, data, batch_size)
     for name, weight in weights.items():
         trained = weight.detach().clone()
-        alive = {name: torch.ones_like(trained, dtype=torch.bool)}
+        alive = {name: masks[name]}
         for level in levels:
             target = LayerTarget(sensitivity=level) if kind is LevelKind.sensitivity else LayerTarget(kept=level)
-            masks, records = prune_step({name: trained}, alive, {name: LayerStep(target)})
-            weight.copy_(trained * masks[name])
+            pruned_masks, records = prune_step({name: trained}, alive, {name: LayerStep(target)})
+            weight.copy_(trained * pruned_masks[name])
             pruned = records[name]
             point = {"layer": name, "sensitivity": pruned.sensitivity, "threshold": pruned.threshold}
             yield point | {"kept": pruned.kept / trained.numel()} | _evaluate(model, data, batch_size)

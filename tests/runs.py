@@ -12,11 +12,10 @@ import torch
 
 from pruning_cli.cli import compose_config
 from pruning_cli.data import load_data
-from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED
 from pruning_cli.distributed import SINGLE_PROCESS
-from pruning_cli.pipeline import PruningRun, run
+from pruning_cli.pipeline import PruningRun, run, training_data
 from pruning_cli.plan import plan_run
-from pruning_cli.records import TrainingData, fingerprint
+from pruning_cli.records import fingerprint
 from pruning_cli.run_state import RunStore
 from pruning_cli.runtime import device_policy
 
@@ -53,8 +52,7 @@ def pruning_run_in_process(out_dir: Path, *overrides: str, channels_last: bool |
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # as `run` seeds before it loads the data and builds the model
     data = load_data(config.dataset, plan.spec.input_shape, config.seed)
-    trained_on = TrainingData(config.dataset.name, len(data.train), config.dataset.val_split, VALIDATION_SPLIT_SEED)
-    store = RunStore(out_dir, fingerprint(config), trained_on)
+    store = RunStore(out_dir, fingerprint(config), training_data(config, data, analysis=False))
     policy = device_policy("cpu", False, SINGLE_PROCESS, "conv" in plan.spec.layer_kinds().values())
     if channels_last is not None:
         policy = replace(policy, channels_last=channels_last)

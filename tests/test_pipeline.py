@@ -79,7 +79,7 @@ def test_model_pt_is_a_plain_state_dict_whose_zeros_match_the_count(lenet5_run):
     checkpoint = torch.load(lenet5_run / "checkpoints" / "iteration_2.pt", weights_only=True)
     for name, mask in checkpoint["masks"].items():
         assert torch.all(checkpoint["model"][f"{name}.weight"][~mask] == 0)
-    assert checkpoint["trained_on"] == {"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0}
+    assert checkpoint["trained_on"] == [{"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0}]
 
 
 def test_run_json_records_the_config_and_the_training_data(lenet5_run):
@@ -87,7 +87,7 @@ def test_run_json_records_the_config_and_the_training_data(lenet5_run):
     assert record["config"]["model"]["name"] == "lenet5" and record["config"]["task"] == {"name": "prune"}
     assert record["config"]["pruning"]["kept"] == {"conv1": 0.66, "conv2": 0.12, "fc1": 0.075, "fc2": 0.19}
     assert record["config"]["retrain"]["regularization"] == "l2"
-    assert record["trained_on"] == {"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0}
+    assert record["trained_on"] == [{"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0}]
 
 
 def test_a_dense_checkpoint_replaces_phase_one(lenet5_run, tmp_path):

@@ -11,6 +11,7 @@ from torch import nn
 from pruning_cli.config import LevelKind
 from pruning_cli.data.tensors import TensorSplit
 from pruning_cli.errors import UserError
+from pruning_cli.records import read_run_record
 from pruning_cli.sensitivity import layer_sensitivity
 from pruning_cli.training.activations import InputDensity
 
@@ -37,7 +38,8 @@ def test_layer_sensitivity_prunes_one_layer_at_a_time_and_restores_it():
     before = {key: value.clone() for key, value in model.state_dict().items()}
     data = TensorSplit(torch.randn(40, 6), torch.randint(3, (40,)))
     weights = {"fc1": model[0].weight, "fc2": model[2].weight}
-    rows = pd.DataFrame(layer_sensitivity(model, weights, data, [0.0, 1.0, 100.0], LevelKind.sensitivity, 16))
+    alive = {name: torch.ones_like(weight, dtype=torch.bool) for name, weight in weights.items()}
+    rows = pd.DataFrame(layer_sensitivity(model, weights, alive, data, [0.0, 1.0, 100.0], LevelKind.sensitivity, 16))
     assert rows.layer.tolist() == ["none", "fc1", "fc1", "fc1", "fc2", "fc2", "fc2"]
     fc1 = rows[rows.layer == "fc1"]
     assert fc1.kept.tolist() == [
@@ -122,7 +124,7 @@ def test_a_model_that_held_out_fewer_images_is_refused_and_one_that_held_out_mor
     run_in_process(tmp_path / "more", *SMOKE, "pruning.iterations=0", "dataset.val_split=256")
     run_in_process(tmp_path / "analysis", *ANALYSIS, f"train.checkpoint={tmp_path / 'more' / 'model.pt'}")
     assert (tmp_path / "analysis" / "sensitivity.csv").is_file()
-    with pytest.raises(UserError, match="was trained on synthetic with dataset.val_split=128"):
+    with pytest.raises(UserError, match="was trained on synthetic with dataset.val_split=256"):  # passed on
         run_in_process(
             tmp_path / "fewer",
             *ANALYSIS,
@@ -131,9 +133,33 @@ def test_a_model_that_held_out_fewer_images_is_refused_and_one_that_held_out_mor
         )
 
 
+def test_a_pruned_model_is_analysed_from_its_surviving_weights(tmp_path):
+    run_in_process(
+        tmp_path / "pruned", *SMOKE, "dataset.val_split=128", "pruning.iterations=1", "pruning.kept={fc1:0.1}"
+    )
+    run_in_process(tmp_path / "analysis", *ANALYSIS, f"train.checkpoint={tmp_path / 'pruned' / 'model.pt'}",
+                   "task.level_kind=kept", "task.levels=[0.05]", "task.layer=fc1")  # fmt: skip
+    points = pd.read_csv(tmp_path / "analysis" / "sensitivity.csv").set_index("layer")
+    assert points.kept["fc1"] == pytest.approx(0.05)  # of all 235,200 weights, from the 10% that survive
+    assert points.threshold["fc1"] > 0 and points.sensitivity["fc1"] > 0
+
+
 def test_a_foreign_state_dict_gets_a_warning(dense_checkpoint, tmp_path, caplog):
     foreign = tmp_path / "foreign.pt"
     torch.save(torch.load(dense_checkpoint, weights_only=True), foreign)  # no run.json beside it
     run_in_process(tmp_path / "analysis", *ANALYSIS, f"train.checkpoint={foreign}", "task.levels=[1.0]")
     assert f"{foreign} does not record what it was trained on" in caplog.text
     assert (tmp_path / "analysis" / "sensitivity.csv").is_file()
+
+
+def test_a_model_continued_from_a_checkpoint_records_every_training_and_a_foreign_one_none(tmp_path):
+    run_in_process(tmp_path / "first", *SMOKE, "pruning.iterations=0")  # trained on all 512 images
+    continued = [*SMOKE, "pruning.iterations=1", "dataset.val_split=128"]
+    run_in_process(tmp_path / "second", *continued, f"train.checkpoint={tmp_path / 'first' / 'model.pt'}")
+    assert [entry["val_split"] for entry in read_run_record(tmp_path / "second")["trained_on"]] == [0, 128]
+    with pytest.raises(UserError, match="with dataset.val_split=0, so it has seen images"):  # the first training
+        run_in_process(tmp_path / "analysis", *ANALYSIS, f"train.checkpoint={tmp_path / 'second' / 'model.pt'}")
+    foreign = tmp_path / "foreign.pt"
+    torch.save(torch.load(tmp_path / "first" / "model.pt", weights_only=True), foreign)
+    run_in_process(tmp_path / "third", *continued, f"train.checkpoint={foreign}")
+    assert read_run_record(tmp_path / "third")["trained_on"] is None  # not known, and not claimed

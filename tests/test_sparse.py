@@ -312,7 +312,7 @@ def test_cli_exports_a_run_directory(tmp_path):
     [
         ("none", ["--model", "resnet50"], "unknown model 'resnet50'"),
         ("no_model", [], "model.pt does not exist"),
-        ("no_config", [], "no run.json, so the model is unknown; pass --model"),
+        ("no_config", [], "no run.json (a run of a version before run.json, or one that never started), so the model"),
         ("run", ["--model", "lenet5"], "model.pt does not fit model lenet5: missing keys conv1.bias"),
         ("garbage", [], "model.pt cannot be read"),
     ],

@@ -4,6 +4,7 @@ Every later step (tables, plots) works from these frames only, so a run that is 
 is caught once, here, and listed as skipped instead of crashing a plot or skewing a mean.
 """
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -171,9 +172,15 @@ def flat_config(config: dict[str, Any]) -> dict[str, str]:
     A key an older run's config lacks (added to the schema since) counts as its default, not as a difference.
     """
     flat = {**flatten(config_tree(RunConfig())), **flatten(config)}
-    return {
-        key: "null" if value is None else str(value) for key, value in experiment_settings(flat, repeats=False).items()
-    }
+    return {key: _text(value) for key, value in experiment_settings(flat, repeats=False).items()}
+
+
+def _text(value: Any) -> str:
+    """A setting as text; a mapping (`pruning.kept`) in sorted key order, so that the order it was written in
+    does not tell two experiments apart."""
+    if value is None:
+        return "null"
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
 
 
 def settings(configs: dict[str, dict[str, str]], groups: dict[str, tuple[Any, ...]]) -> dict[str, str]:

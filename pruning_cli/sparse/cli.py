@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 def model_name_from_run(run_dir: Path) -> str:
     """The run's `model.name` from its record (run.json)."""
     try:
-        name = read_run_record(run_dir)["config"].get("model", {}).get("name")
+        model = read_run_record(run_dir)["config"].get("model")
+        name = model.get("name") if isinstance(model, dict) else None
     except ValueError as problem:
         raise UserError(f"{run_dir}: {problem}, so the model is unknown; pass --model {'|'.join(MODELS)}") from problem
     if not isinstance(name, str):

@@ -33,12 +33,14 @@ class MaskedWeights:
     Masking the weights after `optimizer.step()` makes "exactly zero" hold whatever the optimizer does (momentum,
     weight decay, ...). The gradients are not masked: SGD is elementwise, so what the step does to a pruned
     entry (and its momentum buffer) never reaches a surviving weight, and the mask zeroes it right after. One
-    pass over the weights per step instead of two.
+    pass over the weights per step instead of two. A layer whose mask keeps every weight (all of them, in the dense
+    phase) is left out: multiplying by one would cost a pass and change nothing.
     """
 
     def __init__(self, weights: list[Tensor], masks: list[Tensor]) -> None:
-        self.weights = weights
-        self.masks = [mask.to(weight.dtype) for weight, mask in zip(weights, masks, strict=True)]
+        pruned = [(weight, mask) for weight, mask in zip(weights, masks, strict=True) if not bool(mask.all())]
+        self.weights = [weight for weight, _ in pruned]
+        self.masks = [mask.to(weight.dtype) for weight, mask in pruned]
 
     def mask_weights(self) -> None:
         apply_masks_(self.weights, self.masks)
@@ -145,7 +147,7 @@ class _SgdStep:
         """Train on one batch; return its mean loss (on the device: no host sync)."""
         with self.autocast():
             loss = nn.functional.cross_entropy(self.model(images), labels)
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad()  # set_to_none: backward writes fresh gradients instead of adding to zeros
         loss.backward()
         if self.l1:
             grads = [parameter.grad for parameter in self.parameters]

@@ -23,8 +23,7 @@ from pruning_cli.config import GROUP_SCHEMAS, RunConfig, SensitivityTask
 from pruning_cli.distributed import Shard
 from pruning_cli.errors import UserError
 from pruning_cli.pipeline import run
-from pruning_cli.records import SENSITIVITY
-from pruning_cli.run_state import STATE_FILE
+from pruning_cli.records import SENSITIVITY, STATE_FILE
 from pruning_cli.training.loop import StopRequested
 
 

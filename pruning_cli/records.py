@@ -56,6 +56,11 @@ PHASES = ("train", "prune", "retrain")  # the `phase` of metrics, layers and epo
 
 RUN_RECORD = "run.json"
 RECORD_FORMAT = 1
+# The files of a run directory besides the CSVs (readers find them here, the run writes them there).
+MODEL_FILE = "model.pt"  # the final pruned weights, a plain state_dict
+CHECKPOINTS = Path("checkpoints")
+STATE_FILE = CHECKPOINTS / "last.pt"  # what a resumed run continues from
+DENSE_CHECKPOINT = CHECKPOINTS / "dense.pt"  # the model after phase 1
 
 # Keys that do not change what a run computes (where files live, how it is executed): resume ignores them and
 # the report does not tell runs apart by them.

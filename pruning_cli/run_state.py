@@ -15,10 +15,7 @@ from torch import Tensor, nn
 from pruning_cli.artifacts import save_atomic
 from pruning_cli.errors import UserError
 from pruning_cli.pruning.masks import unmasked_layers
-from pruning_cli.records import TrainedOn, as_records
-
-STATE_FILE = Path("checkpoints") / "last.pt"
-MODEL_FILE = "model.pt"
+from pruning_cli.records import CHECKPOINTS, MODEL_FILE, STATE_FILE, TrainedOn, as_records
 
 
 class RunStore:
@@ -58,7 +55,7 @@ class RunStore:
         if self.writes:
             payload = {"model": model.state_dict(), "masks": dict(masks), "iteration": iteration}
             payload["trained_on"] = as_records(self.trained_on)
-            save_atomic(payload, self.out_dir / "checkpoints" / f"{name}.pt")
+            save_atomic(payload, self.out_dir / CHECKPOINTS / f"{name}.pt")
 
     def save_model(self, model: nn.Module, layer_paths: Mapping[str, str], masks: Mapping[str, Tensor]) -> Path:
         """The final pruned weights as a plain state_dict (zeros in place, the model's own keys), read back from

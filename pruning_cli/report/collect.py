@@ -19,6 +19,7 @@ from pruning_cli.errors import UserError
 from pruning_cli.records import (
     LAYERS,
     METRICS,
+    MODEL_FILE,
     PHASES,
     RUN_RECORD,
     SENSITIVITY,
@@ -255,8 +256,8 @@ def _read_metrics(run_dir: Path, iterations: Any) -> pd.DataFrame:
         problems.append("metrics.csv has only the dense row")
     elif isinstance(iterations, int) and metrics.iteration.iloc[-1] < iterations:
         problems.append(f"metrics.csv stops at iteration {metrics.iteration.iloc[-1]} of {iterations}")
-    if not (run_dir / "model.pt").is_file():
-        problems.append("no model.pt")
+    if not (run_dir / MODEL_FILE).is_file():
+        problems.append(f"no {MODEL_FILE}")
     if problems:
         raise _Unusable("; ".join(problems) + " (unfinished run?)")
     return metrics
@@ -280,7 +281,7 @@ def _read_storage(run_dir: Path, model: str) -> pd.DataFrame:
     """The bytes of the run's model.pt per layer as `prune-export` reports them (dead units removed): dense
     float32, CSR and the paper's compact format, one row per prunable layer, "biases+other" and "total"."""
     try:
-        state = load_model_state(run_dir / "model.pt")
+        state = load_model_state(run_dir / MODEL_FILE)
         _, report = export_state_dict(state, model, remove_dead=True)
     except (UserError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:  # foreign file
         raise _Unusable(f"model.pt cannot be sized ({type(error).__name__})") from error

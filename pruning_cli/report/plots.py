@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from pruning_cli.paper import network_name
+from pruning_cli.records import DENSE_CHECKPOINT, MODEL_FILE
 
 DPI = 110
 MAX_LEGEND = 12  # beyond this many lines a legend hides the plot
@@ -144,8 +145,8 @@ def plot_histogram(runs: pd.DataFrame, model: str, path: Path) -> str | None:
         return NO_MATPLOTLIB
     name, module = layer
     for run in data.itertuples():
-        before = _weights(Path(run.dir) / "checkpoints" / "dense.pt", f"{module}.weight")
-        after = _weights(Path(run.dir) / "model.pt", f"{module}.weight")
+        before = _weights(Path(run.dir) / DENSE_CHECKPOINT, f"{module}.weight")
+        after = _weights(Path(run.dir) / MODEL_FILE, f"{module}.weight")
         if before is not None and after is not None:
             break
     else:

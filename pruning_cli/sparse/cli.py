@@ -11,7 +11,7 @@ from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mism
 from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
-from pruning_cli.records import RUN_RECORD, read_run_record
+from pruning_cli.records import MODEL_FILE, RUN_RECORD, read_run_record
 from pruning_cli.sparse.export import export_state_dict, format_report
 
 PROG = "prune-export"
@@ -50,7 +50,7 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool) -> str:
     """Export RUN_DIR/model.pt to RUN_DIR/model_sparse.pt; return the printed report."""
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a prune-run output directory")
-    model_file = run_dir / "model.pt"
+    model_file = run_dir / MODEL_FILE
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
     name = model_name or model_name_from_run(run_dir)

@@ -76,7 +76,7 @@ class PruningRun:
         shard.reseed(config.seed, 1009 * self.step + self.phase_progress.epochs_done)  # where a resumed run picks up
         positions = spec.output_positions(self.model)
         self.recorder = Recorder(
-            store.out_dir, self.layers, positions, data.test, config.dataset.eval_batch_size, shard.is_main, rows
+            store.out_dir, self.layers, positions, data, config.dataset.eval_batch_size, shard.is_main, rows
         )
 
     def execute(self) -> None:

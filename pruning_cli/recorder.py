@@ -1,7 +1,9 @@
-"""The rows a run logs: after every phase an evaluation on the test split, with parameter and per-layer counts
-(metrics.csv, layers.csv), and after every training epoch its loss and throughput (epochs.csv).
+"""The rows a run logs: after every phase an evaluation on the test split (and on the validation split, when the
+run holds one out), with parameter and per-layer counts (metrics.csv, layers.csv), and after every training epoch
+its loss and throughput (epochs.csv).
 
-The test split is only reported here; nothing the run decides reads it.
+The test split is only reported here; nothing the run decides reads it. The validation columns sit beside the
+test columns so that a decision's data (validation) and its result (test) can be read side by side.
 """
 
 import logging
@@ -13,7 +15,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from pruning_cli.artifacts import CsvLog, DiscardLog
-from pruning_cli.data import TensorSplit
+from pruning_cli.data import ImageData
 from pruning_cli.pruning.masks import count_nonzero
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.step import LayerPruned
@@ -35,12 +37,12 @@ class Recorder:
         out_dir: Path,
         layers: Mapping[str, nn.Module],
         positions: Mapping[str, int],
-        test: TensorSplit,
+        data: ImageData,
         eval_batch_size: int,
         writes: bool = True,
         kept_rows: Mapping[str, int] | None = None,
     ) -> None:
-        self.layers, self.positions, self.test = layers, positions, test  # positions: of each layer's outputs
+        self.layers, self.positions, self.data = layers, positions, data  # positions: of each layer's outputs
         self.eval_batch_size, self.writes = eval_batch_size, writes
 
         def open_log(schema: CsvSchema) -> CsvLog | DiscardLog:
@@ -71,17 +73,21 @@ class Recorder:
         train_loss: float,
         pruned: Mapping[str, LayerPruned] | None = None,
     ) -> None:
-        """Evaluate `model` on the test split and append the rows of the phase `key` (iteration, phase) that
-        began at `started` (time.perf_counter)."""
+        """Evaluate `model` on the test (and validation) split and append the rows of the phase `key` (iteration,
+        phase) that began at `started` (time.perf_counter)."""
         if not self.writes:
             return
         with InputDensity(self.layers) as density:
-            evaluation = evaluate(model, self.test, self.eval_batch_size)
+            evaluation = evaluate(model, self.data.test, self.eval_batch_size)
+        validation = {}
+        if self.data.val is not None:
+            on_val = evaluate(model, self.data.val, self.eval_batch_size)
+            validation = {"val_top1": on_val.top1, "val_loss": on_val.loss}
         parameters = list(model.parameters())
         total, nonzero = sum(parameter.numel() for parameter in parameters), count_nonzero(parameters)
         metrics = {
             **key, "epochs": epochs, "params_total": total, "params_nonzero": nonzero, "compression": total / nonzero,
-            **asdict(evaluation), "train_loss": train_loss, "seconds": time.perf_counter() - started,
+            **asdict(evaluation), **validation, "train_loss": train_loss, "seconds": time.perf_counter() - started,
         }  # fmt: skip
         self.logs[METRICS.file].write([metrics])
         self.logs[LAYERS.file].write(self._layer_rows(key, density.fractions(), pruned or {}))

@@ -35,7 +35,7 @@ class CsvSchema:
 METRICS = CsvSchema(
     "metrics.csv",
     ("iteration", "phase", "epochs", "params_total", "params_nonzero", "compression", "top1", "top5", "loss",
-     "train_loss", "seconds"),
+     "val_top1", "val_loss", "train_loss", "seconds"),
     ("iteration", "phase", "params_total", "params_nonzero", "top1"),
 )  # fmt: skip
 LAYERS = CsvSchema(

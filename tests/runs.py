@@ -4,6 +4,7 @@ subprocess (the few end-to-end tests marked slow)."""
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pandas as pd
 import torch
 
 from pruning_cli.cli import compose_config
-from pruning_cli.data import load_data
+from pruning_cli.data import ImageData, load_data
 from pruning_cli.distributed import SINGLE_PROCESS
 from pruning_cli.pipeline import PruningRun, run, training_data
 from pruning_cli.plan import plan_run
@@ -44,14 +45,19 @@ def without_wall_time(path: Path) -> pd.DataFrame:
     return pd.read_csv(path).drop(columns=["seconds", "images_per_second"], errors="ignore")
 
 
-def pruning_run_in_process(out_dir: Path, *overrides: str, channels_last: bool | None = None) -> PruningRun:
+def pruning_run_in_process(
+    out_dir: Path,
+    *overrides: str,
+    channels_last: bool | None = None,
+    transform_data: Callable[[ImageData], ImageData] = lambda data: data,
+) -> PruningRun:
     """The PruningRun of `prune-run OVERRIDES` on the CPU after all its steps, to look at its model; the memory
-    format is the device policy's unless `channels_last` says otherwise."""
+    format is the device policy's unless `channels_last` says otherwise, and `transform_data` may alter the data."""
     config = compose_config(*overrides)
     plan = plan_run(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # as `run` seeds before it loads the data and builds the model
-    data = load_data(config.dataset, plan.spec.input_shape, config.seed)
+    data = transform_data(load_data(config.dataset, plan.spec.input_shape, config.seed))
     store = RunStore(out_dir, fingerprint(config), training_data(config, data, analysis=False))
     policy = device_policy("cpu", False, SINGLE_PROCESS, "conv" in plan.spec.layer_kinds().values())
     if channels_last is not None:

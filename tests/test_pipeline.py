@@ -1,5 +1,6 @@
 """The three phases in process on generated data: what each CSV, checkpoint and model.pt holds."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -7,6 +8,7 @@ import pytest
 import torch
 from runs import LENET5_PAPER_KEPT, SMOKE, pruning_run_in_process, run_in_process, without_wall_time
 
+from pruning_cli.data import ImageData, TensorSplit
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
 from pruning_cli.records import read_run_record
@@ -22,10 +24,11 @@ def lenet5_run(tmp_path_factory) -> Path:
 
 def test_metrics_csv_has_a_row_per_iteration_and_phase(lenet5_run):
     metrics = pd.read_csv(lenet5_run / "metrics.csv")
-    assert list(metrics.columns[:10]) == [
+    assert list(metrics.columns) == [
         "iteration", "phase", "epochs", "params_total", "params_nonzero", "compression", "top1", "top5", "loss",
-        "train_loss",
+        "val_top1", "val_loss", "train_loss", "seconds",
     ]  # fmt: skip
+    assert metrics.val_top1.isna().all() and metrics.val_loss.isna().all()  # no validation split held out
     assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [
         (0, "train"), (1, "prune"), (1, "retrain"), (2, "prune"), (2, "retrain"),
     ]  # fmt: skip
@@ -184,3 +187,22 @@ def test_channels_last_gives_the_contiguous_numbers_up_to_rounding_and_repeats_e
         pd.testing.assert_frame_equal(
             without_wall_time(tmp_path / "again" / name), without_wall_time(lenet5_run / name)
         )
+
+
+def test_validation_columns_sit_beside_the_test_ones_and_no_decision_reads_the_test_split(tmp_path):
+    """A run whose test labels are scrambled makes exactly the same masks and validation numbers: the test split
+    is only reported."""
+    overrides = [*SMOKE, "dataset.val_split=128", "pruning.iterations=2", "pruning.sensitivity=0.8"]
+    honest = pruning_run_in_process(tmp_path / "honest", *overrides)
+
+    def scramble(data: ImageData) -> ImageData:
+        labels = data.test.labels[torch.randperm(len(data.test), generator=torch.Generator().manual_seed(1))]
+        return replace(data, test=TensorSplit(data.test.images, (labels + 1) % data.num_classes))
+
+    scrambled = pruning_run_in_process(tmp_path / "scrambled", *overrides, transform_data=scramble)
+    assert all(torch.equal(honest.masks[name], scrambled.masks[name]) for name in honest.masks)
+    ours, theirs = pd.read_csv(tmp_path / "honest" / "metrics.csv"), pd.read_csv(tmp_path / "scrambled" / "metrics.csv")
+    assert ours.val_top1.between(0, 1).all() and ours.val_loss.gt(0).all()
+    pd.testing.assert_series_equal(ours.val_top1, theirs.val_top1)
+    pd.testing.assert_series_equal(ours.val_loss, theirs.val_loss)
+    assert (theirs.top1 < ours.top1).all()  # the test columns did see the scrambling

@@ -152,6 +152,22 @@ class PruningConfig:
 
 
 @dataclass
+class AutoPruning(PruningConfig):
+    """pruning=auto: find the compression instead of replaying it. Each iteration chooses every layer's sensitivity
+    on the validation split (the largest of `levels` whose pruning of that layer alone, from its current mask,
+    loses at most `layer_budget` points of the current validation top-1), prunes by the paper's rule, retrains, and
+    goes on while the retrained model stays within `budget` points of the dense model's validation top-1; a model
+    past the budget is rolled back to the last one within it, which becomes model.pt."""
+
+    name: str = "auto"
+    iterations: int = 10  # at most; fewer when no layer can be pruned within the budget or the budget is spent
+    budget: float = 0.3  # points of validation top-1 the final model may lose against the dense model
+    # Points one layer pruned alone, before retraining, may lose; null: the budget shared by the prunable layers.
+    layer_budget: float | None = None
+    levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+
+
+@dataclass
 class TaskConfig:
     """What `prune-run` does with the model: the `task` group's choices each use one of the kinds below."""
 
@@ -205,4 +221,5 @@ class RunConfig:
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"mnist_like": MnistLikeDataset, "synthetic_data": SyntheticDataset, "image_folder": ImageFolderDataset},
     "task": {"prune_task": PruneTask, "sensitivity_task": SensitivityTask},
+    "pruning": {"auto_pruning": AutoPruning},
 }

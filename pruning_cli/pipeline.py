@@ -3,7 +3,7 @@
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -20,9 +20,11 @@ from pruning_cli.models.pretrained import build_model
 from pruning_cli.plan import AnalysisPlan, IterationPlan, RunPlan, plan_run
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
-from pruning_cli.pruning.step import prune_step, surviving_std
+from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
+from pruning_cli.pruning.targets import LayerTarget
 from pruning_cli.recorder import Recorder, weights_of
 from pruning_cli.records import (
+    CHECKPOINTS,
     METRICS,
     SENSITIVITY,
     TrainedOn,
@@ -34,11 +36,21 @@ from pruning_cli.records import (
 )
 from pruning_cli.run_state import RunStore, check_masks, check_restored_masks
 from pruning_cli.runtime import DevicePolicy, device_policy
-from pruning_cli.sensitivity import layer_sensitivity
+from pruning_cli.sensitivity import choose_sensitivities, layer_sensitivity
 from pruning_cli.training.freeze import frozen
-from pruning_cli.training.loop import MaskedWeights, NonFiniteLoss, PhaseProgress, StopRequested, train_phase
+from pruning_cli.training.loop import MaskedWeights, NonFiniteLoss, PhaseProgress, StopRequested, evaluate, train_phase
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class AutoProgress:
+    """Where pruning=auto stands: the last iteration within the budget (0: dense), whether it has stopped, and the
+    dense model's validation top-1 that the budget is counted from."""
+
+    accepted: int = 0
+    stopped: bool = False
+    dense_val_top1: float = float("nan")
 
 
 class PruningRun:
@@ -69,6 +81,7 @@ class PruningRun:
         self.dense_std: dict[str, float] = {}
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step, self.phase_progress, self.current = 0, PhaseProgress(), ("train", 0)
+        self.auto = AutoProgress()
         self.stop_requested: Callable[[], bool] = lambda: False
         rows = self._restore() if config.resume and store.state_path.is_file() else None
         where = torch.tensor([self.step, self.phase_progress.epochs_done])
@@ -99,12 +112,18 @@ class PruningRun:
             epochs, train_loss = self.config.train.epochs, self._train(self.config.train, "dense training")
         if self.config.pruning.std is StdSource.dense:  # the std every pruning step multiplies, fixed from here on
             self.dense_std = {name: surviving_std(weight, self.masks[name]) for name, weight in self.weights.items()}
+        if self.plan.auto is not None:
+            self.auto.dense_val_top1 = self._validation_top1()
         self.store.save_checkpoint("dense", self.model, 0, self.masks)
         self._record(0, "train", epochs, start, train_loss)
 
     def prune(self, iteration: int, plan: IterationPlan) -> None:
         """Phase 2: shrink the mask of each layer this iteration prunes, by the paper's rule (pruning.step)."""
         start = time.perf_counter()
+        if self.plan.auto is not None:
+            plan = self._choose(iteration, plan)
+            if not plan.pruned:
+                return
         dense_std = self.dense_std if self.config.pruning.std is StdSource.dense else None
         self.masks, pruned = prune_step(self.weights, self.masks, plan.pruned, dense_std)
         for name, layer in pruned.items():
@@ -130,11 +149,13 @@ class PruningRun:
             train_loss = self._train(self.config.retrain, f"retraining {iteration}")
         self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
         self.store.save_checkpoint(f"iteration_{iteration}", self.model, iteration, self.masks)
+        if self.plan.auto is not None:
+            self._keep_within_budget(iteration)
 
     def _run_step(self, iteration: int, phase: str, action: Callable[[], None]) -> None:
         """Run one step unless a resumed run has done it already, then checkpoint the state."""
         index = 0 if phase == "train" else 2 * iteration - (phase == "prune")
-        if index < self.step:
+        if index < self.step or self.auto.stopped:
             return
         if self.stop_requested():
             raise StopRequested
@@ -181,6 +202,7 @@ class PruningRun:
             {
                 "step": self.step, "phase": asdict(self.phase_progress), "model": self.model.state_dict(),
                 "masks": self.masks, "dense_std": self.dense_std, "rows": self.recorder.rows(),
+                "auto": asdict(self.auto),
                 "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             }
         )  # fmt: skip
@@ -193,9 +215,44 @@ class PruningRun:
         check_restored_masks(self.weights, self.masks, self.store.state_path)
         self.dense_std, self.step = state["dense_std"], state["step"]
         self.phase_progress = PhaseProgress(**state["phase"])
+        self.auto = AutoProgress(**state["auto"])
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         return state["rows"]
+
+    def _validation_top1(self) -> float:
+        return evaluate(self.model, self.data.val, self.config.dataset.eval_batch_size).top1
+
+    def _choose(self, iteration: int, plan: IterationPlan) -> IterationPlan:
+        """pruning=auto: each layer's sensitivity for this iteration, chosen on the validation split; none left to
+        choose stops the run at the last iteration within the budget."""
+        auto, batch_size = self.plan.auto, self.config.dataset.eval_batch_size
+        chosen = choose_sensitivities(
+            self.model, self.weights, self.masks, self.data.val, auto.levels, auto.layer_budget, batch_size
+        )
+        if not chosen:
+            self.auto.stopped = True
+            log.info(f"iteration {iteration}: no layer can be pruned within the budget; model.pt is iteration "
+                     f"{self.auto.accepted}'s")  # fmt: skip
+        else:
+            log.info(f"iteration {iteration}: sensitivities chosen on the validation split: {chosen}")
+        return IterationPlan({name: LayerStep(LayerTarget(sensitivity=s)) for name, s in chosen.items()}, plan.freeze)
+
+    def _keep_within_budget(self, iteration: int) -> None:
+        """pruning=auto: accept the retrained model, or roll back to the last one within the budget and stop."""
+        top1, limit = self._validation_top1(), self.auto.dense_val_top1 - self.plan.auto.budget
+        if top1 >= limit:
+            self.auto.accepted = iteration
+            return
+        accepted = self.auto.accepted
+        log.warning(f"iteration {iteration}: validation top-1 {top1:.2%} is past the budget ({limit:.2%}); rolled "
+                    f"back to iteration {accepted}, whose model is model.pt")  # fmt: skip
+        name = "dense" if accepted == 0 else f"iteration_{accepted}"
+        state, extras = load_checkpoint(self.store.out_dir / CHECKPOINTS / f"{name}.pt")
+        self.model.load_state_dict(state)
+        self.masks = {layer: mask.to(self.policy.device) for layer, mask in extras["masks"].items()}
+        self.auto.stopped = True
+        self._record(iteration, "rollback", 0, time.perf_counter(), float("nan"))
 
     def _record(self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruned=None) -> None:
         """Check the masks hold, then evaluate and log this phase's rows (rank 0)."""

@@ -7,7 +7,7 @@ and the core receives plain values: which layers each iteration prunes, to what 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pruning_cli.config import Freeze, LevelKind, PhaseConfig, RunConfig, SensitivityTask
+from pruning_cli.config import AutoPruning, Freeze, LevelKind, PhaseConfig, RunConfig, SensitivityTask
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.pruning.schedule import pruning_schedule
@@ -33,10 +33,21 @@ class AnalysisPlan:
 
 
 @dataclass(frozen=True)
+class AutoPlan:
+    """Budgeted pruning: the sensitivities each iteration may choose from, and what it may lose (fractions of
+    validation top-1): in all (`budget`), and by one layer pruned alone before retraining (`layer_budget`)."""
+
+    levels: list[float]
+    budget: float
+    layer_budget: float
+
+
+@dataclass(frozen=True)
 class RunPlan:
     spec: ModelSpec
     iterations: list[IterationPlan]
     analysis: AnalysisPlan | None = None
+    auto: AutoPlan | None = None  # the layers each iteration prunes are then chosen as the run goes
 
 
 def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
@@ -44,6 +55,9 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
     spec = get_model_spec(config.model.name)
     check_phase("train", config.train, processes)
     check_phase("retrain", config.retrain, processes)
+    if isinstance(config.pruning, AutoPruning) and not isinstance(config.task, SensitivityTask):
+        auto = auto_plan(config, len(spec.layers))
+        return RunPlan(spec, [IterationPlan({}, config.retrain.freeze)] * config.pruning.iterations, auto=auto)
     if isinstance(config.task, SensitivityTask):
         if config.dataset.val_split == 0:
             raise UserError("a sensitivity analysis evaluates on held-out training data: set dataset.val_split=N")
@@ -69,6 +83,26 @@ def iteration_plans(config: RunConfig, spec: ModelSpec) -> list[IterationPlan]:
     ]
 
 
+def auto_plan(config: RunConfig, layers: int) -> AutoPlan:
+    """The choices of `pruning=auto`, checked: a validation split to make them on, levels, budgets."""
+    pruning = config.pruning
+    if config.dataset.val_split == 0:
+        raise UserError("pruning=auto chooses on held-out training data: set dataset.val_split=N (e.g. 5000)")
+    if pruning.kept is not None or pruning.layer_sensitivity is not None or pruning.alternate:
+        raise UserError("pruning=auto chooses every layer's sensitivity itself: leave out pruning.kept, "
+                        "pruning.layer_sensitivity and pruning.alternate")  # fmt: skip
+    if pruning.iterations < 1:
+        raise UserError(f"pruning.iterations is {pruning.iterations}; pruning=auto needs at least 1")
+    # By default the layers share the budget: pruned together, their losses add up before retraining recovers them.
+    layer_budget = pruning.budget / layers if pruning.layer_budget is None else pruning.layer_budget
+    if pruning.budget < 0 or layer_budget < 0:
+        raise UserError(
+            f"pruning.budget is {pruning.budget} and pruning.layer_budget {layer_budget}; both must be >= 0 points"
+        )
+    check_levels(list(pruning.levels), LevelKind.sensitivity, "pruning.levels")
+    return AutoPlan(sorted(pruning.levels), pruning.budget / 100, layer_budget / 100)
+
+
 def analysis_plan(task: SensitivityTask, layer_names: list[str]) -> AnalysisPlan:
     """The layers and levels of a sensitivity analysis, checked."""
     if task.layer is not None and task.layer not in layer_names:
@@ -76,14 +110,14 @@ def analysis_plan(task: SensitivityTask, layer_names: list[str]) -> AnalysisPlan
             f"task.layer={task.layer} is not a prunable layer of this model; choose one of {', '.join(layer_names)}"
         )
     levels = list(task.levels) if task.level is None else [task.level]
-    check_levels(levels, task.level_kind)
+    check_levels(levels, task.level_kind, "task.levels")
     return AnalysisPlan(layer_names if task.layer is None else [task.layer], levels, task.level_kind)
 
 
-def check_levels(levels: Sequence[float], kind: LevelKind) -> None:
+def check_levels(levels: Sequence[float], kind: LevelKind, option: str) -> None:
     """Refuse levels no pruning step could use."""
     if not levels:
-        raise UserError("task.levels is empty; give at least one level, e.g. task.levels=[0.5,1.0]")
+        raise UserError(f"{option} is empty; give at least one level, e.g. {option}=[0.5,1.0]")
     for level in levels:
         if kind is LevelKind.sensitivity and level < 0:
             raise UserError(f"sensitivity level {level} is negative; levels must be >= 0 (threshold = level x std)")

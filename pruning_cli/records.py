@@ -52,7 +52,9 @@ EPOCHS = CsvSchema(
 SENSITIVITY = CsvSchema(
     "sensitivity.csv", ("layer", "sensitivity", "threshold", "kept", "top1", "top5", "loss"), ("layer", "top1")
 )
-PHASES = ("train", "prune", "retrain")  # the `phase` of metrics, layers and epochs rows, in the order they run
+# The `phase` of metrics, layers and epochs rows, in the order they run; `rollback` (pruning=auto) is the model a
+# run went back to when an iteration spent its budget: the model.pt of that run.
+PHASES = ("train", "prune", "retrain", "rollback")
 
 RUN_RECORD = "run.json"
 RECORD_FORMAT = 1

@@ -142,8 +142,8 @@ def method_label(config: dict[str, Any], metrics: pd.DataFrame | None = None) ->
         retrain = bool(((metrics.phase == "retrain") & (metrics.epochs.fillna(0) > 0)).any())
     else:
         retrain = True
-    if name == "sensitivity":
-        schedule = "sensitivity"
+    if name in ("sensitivity", "auto"):
+        schedule = name  # auto: iterations chosen on the validation split, within a budget
     elif isinstance(iterations, int):
         schedule = "iterative" if iterations > 1 else "one-shot"
     else:
@@ -391,7 +391,8 @@ def _collect_run(gathered: _Gathered, run_id: str, run_dir: Path) -> None:
 def _collect_pruning(gathered: _Gathered, run_dir: Path, config: dict[str, Any], ids: dict[str, Any]) -> str | None:
     """Read a pruning run's metrics, storage and layers into `gathered`; the reason it is unusable, if it is."""
     try:
-        metrics = _read_metrics(run_dir, _select(config, "pruning.iterations"))
+        auto = _select(config, "pruning.name") == "auto"  # stops when its budget says so, not at an iteration count
+        metrics = _read_metrics(run_dir, None if auto else _select(config, "pruning.iterations"))
     except _Unusable as problem:
         return str(problem)
     label = method_label(config, metrics)

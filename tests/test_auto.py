@@ -1,0 +1,79 @@
+"""pruning=auto: every layer's sensitivity chosen on the validation split, iterations while within the budget."""
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+from runs import SMOKE, pruning_run_in_process
+
+from pruning_cli.cli import compose_config
+from pruning_cli.data import ImageData, TensorSplit
+from pruning_cli.errors import UserError
+from pruning_cli.plan import plan_run
+
+AUTO = [*SMOKE, "pruning=auto", "dataset.val_split=128", "pruning.iterations=3", "pruning.budget=3"]
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("auto")
+    return out_dir, pruning_run_in_process(out_dir, *AUTO)
+
+
+def test_each_iteration_prunes_at_sensitivities_chosen_from_the_levels_and_stays_within_the_budget(auto_run):
+    out_dir, experiment = auto_run
+    metrics = pd.read_csv(out_dir / "metrics.csv")
+    layers = pd.read_csv(out_dir / "layers.csv")
+    chosen = layers[layers.phase == "prune"].dropna(subset=["threshold"])
+    assert not chosen.empty and chosen.sensitivity.round(6).isin([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]).all()
+    final = metrics.iloc[-1]
+    assert final.phase in ("retrain", "rollback") and final.compression > 2
+    assert final.val_top1 >= metrics.val_top1.iloc[0] - 0.03  # the budget: 3 points of validation top-1
+    state = torch.load(out_dir / "model.pt", weights_only=True)
+    nonzero = sum(int(torch.count_nonzero(value)) for value in state.values())
+    assert nonzero == final.params_nonzero  # model.pt is the run's last row
+
+
+def test_an_iteration_past_the_budget_is_rolled_back_to_the_last_model_within_it(tmp_path):
+    greedy = ["pruning.budget=0", "pruning.layer_budget=100", "pruning.levels=[2.0]", "retrain.epochs=0"]
+    experiment = pruning_run_in_process(tmp_path, *AUTO, *greedy)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [
+        (0, "train"), (1, "prune"), (1, "retrain"), (1, "rollback"),
+    ]  # fmt: skip
+    assert metrics.val_top1.iloc[2] < metrics.val_top1.iloc[0]  # pruned at 2 std, not retrained: past a budget of 0
+    assert metrics.params_nonzero.iloc[-1] == metrics.params_total.iloc[-1]  # back to the dense model
+    dense = torch.load(tmp_path / "checkpoints" / "dense.pt", weights_only=True)["model"]
+    final = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(final[key], dense[key]) for key in dense)
+    assert experiment.auto.stopped and experiment.auto.accepted == 0
+
+
+def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
+    out_dir, honest = auto_run
+
+    def scramble(data: ImageData) -> ImageData:
+        labels = data.test.labels[torch.randperm(len(data.test), generator=torch.Generator().manual_seed(1))]
+        return replace(data, test=TensorSplit(data.test.images, (labels + 1) % data.num_classes))
+
+    scrambled = pruning_run_in_process(tmp_path, *AUTO, transform_data=scramble)
+    assert all(torch.equal(honest.masks[name], scrambled.masks[name]) for name in honest.masks)
+    assert (honest.auto.accepted, honest.auto.stopped) == (scrambled.auto.accepted, scrambled.auto.stopped)
+    ours, theirs = pd.read_csv(out_dir / "layers.csv"), pd.read_csv(tmp_path / "layers.csv")
+    pd.testing.assert_series_equal(ours.sensitivity, theirs.sensitivity)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["dataset.val_split=0"], "pruning=auto chooses on held-out training data: set dataset.val_split=N"),
+        (["pruning.kept={fc1:0.1}"], "pruning=auto chooses every layer's sensitivity itself"),
+        (["pruning.budget=-1"], "pruning.budget is -1.0 and pruning.layer_budget"),
+        (["pruning.levels=[]"], "pruning.levels is empty"),
+    ],
+)
+def test_bad_auto_settings_are_one_line(overrides, expected):
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config(*AUTO, *overrides))
+    assert str(refused.value).startswith(expected)

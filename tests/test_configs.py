@@ -8,6 +8,7 @@ from runs import SMOKE
 
 from pruning_cli.cli import compose_config, config_dir, register_configs
 from pruning_cli.config import (
+    AutoPruning,
     ImageFolderDataset,
     MnistLikeDataset,
     PruneTask,
@@ -146,3 +147,11 @@ def test_local_parallel_launcher_composes_with_joblib():
     launcher = compose_launcher("local_parallel").launcher
     assert launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     assert launcher.n_jobs == 2
+
+
+@pytest.mark.parametrize("model", ["lenet300", "lenet5", "alexnet", "vgg16"])
+def test_auto_presets_train_as_the_paper_recipe_and_choose_the_fractions_on_validation(model):
+    auto, paper = compose_config(f"experiment={model}_auto"), compose_config(f"experiment={model}_paper")
+    assert isinstance(auto.pruning, AutoPruning) and auto.pruning.kept is None and auto.dataset.val_split > 0
+    assert (auto.model, auto.train, auto.retrain) == (paper.model, paper.train, paper.retrain)
+    plan_run(auto)  # a valid plan, before any work

@@ -300,7 +300,13 @@ def test_cli_writes_tables_plots_and_summary(runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     for name in ("runs.csv", "table1.csv", "table1.md", "layers_lenet300.csv", "layers_lenet300.md"):
         assert (out / name).is_file(), name
-    for name in ("tradeoff_lenet300", "histogram_lenet300", "iterations_lenet300", "tradeoff_alexnet"):
+    for name in (
+        "tradeoff_lenet300",
+        "frontier_lenet300",
+        "histogram_lenet300",
+        "iterations_lenet300",
+        "frontier_alexnet",
+    ):
         assert is_png(out / f"{name}.png"), name
     assert not (out / "histogram_alexnet.png").exists()
     assert "not drawn: histogram_alexnet.png: " in printed

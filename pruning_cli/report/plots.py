@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from pruning_cli.paper import network_name
+from pruning_cli.paper import LATER_WORK, PAPER_TABLE1, network_name
 from pruning_cli.records import DENSE_CHECKPOINT, MODEL_FILE
 
 DPI = 110
@@ -101,6 +101,38 @@ def plot_tradeoff(runs: pd.DataFrame, model: str, path: Path) -> str | None:
     axes.set_ylabel("accuracy loss (top-1, points)")
     axes.set_title(f"Accuracy vs pruning: {_title(model, data.dataset)}")
     axes.grid(alpha=0.3)
+    _legend(axes)
+    _save(figure, path)
+    return None
+
+
+def plot_frontier(runs: pd.DataFrame, model: str, path: Path) -> str | None:
+    """Compression (log scale) against the change in test top-1 of every run, one colour per method, with the
+    paper's point and later work's published compression marked as references (measured on MNIST / ImageNet)."""
+    data = runs[runs.model == model]
+    if data.empty:
+        return "no finished pruning run"
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for method, part in data.groupby("method", sort=False):
+        axes.scatter(part.compression, part.error_change_top1, label=str(method), s=24)
+    paper = PAPER_TABLE1.get(model)
+    if paper is not None:
+        change = paper.pruned_top1 - paper.dense_top1  # pruned error - dense error: the accuracy lost
+        axes.scatter([paper.compression], [change], marker="*", s=160, color="black", label=f"paper ({paper.dataset})")
+    for work, compressions in LATER_WORK.items():
+        if model in compressions:
+            axes.scatter([compressions[model]], [0.0], marker="D", s=60, color="grey", label=f"{work} (no loss)")
+    axes.set_xscale("log")
+    for ticks in (axes.xaxis.set_major_formatter, axes.xaxis.set_minor_formatter):
+        ticks(plt.FuncFormatter(lambda value, _position: f"{value:g}x"))
+    axes.axhline(0, color="grey", linewidth=1)
+    axes.set_xlabel("compression (parameters before / after, log scale)")
+    axes.set_ylabel("accuracy loss (top-1, points)")
+    axes.set_title(f"Compression frontier: {_title(model, data.dataset)}")
+    axes.grid(alpha=0.3, which="both")
     _legend(axes)
     _save(figure, path)
     return None
@@ -208,7 +240,8 @@ def draw_all(
     for model in pd.unique(pd.concat([runs.model, sensitivity.model], ignore_index=True)):
         plots = [("sensitivity", plot_sensitivity, sensitivity)] if model in set(sensitivity.model) else []
         if model in set(runs.model):
-            plots += [("tradeoff", plot_tradeoff, runs), ("histogram", plot_histogram, runs)]
+            plots += [("tradeoff", plot_tradeoff, runs), ("frontier", plot_frontier, runs)]
+            plots += [("histogram", plot_histogram, runs)]
             plots += [("iterations", plot_iterations, metrics)]
         for kind, plot, frame in plots:
             target = out_dir / f"{kind}_{model}.png"

@@ -43,19 +43,29 @@ def _title(model: str, datasets: pd.Series) -> str:
     return f"{network_name(model)} ({', '.join(sorted({str(d) for d in datasets}))})"
 
 
+def _begin(frame: pd.DataFrame, model: str, missing: str) -> tuple[pd.DataFrame, Any, Any, Any] | str:
+    """The model's rows and a new figure (pyplot, figure, axes), or why there is no figure: `missing` when the model
+    has no rows, or matplotlib is not installed."""
+    data = frame[frame.model == model]
+    if data.empty:
+        return missing
+    plt = _pyplot()
+    if plt is None:
+        return NO_MATPLOTLIB
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    return data, plt, figure, axes
+
+
 def plot_sensitivity(sensitivity: pd.DataFrame, model: str, path: Path) -> str | None:
     """Fig. 6: top-1 accuracy vs fraction of a layer's weights pruned, one line per layer, no retraining.
 
     Rows of all the model's analysis runs are pooled per layer and level (a sweep may run one point per job;
     seeds at one level are averaged), so a line is whole whichever way the analysis was split up.
     """
-    data = sensitivity[sensitivity.model == model]
-    if data.empty:
-        return "no sensitivity.csv"
-    plt = _pyplot()
-    if plt is None:
-        return NO_MATPLOTLIB
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    started = _begin(sensitivity, model, "no sensitivity.csv")
+    if isinstance(started, str):
+        return started
+    data, plt, figure, axes = started
     several = data.dataset.nunique() > 1
     data = data.assign(level=data.sensitivity.round(3).fillna(data.kept.round(3)))
     for dataset, part in data.groupby("dataset", sort=False):
@@ -79,15 +89,12 @@ def plot_sensitivity(sensitivity: pd.DataFrame, model: str, path: Path) -> str |
 
 def plot_tradeoff(runs: pd.DataFrame, model: str, path: Path) -> str | None:
     """Fig. 5: accuracy lost (points) vs fraction of parameters pruned, one line per method, a point per run."""
-    data = runs[runs.model == model]
-    if data.empty:
-        return "no finished pruning run"
-    plt = _pyplot()
-    if plt is None:
-        return NO_MATPLOTLIB
+    started = _begin(runs, model, "no finished pruning run")
+    if isinstance(started, str):
+        return started
+    data, plt, figure, axes = started
     data = data.assign(pruned=(100 * (1 - data.params_nonzero / data.params_total)).round(2))
     several_datasets = data.dataset.nunique() > 1
-    figure, axes = plt.subplots(figsize=(7, 4.5))
     # One line per method across everything else a sweep varies (the pruning level is the x axis); seeds at the
     # same level are averaged on the line and shown as faint points.
     for (dataset, method), part in data.groupby(["dataset", "method"], sort=False):
@@ -109,13 +116,10 @@ def plot_tradeoff(runs: pd.DataFrame, model: str, path: Path) -> str | None:
 def plot_frontier(runs: pd.DataFrame, model: str, path: Path) -> str | None:
     """Compression (log scale) against the change in test top-1 of every run, one colour per method, with the
     paper's point and later work's published compression marked as references (measured on MNIST / ImageNet)."""
-    data = runs[runs.model == model]
-    if data.empty:
-        return "no finished pruning run"
-    plt = _pyplot()
-    if plt is None:
-        return NO_MATPLOTLIB
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    started = _begin(runs, model, "no finished pruning run")
+    if isinstance(started, str):
+        return started
+    data, plt, figure, axes = started
     for method, part in data.groupby("method", sort=False):
         axes.scatter(part.compression, part.error_change_top1, label=str(method), s=24)
     paper = PAPER_TABLE1.get(model)

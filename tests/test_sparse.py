@@ -15,6 +15,7 @@ from pruning_cli.pruning.masks import top_fraction_mask
 from pruning_cli.pruning.stats import dead_units
 from pruning_cli.records import RUN_RECORD
 from pruning_cli.sparse.cli import run
+from pruning_cli.sparse.compact_file import read_compact, write_compact
 from pruning_cli.sparse.export import (
     Link,
     build_dense_model,
@@ -22,6 +23,7 @@ from pruning_cli.sparse.export import (
     exported_state_dict,
     links,
     load_export,
+    model_from_state,
     remove_dead_hidden_units,
 )
 from pruning_cli.sparse.formats import (
@@ -342,3 +344,63 @@ def test_cli_removes_dead_units_unless_told_to_keep_them(tmp_path, capsys):
     assert run([str(tmp_path / "run"), "--keep-dead"]) == 0
     exported = load_export(tmp_path / "run" / "model_sparse.pt")
     assert exported["layers"]["fc1"]["shape"] == (500, 800) and exported["removed_units"] == {}
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5"])
+@pytest.mark.parametrize("remove_dead", [False, True])
+def test_the_compact_file_reads_back_exactly(name, remove_dead, tmp_path):
+    state = pruned_model(name).state_dict()
+    exported, report = export_state_dict(state, name, remove_dead=remove_dead)
+    expected = exported_state_dict(exported)
+    layer_keys = {f"{layer['module']}.weight" for layer in exported["layers"].values()}
+    size = write_compact(tmp_path / "model.bin", name, expected, layer_keys)
+    model, restored = read_compact(tmp_path / "model.bin")
+    assert model == name and list(restored) == list(expected)
+    assert all(torch.equal(restored[key], expected[key]) for key in expected)
+    if not remove_dead:
+        assert all(torch.equal(restored[key], state[key]) for key in state)  # model.pt's weights, exactly
+    compact = int(report.set_index("layer").compact_bytes["total"])
+    # the paper's bytes (pointers at the smallest unsigned width, a little below the estimate) plus names and shapes
+    assert 0.99 * compact <= size <= compact + 400
+    with torch.inference_mode():
+        logits = model_from_state(name, restored)(images())
+        torch.testing.assert_close(logits, build_dense_model(exported)(images()), rtol=0, atol=0)
+
+
+def test_the_compact_file_keeps_gaps_longer_than_its_index_width(tmp_path):
+    fc = torch.zeros(3, 200)
+    fc[0, [0, 40, 199]] = torch.tensor([1.0, -2.0, 3.0])  # gaps of 39 and 158 zeros: fillers at 5 bits
+    fc[2, 150] = 0.5
+    conv = torch.zeros(2, 3, 10, 10)
+    conv[1, 2, 9, 9], conv[0, 0, 0, 1] = 4.0, -1.0  # 298 zeros before the last: fillers at 8 bits
+    state = {"fc.weight": fc, "fc.bias": torch.tensor([0.1, 0.2, 0.3]), "conv.weight": conv}
+    write_compact(tmp_path / "m.bin", "handmade", state, {"fc.weight", "conv.weight"})
+    _, restored = read_compact(tmp_path / "m.bin")
+    assert all(torch.equal(restored[key], state[key]) for key in state)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[:-100], "damaged or truncated"),
+        (lambda data: data[:40] + bytes([data[40] ^ 1]) + data[41:], "damaged or truncated"),
+        (lambda data: b"XXXX" + data[4:], "not a compact model file"),
+    ],
+)
+def test_a_damaged_or_truncated_compact_file_is_refused_in_one_line(tmp_path, damage, message):
+    state = pruned_model("lenet300").state_dict()
+    write_compact(tmp_path / "m.bin", "lenet300", state, {"fc1.weight", "fc2.weight", "fc3.weight"})
+    (tmp_path / "m.bin").write_bytes(damage((tmp_path / "m.bin").read_bytes()))
+    with pytest.raises(ValueError, match=message) as refused:
+        read_compact(tmp_path / "m.bin")
+    assert "\n" not in str(refused.value)
+
+
+def test_cli_writes_the_compact_file_and_its_true_size(tmp_path, capsys):
+    state = write_run(tmp_path / "run", "lenet300")
+    assert run([str(tmp_path / "run"), "--format", "compact", "--keep-dead"]) == 0
+    path = tmp_path / "run" / "model_compact.bin"
+    printed = capsys.readouterr().out
+    assert f"wrote {path}: {path.stat().st_size:,} bytes" in printed
+    _, restored = read_compact(path)
+    assert all(torch.equal(restored[key], state[key]) for key in state)

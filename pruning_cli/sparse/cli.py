@@ -1,4 +1,4 @@
-"""`prune-export RUN_DIR`: write a run's pruned model.pt as sparse CSR layers (model_sparse.pt) and print its sizes.
+"""`prune-export RUN_DIR`: write a run's model.pt as sparse layers (CSR, or the paper's compact file); print sizes.
 
 Bad input gets one line `prune-export: error: ...` on stderr and exit code 2, never a traceback.
 """
@@ -12,10 +12,11 @@ from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
 from pruning_cli.records import MODEL_FILE, RUN_RECORD, read_run_record
-from pruning_cli.sparse.export import export_state_dict, format_report
+from pruning_cli.sparse.compact_file import write_compact
+from pruning_cli.sparse.export import export_state_dict, exported_state_dict, format_report
 
 PROG = "prune-export"
-OUTPUT_NAME = "model_sparse.pt"
+OUTPUTS = {"csr": "model_sparse.pt", "compact": "model_compact.bin"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the layers' shapes; by default hidden units (fc units, conv channels) with no input or no "
         "output connection left are physically removed (paper sec. 3.5)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=list(OUTPUTS),
+        default="csr",
+        help="csr: model_sparse.pt, a torch file of CSR layers; compact: model_compact.bin, the paper's relative "
+        "indices bit-packed (5 bits fc, 8 bits conv; layout in README.md), read back by "
+        "pruning_cli.sparse.compact_file.read_compact",
     )
     return parser
 
@@ -46,8 +55,8 @@ def model_name_from_run(run_dir: Path) -> str:
     return name
 
 
-def export_run(run_dir: Path, model_name: str | None, remove_dead: bool) -> str:
-    """Export RUN_DIR/model.pt to RUN_DIR/model_sparse.pt; return the printed report."""
+def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_format: str = "csr") -> str:
+    """Export RUN_DIR/model.pt into RUN_DIR (`OUTPUTS[file_format]`); return the printed report."""
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; give a prune-run output directory")
     model_file = run_dir / MODEL_FILE
@@ -66,12 +75,18 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool) -> str:
     if mismatch:
         raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
     exported, report = export_state_dict(state, name, remove_dead=remove_dead)
-    output = run_dir / OUTPUT_NAME
+    output = run_dir / OUTPUTS[file_format]
     try:
-        save_atomic(exported, output)
+        if file_format == "compact":
+            compact_keys = {f"{layer['module']}.weight" for layer in exported["layers"].values()}
+            size = write_compact(output, name, exported_state_dict(exported), compact_keys)
+        else:
+            save_atomic(exported, output)
+            size = output.stat().st_size
     except OSError as error:
         raise UserError(f"cannot write {output}: {error.strerror or error}") from error
-    return f"{format_report(report)}\nwrote {output}"
+    dense = int(report.set_index("layer").dense_bytes["total"])
+    return f"{format_report(report)}\nwrote {output}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32"
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -79,7 +94,7 @@ def run(argv: list[str] | None = None) -> int:
 
     def command() -> str:
         args = build_parser().parse_args(argv)
-        return export_run(args.run_dir, args.model, remove_dead=not args.keep_dead)
+        return export_run(args.run_dir, args.model, remove_dead=not args.keep_dead, file_format=args.format)
 
     return run_command(PROG, command)
 

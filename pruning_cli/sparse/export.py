@@ -238,15 +238,20 @@ def exported_state_dict(exported: dict) -> dict[str, Tensor]:
 
 def build_dense_model(exported: dict) -> nn.Module:
     """The model with the exported weights, in eval mode; layers shrunk to their exported shapes if needed."""
-    spec = get_model_spec(exported["model"])
-    layers: dict[str, dict] = exported["layers"]
-    num_classes = list(layers.values())[-1]["shape"][0]
-    model = spec.build(num_classes)
-    for layer in layers.values():
-        module = model.get_submodule(layer["module"])
-        if tuple(module.weight.shape) != tuple(layer["shape"]):
-            model.set_submodule(layer["module"], _resized(module, layer["shape"]))
-    model.load_state_dict(exported_state_dict(exported))
+    return model_from_state(exported["model"], exported_state_dict(exported))
+
+
+def model_from_state(model_name: str, state: Mapping[str, Tensor]) -> nn.Module:
+    """The registered model with `state` loaded, in eval mode; prunable layers resized to the state's shapes (an
+    export with dead units removed)."""
+    spec = get_model_spec(model_name)
+    paths = list(spec.layers.values())
+    model = spec.build(state[f"{paths[-1]}.weight"].shape[0])
+    for path in paths:
+        module, shape = model.get_submodule(path), tuple(state[f"{path}.weight"].shape)
+        if tuple(module.weight.shape) != shape:
+            model.set_submodule(path, _resized(module, shape))
+    model.load_state_dict(state)
     return model.eval()
 
 

@@ -414,3 +414,19 @@ def test_a_sensitivity_sweep_with_one_point_per_job_makes_whole_lines(tmp_path):
     assert found.sensitivity.setting.tolist() == ["task.level=0.5"] * 2 + ["task.level=1.0"] * 2
     assert plot_sensitivity(found.sensitivity, "lenet300", tmp_path / "s.png") is None
     assert is_png(tmp_path / "s.png")
+
+
+def test_runs_with_a_validation_split_carry_its_top1_for_choices_between_them(tmp_path):
+    header = METRICS_HEADER.replace("loss,train_loss", "loss,val_top1,val_loss,train_loss")
+    rows = (
+        "0,train,2,266610,266610,1,0.98,0.999,0.1,0.975,0.12,0.05,10\n"
+        "1,prune,0,266610,22186,12.01704,0.96,0.997,0.3,0.955,0.31,,0.5\n"
+        "1,retrain,1,266610,22186,12.01704,0.979,0.999,0.11,0.972,0.13,0.05,5\n"
+    )
+    held_out = {**config(iterations=1), "dataset": {"name": "fashion_mnist", "val_split": 5000}}
+    write_run(tmp_path / "held_out", held_out)
+    (tmp_path / "held_out" / "metrics.csv").write_text(header + rows)
+    write_run(tmp_path / "without", config(), sweep_metrics((0.98, 0.999), (0.981, 0.9995)))
+    found = collect([tmp_path / "held_out", tmp_path / "without"]).runs.set_index("run")
+    assert found.loc["held_out", ["dense_val_top1", "final_val_top1"]].tolist() == [0.975, 0.972]
+    assert found.loc["without", ["dense_val_top1", "final_val_top1"]].isna().all()

@@ -37,6 +37,7 @@ RUN_COLUMNS = (
     "run", "dir", "model", "dataset", "seed", "method", "setting", "regularization", "schedule", "retrain",
     "iterations",
     "dense_top1", "dense_top5", "final_top1", "final_top5", "error_change_top1", "error_change_top5",
+    "dense_val_top1", "final_val_top1",
     "params_total", "params_nonzero", "compression", "dense_bytes", "csr_bytes", "compact_bytes", "seconds",
 )  # fmt: skip
 STORAGE_COLUMNS = ("layer", "dense_bytes", "csr_bytes", "compact_bytes")
@@ -304,6 +305,9 @@ def _run_row(
         # pruned error - dense error, in percentage points (= accuracy lost): the paper's Table 1 comparison
         "error_change_top1": round(100 * (dense.top1 - final.top1), 9),  # 9 decimals: no float noise
         "error_change_top5": round(100 * (dense.top5 - final.top5), 9),
+        # on the held-out validation split (runs with dataset.val_split): what a choice between runs may read
+        "dense_val_top1": dense.val_top1,
+        "final_val_top1": final.val_top1,
         "params_total": int(final.params_total),
         "params_nonzero": int(final.params_nonzero),
         "compression": final.params_total / final.params_nonzero,

@@ -93,7 +93,7 @@ def auto_plan(config: RunConfig, layers: int) -> AutoPlan:
                         "pruning.layer_sensitivity and pruning.alternate")  # fmt: skip
     if pruning.iterations < 1:
         raise UserError(f"pruning.iterations is {pruning.iterations}; pruning=auto needs at least 1")
-    # By default the layers share the budget: pruned together, their losses add up before retraining recovers them.
+    # null: the layers share the budget (pruned together, their losses add up before retraining recovers them).
     layer_budget = pruning.budget / layers if pruning.layer_budget is None else pruning.layer_budget
     if pruning.budget < 0 or layer_budget < 0:
         raise UserError(

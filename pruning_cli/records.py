@@ -92,6 +92,9 @@ class TrainingData:
         return held_out_here < other.val_split
 
 
+TrainedOn = list[TrainingData] | None  # every data set a model's weights were trained on; None: not known
+
+
 def config_tree(config: RunConfig) -> dict[str, Any]:
     """The config as plain JSON values (enums as their names), nested like the YAML."""
     return json.loads(
@@ -113,12 +116,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def experiment_settings(flat: Mapping[str, Any], repeats: bool = True) -> dict[str, Any]:
     """The settings that determine a run's numbers (without the repeat keys when `repeats` is false)."""
     dropped = NOT_EXPERIMENT_KEYS if repeats else NOT_EXPERIMENT_KEYS + REPEAT_KEYS
-    return {key: value for key, value in flat.items() if not key.startswith(dropped) or _kept_key(key, dropped)}
-
-
-def _kept_key(key: str, dropped: tuple[str, ...]) -> bool:
-    """`key` only shares a prefix with a dropped key (`seeds` vs `seed`), it is not that key or below it."""
-    return not any(key == prefix or key.startswith(prefix + ".") for prefix in dropped)
+    return {
+        key: value
+        for key, value in flat.items()
+        if not any(key == prefix or key.startswith(f"{prefix}.") for prefix in dropped)  # `device` drops `device.name`
+    }
 
 
 def fingerprint(config: RunConfig) -> str:
@@ -126,7 +128,7 @@ def fingerprint(config: RunConfig) -> str:
     return json.dumps(experiment_settings(flatten(config_tree(config))), sort_keys=True)
 
 
-def write_run_record(out_dir: Path, config: RunConfig, trained_on: "TrainedOn") -> None:
+def write_run_record(out_dir: Path, config: RunConfig, trained_on: TrainedOn) -> None:
     """`run.json`: the format, the whole config, and every data set the run's weights are trained on."""
     record = {"format": RECORD_FORMAT, "config": config_tree(config), "trained_on": as_records(trained_on)}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,9 +147,6 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise ValueError(f"{RUN_RECORD} has no config")
     return record
-
-
-TrainedOn = list[TrainingData] | None  # every data set a model's weights were trained on; None: not known
 
 
 def recorded_training_data(record: Mapping[str, Any]) -> TrainedOn:

@@ -51,9 +51,9 @@ def device_policy(name: str, deterministic: bool, shard: Shard, convolutional: b
     """The policy for `device=name` (auto, cpu, cuda) in this process (its own GPU under torchrun), for a model
     with convolutions or without.
 
-    Memory format, as measured by `scripts/bench_training.py`: convolutions run faster in channels_last (NHWC) on
-    both devices (CPU, 2 cores: LeNet-5 1.6x, AlexNet 1.05x; CUDA: cuDNN's tensor-core path); a model without
-    convolutions has nothing to gain. bf16 autocast exists on CUDA only (the CPU trains in fp32).
+    Memory format: convolutions run faster in channels_last (NHWC) on both devices (CPU, 2 cores: LeNet-5 1.5x in
+    `scripts/bench_training.py`; CUDA: cuDNN's tensor-core path); a model without convolutions has nothing to gain.
+    bf16 autocast exists on CUDA only (the CPU trains in fp32).
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -36,8 +36,11 @@ class Freeze(Enum):
 
 
 class Precision(Enum):
-    """Arithmetic of the training forward/backward: fp32, or bf16 autocast (CUDA only; weights stay fp32)."""
+    """Arithmetic of the training forward/backward (weights, optimizer and evaluation stay fp32): `auto` lets the
+    device policy choose (bf16 where it measured faster), `fp32` and `bf16` force one (bf16 autocast needs CUDA or
+    a CPU with AMX; elsewhere it trains in fp32)."""
 
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
@@ -108,8 +111,8 @@ class PhaseConfig:
     cosine: bool = True
     # At most this many batches per epoch (null: the whole training split), for smoke runs at ImageNet scale.
     max_batches: int | None = None
-    # bf16 autocast for the forward and backward passes on CUDA (the CPU always trains in fp32).
-    precision: Precision = Precision.fp32
+    # Arithmetic of the forward and backward passes; auto: bf16 autocast where runtime.py measured it faster.
+    precision: Precision = Precision.auto
 
 
 @dataclass
@@ -129,6 +132,24 @@ class RetrainConfig(PhaseConfig):
     lr: float = 0.005
     # Layers that get no update while retraining (not in the optimizer, so no weight decay either).
     freeze: Freeze = Freeze.none
+
+
+@dataclass
+class QuantizeConfig(PhaseConfig):
+    """Phase 4 (Deep Compression's trained quantization), after the last retraining: each prunable layer's surviving
+    weights share 2^bits - 1 values (k-means, linear initialisation; index 0 stays the zero of filler entries), then
+    the shared values are fine-tuned, each by the summed gradient of its weights, with the masks fixed."""
+
+    enabled: bool = False  # quantize=kmeans turns it on
+    conv_bits: int = 8  # Deep Compression: 8 bits (255 shared values) for conv layers
+    fc_bits: int = 5  # and 5 bits (31 shared values) for fc layers
+    kmeans_iterations: int = 30
+    epochs: int = 2
+    # A shared value's gradient sums those of all its weights (hundreds to thousands of them in a LeNet fc layer),
+    # so its step is that many weights' steps: the learning rate is correspondingly small. Chosen on the validation
+    # split (README, "Trained quantization").
+    lr: float = 1e-4
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -208,6 +229,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     seed: int = 0
     # Continue the run found in the output directory (checkpoints/last.pt) instead of starting it over.

@@ -22,6 +22,8 @@ from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
 from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
 from pruning_cli.pruning.targets import LayerTarget
+from pruning_cli.quantize.kmeans import Codebook, quantize_layer
+from pruning_cli.quantize.shared import SharedGradients
 from pruning_cli.recorder import Recorder, weights_of
 from pruning_cli.records import (
     CHECKPOINTS,
@@ -82,6 +84,7 @@ class PruningRun:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step, self.phase_progress, self.current = 0, PhaseProgress(), ("train", 0)
         self.auto = AutoProgress()
+        self.codebooks: dict[str, Codebook] = {}  # trained quantization: each layer's clusters (phase 4)
         self.stop_requested: Callable[[], bool] = lambda: False
         rows = self._restore() if config.resume and store.state_path.is_file() else None
         where = torch.tensor([self.step, self.phase_progress.epochs_done])
@@ -93,11 +96,14 @@ class PruningRun:
         )
 
     def execute(self) -> None:
-        """Phase 1, then phases 2 and 3 once per iteration; the steps a resumed run has done are skipped."""
+        """Phase 1, then phases 2 and 3 once per iteration, then trained quantization if asked for; the steps a
+        resumed run has done are skipped."""
         self._run_step(0, "train", self.train_dense)
         for iteration, plan in enumerate(self.plan.iterations, start=1):
-            self._run_step(iteration, "prune", partial(self.prune, iteration, plan))
-            self._run_step(iteration, "retrain", partial(self.retrain, iteration, plan))
+            self._run_step(2 * iteration - 1, "prune", partial(self.prune, iteration, plan))
+            self._run_step(2 * iteration, "retrain", partial(self.retrain, iteration, plan))
+        if self.plan.quantize_bits is not None:
+            self._run_step(2 * len(self.plan.iterations) + 1, "quantize", self.quantize)
         if self.stop_requested():  # also makes every process wait here for rank 0's last evaluation
             raise StopRequested
         self.shard.check_identical(list(self.model.parameters()), "final weights")
@@ -152,17 +158,38 @@ class PruningRun:
         if self.plan.auto is not None:
             self._keep_within_budget(iteration)
 
-    def _run_step(self, iteration: int, phase: str, action: Callable[[], None]) -> None:
-        """Run one step unless a resumed run has done it already, then checkpoint the state."""
-        index = 0 if phase == "train" else 2 * iteration - (phase == "prune")
-        if index < self.step or self.auto.stopped:
+    def quantize(self) -> None:
+        """Phase 4 (Deep Compression): each layer's survivors share 2^bits - 1 values (k-means), then the shared
+        values are fine-tuned with the masks fixed. A resumed run has its clusters from its state."""
+        start, settings, iteration = time.perf_counter(), self.config.quantize, self.current[1]
+        if not self.codebooks:
+            for name, bits in self.plan.quantize_bits.items():
+                codebook = quantize_layer(self.weights[name], self.masks[name], bits, settings.kmeans_iterations)
+                self.codebooks[name] = codebook
+                with torch.no_grad():
+                    self.weights[name].copy_(codebook.weight())
+        with SharedGradients(self.weights, self.codebooks):
+            train_loss = self._train(settings, "quantized fine-tuning") if settings.epochs else float("nan")
+        self._record(iteration, "quantize", settings.epochs, start, train_loss, bits=self.plan.quantize_bits)
+        self.store.save_checkpoint("quantized", self.model, iteration, self.masks)
+
+    def _run_step(self, index: int, phase: str, action: Callable[[], None]) -> None:
+        """Run step `index` (0: dense training, then prune and retrain per iteration, then quantization) unless a
+        resumed run has done it already, then checkpoint the state. A stopped pruning=auto run prunes no more."""
+        if index < self.step or (self.auto.stopped and phase in ("prune", "retrain")):
             return
         if self.stop_requested():
             raise StopRequested
-        self.current = (phase, iteration)
+        self.current = (phase, self._iteration_of(index, phase))
         action()
         self.step, self.phase_progress = index + 1, PhaseProgress()
         self._save_state()
+
+    def _iteration_of(self, index: int, phase: str) -> int:
+        """The iteration a step's rows carry: its own, and for quantization that of the model it quantizes."""
+        if phase != "quantize":
+            return (index + 1) // 2
+        return self.auto.accepted if self.plan.auto is not None else len(self.plan.iterations)
 
     def _masked(self) -> MaskedWeights:
         return MaskedWeights(list(self.weights.values()), [self.masks[name] for name in self.weights])
@@ -202,7 +229,10 @@ class PruningRun:
             {
                 "step": self.step, "phase": asdict(self.phase_progress), "model": self.model.state_dict(),
                 "masks": self.masks, "dense_std": self.dense_std, "rows": self.recorder.rows(),
-                "auto": asdict(self.auto),
+                "auto": asdict(self.auto), "codebooks": {
+                    name: {"centroids": book.centroids, "assignments": book.assignments.to(torch.uint8)}
+                    for name, book in self.codebooks.items()
+                },
                 "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             }
         )  # fmt: skip
@@ -216,6 +246,10 @@ class PruningRun:
         self.dense_std, self.step = state["dense_std"], state["step"]
         self.phase_progress = PhaseProgress(**state["phase"])
         self.auto = AutoProgress(**state["auto"])
+        self.codebooks = {
+            name: Codebook(book["centroids"].to(self.policy.device), book["assignments"].to(self.policy.device).long())
+            for name, book in state.get("codebooks", {}).items()
+        }  # fmt: skip
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         return state["rows"]
@@ -254,11 +288,13 @@ class PruningRun:
         self.auto.stopped = True
         self._record(iteration, "rollback", 0, time.perf_counter(), float("nan"))
 
-    def _record(self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruned=None) -> None:
+    def _record(
+        self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruned=None, bits=None
+    ) -> None:
         """Check the masks hold, then evaluate and log this phase's rows (rank 0)."""
         check_masks(self.weights, self.masks, "the model")
         key = {"iteration": iteration, "phase": phase}
-        self.recorder.phase(self.model, key, epochs, start, train_loss, pruned)
+        self.recorder.phase(self.model, key, epochs, start, train_loss, pruned, bits)
 
 
 def check_no_validation_leak(path: Path, trained_on: TrainedOn, validating: TrainingData) -> None:

@@ -7,12 +7,21 @@ and the core receives plain values: which layers each iteration prunes, to what 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pruning_cli.config import AutoPruning, Freeze, LevelKind, PhaseConfig, RunConfig, SensitivityTask
+from pruning_cli.config import (
+    AutoPruning,
+    Freeze,
+    LevelKind,
+    PhaseConfig,
+    QuantizeConfig,
+    RunConfig,
+    SensitivityTask,
+)
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.pruning.schedule import pruning_schedule
 from pruning_cli.pruning.step import LayerStep
 from pruning_cli.pruning.targets import resolve_targets
+from pruning_cli.quantize.kmeans import shared_values
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class RunPlan:
     iterations: list[IterationPlan]
     analysis: AnalysisPlan | None = None
     auto: AutoPlan | None = None  # the layers each iteration prunes are then chosen as the run goes
+    quantize_bits: dict[str, int] | None = None  # trained quantization after the last retraining: {layer: bits}
 
 
 def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
@@ -55,17 +65,38 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
     spec = get_model_spec(config.model.name)
     check_phase("train", config.train, processes)
     check_phase("retrain", config.retrain, processes)
-    if isinstance(config.pruning, AutoPruning) and not isinstance(config.task, SensitivityTask):
-        auto = auto_plan(config, len(spec.layers))
-        return RunPlan(spec, [IterationPlan({}, config.retrain.freeze)] * config.pruning.iterations, auto=auto)
     if isinstance(config.task, SensitivityTask):
         if config.dataset.val_split == 0:
             raise UserError("a sensitivity analysis evaluates on held-out training data: set dataset.val_split=N")
+        if config.quantize.enabled:
+            raise UserError("task=sensitivity prunes without training afterwards, so it has nothing to quantize: "
+                            "leave out quantize=kmeans")  # fmt: skip
         return RunPlan(spec, [], analysis_plan(config.task, list(spec.layers)))
+    bits = quantize_plan(config.quantize, spec, processes)
+    if isinstance(config.pruning, AutoPruning):
+        auto = auto_plan(config, len(spec.layers))
+        iterations = [IterationPlan({}, config.retrain.freeze)] * config.pruning.iterations
+        return RunPlan(spec, iterations, auto=auto, quantize_bits=bits)
     try:
-        return RunPlan(spec, iteration_plans(config, spec))
+        return RunPlan(spec, iteration_plans(config, spec), quantize_bits=bits)
     except ValueError as error:
         raise UserError(str(error)) from error
+
+
+def quantize_plan(quantize: QuantizeConfig, spec: ModelSpec, processes: int) -> dict[str, int] | None:
+    """Each prunable layer's index bits for trained quantization (by layer kind), or None when it is off."""
+    if not quantize.enabled:
+        return None
+    check_phase("quantize", quantize, processes)
+    bits = {"conv": quantize.conv_bits, "fc": quantize.fc_bits}
+    for kind, value in bits.items():
+        try:
+            shared_values(value)
+        except ValueError:
+            raise UserError(f"quantize.{kind}_bits is {value}; it must be 1..8 (2^bits - 1 shared values)") from None
+    if quantize.kmeans_iterations < 1:
+        raise UserError(f"quantize.kmeans_iterations is {quantize.kmeans_iterations}; it must be >= 1")
+    return {name: bits[kind] for name, kind in spec.layer_kinds().items()}
 
 
 def iteration_plans(config: RunConfig, spec: ModelSpec) -> list[IterationPlan]:

@@ -72,9 +72,11 @@ class Recorder:
         started: float,
         train_loss: float,
         pruned: Mapping[str, LayerPruned] | None = None,
+        bits: Mapping[str, int] | None = None,
     ) -> None:
         """Evaluate `model` on the test (and validation) split and append the rows of the phase `key` (iteration,
-        phase) that began at `started` (time.perf_counter)."""
+        phase) that began at `started` (time.perf_counter); `bits` gives a quantized layer's index width, and its row
+        then counts the distinct values its survivors share."""
         if not self.writes:
             return
         with InputDensity(self.layers) as density:
@@ -90,17 +92,23 @@ class Recorder:
             **asdict(evaluation), **validation, "train_loss": train_loss, "seconds": time.perf_counter() - started,
         }  # fmt: skip
         self.logs[METRICS.file].write([metrics])
-        self.logs[LAYERS.file].write(self._layer_rows(key, density.fractions(), pruned or {}))
+        self.logs[LAYERS.file].write(self._layer_rows(key, density.fractions(), pruned or {}, bits or {}))
 
     def _layer_rows(
-        self, key: dict[str, int | str], inputs_nonzero: dict[str, float], pruned: Mapping[str, LayerPruned]
+        self,
+        key: dict[str, int | str],
+        inputs_nonzero: dict[str, float],
+        pruned: Mapping[str, LayerPruned],
+        bits: Mapping[str, int],
     ) -> list[dict]:
         rows = []
         for name, layer in self.layers.items():
-            step = pruned.get(name)
-            record = (
-                {} if step is None else {"std": step.std, "threshold": step.threshold, "sensitivity": step.sensitivity}
-            )
+            record = {}
+            if (step := pruned.get(name)) is not None:
+                record = {"std": step.std, "threshold": step.threshold, "sensitivity": step.sensitivity}
+            if name in bits:
+                weight = layer.weight.detach()
+                record = {"bits": bits[name], "shared_values": int(weight[weight != 0].unique().numel())}
             stats = layer_stats(layer.weight, self.positions[name])
             rows.append({**key, "layer": name, **record, **stats, "inputs_nonzero": inputs_nonzero[name]})
         return rows

@@ -41,7 +41,7 @@ METRICS = CsvSchema(
 LAYERS = CsvSchema(
     "layers.csv",
     ("iteration", "phase", "layer", "weights_total", "weights_nonzero", "kept", "std", "sensitivity", "threshold",
-     "flops_total", "flops_nonzero", "inputs_nonzero", "dead_inputs", "dead_outputs"),
+     "flops_total", "flops_nonzero", "inputs_nonzero", "dead_inputs", "dead_outputs", "bits", "shared_values"),
     ("iteration", "phase", "layer", "weights_total", "weights_nonzero"),
 )  # fmt: skip
 EPOCHS = CsvSchema(
@@ -53,8 +53,9 @@ SENSITIVITY = CsvSchema(
     "sensitivity.csv", ("layer", "sensitivity", "threshold", "kept", "top1", "top5", "loss"), ("layer", "top1")
 )
 # The `phase` of metrics, layers and epochs rows, in the order they run; `rollback` (pruning=auto) is the model a
-# run went back to when an iteration spent its budget: the model.pt of that run.
-PHASES = ("train", "prune", "retrain", "rollback")
+# run went back to when an iteration spent its budget: the model.pt of that run; `quantize` (quantize=kmeans) is
+# trained quantization of the final pruned model, which model.pt then holds.
+PHASES = ("train", "prune", "retrain", "rollback", "quantize")
 
 RUN_RECORD = "run.json"
 RECORD_FORMAT = 1

@@ -6,10 +6,12 @@ Per model, each round times one epoch of `--steps` batches of every variant, in 
 moment of the machine hits all of them alike), and the table gives the median images/s over the rounds:
 - `plain`: a textbook loop (NCHW, SGD with momentum and weight decay; no masks, no schedule, no logging);
 - `plain, channels_last`: the same loop with the model in channels_last (convolutional models only);
+- `plain, channels_last, bf16`: and in bf16 autocast, where the device policy chooses it (a CPU with AMX);
 - `tool, dense`: `train_phase` as a run's dense phase calls it, with the run's device policy (memory format,
-  autocast), masks of ones and the cosine schedule;
+  autocast for `precision=auto`), masks of ones and the cosine schedule;
 - `tool, masked`: the same at the paper's kept fractions (a retraining phase).
-Ratios: tool / plain (the cost of what the tool adds), tool / plain in the tool's memory format, and masked / dense.
+Ratios: tool / plain NCHW fp32 (what the device policy gains), tool / plain in the tool's memory format and arithmetic
+(the cost of what the tool adds), and masked / dense.
 The data are generated images of the model's input shape held in memory, as the tool holds MNIST.
 """
 
@@ -48,7 +50,7 @@ def fresh_model(name: str, policy: DevicePolicy | None, device: torch.device) ->
     return policy.place(model) if policy is not None else model.to(device)
 
 
-def plain_epoch(model: nn.Module, data: TensorSplit, batch_size: int, channels_last: bool) -> float:
+def plain_epoch(model: nn.Module, data: TensorSplit, batch_size: int, channels_last: bool, bf16: bool) -> float:
     """Images/s of one epoch of a textbook training loop."""
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -58,7 +60,8 @@ def plain_epoch(model: nn.Module, data: TensorSplit, batch_size: int, channels_l
     started = time.perf_counter()
     for start in range(0, len(data), batch_size):
         index = order[start : start + batch_size]
-        loss = nn.functional.cross_entropy(model(data.images[index]), data.labels[index])
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = nn.functional.cross_entropy(model(data.images[index]), data.labels[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -88,10 +91,14 @@ def tool_epoch(name: str, data: TensorSplit, batch_size: int, policy: DevicePoli
 
 def variants(name: str, batch_size: int, policy: DevicePolicy) -> dict[str, Callable[[TensorSplit], float]]:
     device = policy.device
-    chosen = {"plain": lambda data: plain_epoch(fresh_model(name, None, device), data, batch_size, False)}
+    chosen = {"plain": lambda data: plain_epoch(fresh_model(name, None, device), data, batch_size, False, False)}
     if policy.channels_last:
         chosen["plain, channels_last"] = lambda data: plain_epoch(
-            fresh_model(name, None, device), data, batch_size, True
+            fresh_model(name, None, device), data, batch_size, True, False
+        )
+    if policy.bf16_by_default:
+        chosen["plain, channels_last, bf16"] = lambda data: plain_epoch(
+            fresh_model(name, None, device), data, batch_size, policy.channels_last, True
         )
     chosen["tool, dense"] = lambda data: tool_epoch(name, data, batch_size, policy, masked=False)
     chosen["tool, masked"] = lambda data: tool_epoch(name, data, batch_size, policy, masked=True)
@@ -111,14 +118,14 @@ def bench_model(name: str, args: argparse.Namespace) -> pd.DataFrame:
         for variant, run in runs.items():
             measured[variant].append(run(data))
     medians = {variant: statistics.median(values) for variant, values in measured.items()}
-    same_format = medians.get("plain, channels_last", medians["plain"])
+    same_arithmetic = [value for variant, value in medians.items() if variant.startswith("plain")][-1]
     return pd.DataFrame(
         {
             "model": name,
             "variant": list(medians),
             "images_per_second": [round(value) for value in medians.values()],
             "vs_plain": [value / medians["plain"] for value in medians.values()],
-            "vs_plain_same_format": [value / same_format for value in medians.values()],
+            "vs_plain_same_arithmetic": [value / same_arithmetic for value in medians.values()],
             "masked_vs_dense": [
                 medians["tool, masked"] / medians["tool, dense"] if variant == "tool, masked" else float("nan")
                 for variant in medians

@@ -11,6 +11,7 @@ from pruning_cli.config import (
     AutoPruning,
     ImageFolderDataset,
     MnistLikeDataset,
+    Precision,
     PruneTask,
     RunConfig,
     SensitivityTask,
@@ -22,7 +23,7 @@ from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
 from pruning_cli.paper import PAPER_KEPT
 from pruning_cli.plan import plan_run
-from pruning_cli.runtime import device_policy
+from pruning_cli.runtime import cpu_has_amx, device_policy
 
 # The one deliberate difference from the paper's fractions, explained in configs/experiment/lenet5_paper.yaml:
 # the paper's LeNet-5 fractions give 11.7x with biases; fc1 at 7.5% instead of 8% gives 12.4x.
@@ -127,8 +128,24 @@ def test_cuda_without_cuda_is_refused():
     with pytest.raises(UserError, match="device=cuda but this machine has no usable CUDA device"):
         device_policy("cuda", False, Shard(), convolutional=True)
     policy = device_policy("auto", False, Shard(), convolutional=True)
-    assert policy.device.type == "cpu" and policy.channels_last and not policy.bf16_autocast
+    assert policy.device.type == "cpu" and policy.channels_last
     assert not device_policy("cpu", False, Shard(), convolutional=False).channels_last
+
+
+@pytest.mark.parametrize("convolutional", [True, False])
+def test_precision_auto_trains_conv_models_in_bf16_on_a_cpu_with_amx_and_fp32_elsewhere(convolutional):
+    """bf16 autocast pays on AMX for convolutions (LeNet-5 1.7x) and not for LeNet-300-100's small matrices; an
+    explicit precision wins; evaluation never autocasts (it is outside `autocast`)."""
+    policy = device_policy("cpu", False, Shard(), convolutional=convolutional)
+    assert policy.bf16_autocast == cpu_has_amx() and policy.bf16_by_default == (cpu_has_amx() and convolutional)
+    layer, inputs = torch.nn.Linear(8, 4), torch.randn(2, 8)
+    for precision, expected in [
+        (Precision.auto, torch.bfloat16 if policy.bf16_by_default else torch.float32),
+        (Precision.fp32, torch.float32),
+        (Precision.bf16, torch.bfloat16 if cpu_has_amx() else torch.float32),
+    ]:
+        with policy.autocast(precision):
+            assert layer(inputs).dtype == expected
 
 
 def compose_launcher(name: str):

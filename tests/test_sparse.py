@@ -1,10 +1,12 @@
 """Sparse storage and inference: exact round trips, the paper's k-bit relative indices, dead units, the CLI."""
 
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,7 +15,9 @@ from pruning_cli.models import get_model_spec
 from pruning_cli.paper import PAPER_KEPT
 from pruning_cli.pruning.masks import top_fraction_mask
 from pruning_cli.pruning.stats import dead_units
+from pruning_cli.quantize.kmeans import quantize_layer
 from pruning_cli.records import RUN_RECORD
+from pruning_cli.sparse import huffman
 from pruning_cli.sparse.cli import run
 from pruning_cli.sparse.compact_file import read_compact, write_compact
 from pruning_cli.sparse.export import (
@@ -353,7 +357,7 @@ def test_the_compact_file_reads_back_exactly(name, remove_dead, tmp_path):
     exported, report = export_state_dict(state, name, remove_dead=remove_dead)
     expected = exported_state_dict(exported)
     layer_keys = {f"{layer['module']}.weight" for layer in exported["layers"].values()}
-    size = write_compact(tmp_path / "model.bin", name, expected, layer_keys)
+    size = write_compact(tmp_path / "model.bin", name, expected, layer_keys)["total"]
     model, restored = read_compact(tmp_path / "model.bin")
     assert model == name and list(restored) == list(expected)
     assert all(torch.equal(restored[key], expected[key]) for key in expected)
@@ -404,3 +408,121 @@ def test_cli_writes_the_compact_file_and_its_true_size(tmp_path, capsys):
     assert f"wrote {path}: {path.stat().st_size:,} bytes" in printed
     _, restored = read_compact(path)
     assert all(torch.equal(restored[key], state[key]) for key in state)
+
+
+# --- Huffman coding and the quantized files --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frequencies",
+    [[1000, 300, 100, 30, 10, 3, 1, 1], [5], [0, 7, 0, 0], [1] * 256, [2**40, *[1] * 30], [0, 3, 3]],
+)
+def test_huffman_round_trips_and_gives_frequent_symbols_short_codes(frequencies):
+    symbols = np.repeat(np.arange(len(frequencies)), [min(count, 5000) for count in frequencies])
+    np.random.default_rng(0).shuffle(symbols)
+    lengths = huffman.code_lengths(frequencies)
+    assert max(lengths) <= huffman.MAX_CODE_LENGTH
+    assert sum(2.0**-length for length in lengths if length) <= 1  # Kraft: a prefix code
+    assert all(bool(length) == bool(count) for length, count in zip(lengths, frequencies, strict=True))
+    for more, fewer in itertools.permutations(range(len(frequencies)), 2):
+        if frequencies[more] > frequencies[fewer] > 0:
+            assert lengths[more] <= lengths[fewer]
+    stream = huffman.encode(symbols, lengths)
+    assert len(stream) == -(-sum(lengths[symbol] for symbol in symbols) // 8)
+    np.testing.assert_array_equal(huffman.decode(stream, lengths, len(symbols)), symbols)
+
+
+def test_huffman_skewed_frequencies_beat_fixed_width_codes():
+    symbols = np.minimum(np.random.default_rng(0).geometric(0.4, 20_000) - 1, 31)
+    lengths = huffman.code_lengths(np.bincount(symbols, minlength=32))
+    assert lengths[0] < lengths[10] and len(huffman.encode(symbols, lengths)) < 0.6 * len(symbols) * 5 / 8
+
+
+def test_a_huffman_stream_that_ends_early_is_refused():
+    lengths = huffman.code_lengths([10, 5, 1])
+    stream = huffman.encode(np.array([0, 1, 2] * 20), lengths)
+    with pytest.raises(ValueError, match="ends early"):
+        huffman.decode(stream[:3], lengths, 60)
+
+
+def quantized_state(name: str) -> dict[str, torch.Tensor]:
+    """A pruned model whose prunable weights share a few values per layer, as quantize=kmeans leaves them."""
+    model, spec = pruned_model(name), get_model_spec(name)
+    with torch.no_grad():
+        for path in spec.layers.values():
+            weight = model.get_submodule(path).weight
+            bits = 8 if weight.dim() > 2 else 5
+            weight.copy_(quantize_layer(weight, weight != 0, bits).weight())
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5"])
+@pytest.mark.parametrize("encoding", ["quantized", "deep"])
+def test_the_quantized_files_read_back_the_quantized_model_exactly(name, encoding, tmp_path):
+    state = quantized_state(name)
+    keys = {f"{path}.weight" for path in get_model_spec(name).layers.values()}
+    sizes = write_compact(tmp_path / "m.bin", name, state, keys, encoding)
+    assert sizes["total"] == (tmp_path / "m.bin").stat().st_size
+    model, restored = read_compact(tmp_path / "m.bin")
+    assert model == name and all(torch.equal(restored[key], state[key]) for key in state)
+    with torch.inference_mode():
+        expected = model_from_state(name, state)(images())
+        torch.testing.assert_close(model_from_state(name, restored)(images()), expected, rtol=0, atol=0)
+    compact = write_compact(tmp_path / "c.bin", name, state, keys)
+    assert sizes["total"] < compact["total"] / 3  # 4-byte values became 5- or 8-bit indices
+
+
+def test_the_quantized_files_keep_gaps_longer_than_their_index_width(tmp_path):
+    fc = torch.zeros(3, 200)
+    fc[0, [0, 40, 199]] = torch.tensor([1.0, -2.0, 1.0])  # fillers at 5 bits
+    fc[2, 150] = -2.0
+    conv = torch.zeros(2, 3, 10, 10)
+    conv[1, 2, 9, 9], conv[0, 0, 0, 1] = 4.0, 4.0  # fillers at 8 bits
+    state = {"fc.weight": fc, "fc.bias": torch.tensor([0.1, 0.2, 0.3]), "conv.weight": conv}
+    for encoding in ("quantized", "deep"):
+        write_compact(tmp_path / "m.bin", "handmade", state, {"fc.weight", "conv.weight"}, encoding)
+        _, restored = read_compact(tmp_path / "m.bin")
+        assert all(torch.equal(restored[key], state[key]) for key in state)
+
+
+def test_a_layer_with_too_many_distinct_values_is_refused_for_the_quantized_files(tmp_path):
+    state = pruned_model("lenet300").state_dict()
+    with pytest.raises(ValueError, match="fc1.weight has .* distinct weights; a quantized file holds at most 255"):
+        write_compact(tmp_path / "m.bin", "lenet300", state, {"fc1.weight"}, "deep")
+
+
+@pytest.mark.parametrize("offset", [-100, 60, 2000])
+def test_a_damaged_deep_file_is_refused_in_one_line(tmp_path, offset):
+    state = quantized_state("lenet300")
+    write_compact(tmp_path / "m.bin", "lenet300", state, {"fc1.weight", "fc2.weight", "fc3.weight"}, "deep")
+    data = (tmp_path / "m.bin").read_bytes()
+    damaged = data[:offset] if offset < 0 else data[:offset] + bytes([data[offset] ^ 0x10]) + data[offset + 1 :]
+    (tmp_path / "m.bin").write_bytes(damaged)
+    with pytest.raises(ValueError, match="damaged or truncated") as refused:
+        read_compact(tmp_path / "m.bin")
+    assert "\n" not in str(refused.value)
+
+
+def test_cli_writes_every_format_and_prints_the_sizes_of_the_files(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, "lenet300")
+    state = quantized_state("lenet300")
+    torch.save(state, run_dir / "model.pt")
+    assert run([str(run_dir), "--format", "all", "--keep-dead"]) == 0
+    printed = capsys.readouterr().out
+    for file_name in ("model_sparse.pt", "model_compact.bin", "model_quantized.bin", "model_deep.bin"):
+        size = (run_dir / file_name).stat().st_size
+        assert f"wrote {run_dir / file_name}: {size:,} bytes" in printed
+    total = printed.splitlines()[[line.split()[0] for line in printed.splitlines()].index("total")]
+    assert total.split()[-1] == f"{(run_dir / 'model_deep.bin').stat().st_size:,}"
+    _, restored = read_compact(run_dir / "model_deep.bin")
+    assert all(torch.equal(restored[key], state[key]) for key in state)
+
+
+def test_cli_refuses_a_quantized_format_for_a_model_that_is_not_quantized(tmp_path, capsys):
+    write_run(tmp_path / "run", "lenet300")
+    assert run([str(tmp_path / "run"), "--format", "deep"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"prune-export: error: {tmp_path / 'run' / 'model.pt'} is not quantized: layer fc1 has")
+    assert error.endswith("run prune-run with quantize=kmeans first") and "\n" not in error
+    assert not (tmp_path / "run" / "model_deep.bin").exists()

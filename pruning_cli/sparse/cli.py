@@ -1,4 +1,5 @@
-"""`prune-export RUN_DIR`: write a run's model.pt as sparse layers (CSR, or the paper's compact file); print sizes.
+"""`prune-export RUN_DIR`: write a run's model.pt as sparse layers (CSR, the paper's compact file, or Deep
+Compression's quantized and Huffman-coded files); print the sizes of what it wrote.
 
 Bad input gets one line `prune-export: error: ...` on stderr and exit code 2, never a traceback.
 """
@@ -7,16 +8,23 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mismatch
 from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
 from pruning_cli.records import MODEL_FILE, RUN_RECORD, read_run_record
-from pruning_cli.sparse.compact_file import write_compact
+from pruning_cli.sparse.compact_file import MAX_SHARED_VALUES, write_compact
 from pruning_cli.sparse.export import export_state_dict, exported_state_dict, format_report
 
 PROG = "prune-export"
-OUTPUTS = {"csr": "model_sparse.pt", "compact": "model_compact.bin"}
+OUTPUTS = {
+    "csr": "model_sparse.pt", "compact": "model_compact.bin", "quantized": "model_quantized.bin",
+    "deep": "model_deep.bin",
+}  # fmt: skip
+QUANTIZED_FORMATS = ("quantized", "deep")  # for a model whose layers share values (quantize=kmeans)
+ALL = "all"  # every format; the quantized ones only for a quantized model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--format",
-        choices=list(OUTPUTS),
+        choices=[*OUTPUTS, ALL],
         default="csr",
         help="csr: model_sparse.pt, a torch file of CSR layers; compact: model_compact.bin, the paper's relative "
-        "indices bit-packed (5 bits fc, 8 bits conv; layout in README.md), read back by "
-        "pruning_cli.sparse.compact_file.read_compact",
+        "indices bit-packed (5 bits fc, 8 bits conv; layout in README.md); quantized: model_quantized.bin, the "
+        "same with each value an index into the layer's shared values (a model trained with quantize=kmeans); "
+        "deep: model_deep.bin, those indices and gaps Huffman-coded (Deep Compression); all: every one of them "
+        "that applies. The .bin files are read back by pruning_cli.sparse.compact_file.read_compact",
     )
     return parser
 
@@ -75,18 +85,47 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     if mismatch:
         raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
     exported, report = export_state_dict(state, name, remove_dead=remove_dead)
-    output = run_dir / OUTPUTS[file_format]
+    formats = list(OUTPUTS) if file_format == ALL else [file_format]
+    quantized = is_quantized(exported)
+    if quantized is not None and file_format in QUANTIZED_FORMATS:
+        raise UserError(f"{model_file} is not quantized: {quantized}")
+    lines = []
+    for each in formats:
+        if quantized is not None and each in QUANTIZED_FORMATS:
+            lines.append(f"skipped {OUTPUTS[each]}: {quantized}")
+            continue
+        size = _write(run_dir / OUTPUTS[each], each, name, exported, report)
+        dense = int(report.set_index("layer").dense_bytes["total"])
+        lines.append(f"wrote {run_dir / OUTPUTS[each]}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32")
+    return "\n".join([format_report(report), *lines])
+
+
+def is_quantized(exported: dict) -> str | None:
+    """None if every exported layer shares at most 255 values, else why it is not quantized."""
+    for name, layer in exported["layers"].items():
+        distinct = layer["values"].unique().numel()
+        if distinct > MAX_SHARED_VALUES:
+            return (f"layer {name} has {distinct:,} distinct weights (a quantized file holds at most "
+                    f"{MAX_SHARED_VALUES} per layer); run prune-run with quantize=kmeans first")  # fmt: skip
+    return None
+
+
+def _write(output: Path, file_format: str, name: str, exported: dict, report: pd.DataFrame) -> int:
+    """Write one format; add its per-layer entry bytes (and the file's size in the total row) to `report` as
+    `<format>_file` and return the file's size."""
     try:
-        if file_format == "compact":
-            compact_keys = {f"{layer['module']}.weight" for layer in exported["layers"].values()}
-            size = write_compact(output, name, exported_state_dict(exported), compact_keys)
-        else:
+        if file_format == "csr":
             save_atomic(exported, output)
-            size = output.stat().st_size
+            report["csr_file"] = pd.array([pd.NA] * (len(report) - 1) + [output.stat().st_size], dtype="Int64")
+            return output.stat().st_size
+        keys = {layer_name: f"{layer['module']}.weight" for layer_name, layer in exported["layers"].items()}
+        sizes = write_compact(output, name, exported_state_dict(exported), set(keys.values()), file_format)
     except OSError as error:
         raise UserError(f"cannot write {output}: {error.strerror or error}") from error
-    dense = int(report.set_index("layer").dense_bytes["total"])
-    return f"{format_report(report)}\nwrote {output}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32"
+    rest = sizes["total"] - sum(sizes[key] for key in keys.values())  # biases, other tensors, header and CRC
+    by_row = {**{layer_name: sizes[key] for layer_name, key in keys.items()}, "biases+other": rest}
+    report[f"{file_format}_file"] = pd.array([*report.layer.iloc[:-1].map(by_row), sizes["total"]], dtype="Int64")
+    return sizes["total"]
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,0 +1,148 @@
+"""Trained quantization: k-means weight sharing, centroid fine-tuning that keeps the sharing, the pipeline phase."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from runs import SMOKE, run_in_process, without_wall_time
+
+from pruning_cli.cli import compose_config
+from pruning_cli.errors import UserError
+from pruning_cli.pipeline import run
+from pruning_cli.plan import plan_run
+from pruning_cli.quantize.kmeans import cluster_gradient, kmeans_1d, linear_centroids, quantize_layer
+from pruning_cli.quantize.shared import SharedGradients
+from pruning_cli.training.loop import StopRequested
+
+QUANTIZED = [*SMOKE, "pruning.kept={fc1:0.1,fc2:0.1,fc3:0.5}", "quantize=kmeans", "quantize.epochs=2"]
+
+
+def test_linear_initialisation_spans_the_values_evenly():
+    values = torch.tensor([-0.5, -0.1, 0.2, 0.3, 1.5])
+    assert torch.allclose(linear_centroids(values, 5), torch.tensor([-0.5, 0.0, 0.5, 1.0, 1.5]))
+    assert torch.equal(linear_centroids(values, 1), values.mean().reshape(1))
+
+
+def test_kmeans_finds_separated_clusters_and_their_means():
+    values = torch.tensor([-2.0, -2.2, -1.8, 0.9, 1.1, 5.0])
+    centroids, assignment = kmeans_1d(values, linear_centroids(values, 3), iterations=20)
+    assert torch.allclose(centroids, torch.tensor([-2.0, 1.0, 5.0]))
+    assert assignment.tolist() == [0, 0, 0, 1, 1, 2]
+
+
+def test_a_quantized_layer_shares_at_most_2_to_the_bits_minus_1_values_and_keeps_its_zeros():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(100, 50, generator=generator)
+    mask = weight.abs() > 0.8
+    book = quantize_layer(weight * mask, mask, bits=3)
+    quantized = book.weight()
+    assert book.centroids[0] == 0 and len(book.centroids) <= 8
+    assert torch.equal(quantized != 0, mask)  # survivors stay non-zero, pruned stay zero
+    assert quantized[mask].unique().numel() <= 7
+    # each survivor took its nearest shared value
+    nearest = (weight[mask][:, None] - book.centroids[1:][None]).abs().argmin(dim=1)
+    assert torch.equal(book.assignments[mask] - 1, nearest)
+
+
+def test_the_cluster_gradient_is_the_sum_over_the_cluster_and_zero_where_pruned():
+    assignments = torch.tensor([[1, 2, 0], [1, 1, 2]])
+    gradient = torch.tensor([[1.0, 10.0, 7.0], [2.0, 3.0, 20.0]])
+    shared = cluster_gradient(gradient, codebook_size=3, assignments=assignments)
+    assert shared.tolist() == [[6.0, 30.0, 0.0], [6.0, 6.0, 30.0]]
+
+
+def test_fine_tuning_through_the_weights_moves_the_shared_values_and_keeps_them_shared():
+    """SGD with momentum and weight decay on weights whose gradients are cluster sums: after several steps every
+    cluster still holds one value, moved by exactly the step SGD takes on that value with the summed gradient."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(20, 5)
+    mask = torch.rand(5, 20) > 0.5
+    book = quantize_layer(layer.weight.detach() * mask, mask, bits=2)
+    with torch.no_grad():
+        layer.weight.copy_(book.weight())
+    centroid = book.centroids[1:].clone().requires_grad_()  # the same model, parametrised by the shared values
+    optimizers = [
+        torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-3) for params in ([layer.weight], [centroid])
+    ]
+    inputs = torch.randn(8, 20)
+    with SharedGradients({"fc": layer.weight}, {"fc": book}):
+        for _ in range(5):
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            torch.nn.functional.linear(inputs, layer.weight, layer.bias).square().sum().backward()
+            shared = torch.cat([centroid.new_zeros(1), centroid])[book.assignments] * mask
+            torch.nn.functional.linear(inputs, shared, layer.bias.detach()).square().sum().backward()
+            for optimizer in optimizers:
+                optimizer.step()
+    weight = layer.weight.detach()
+    assert weight[mask].unique().numel() <= 3 and torch.equal(weight[~mask], torch.zeros_like(weight[~mask]))
+    torch.testing.assert_close(weight[mask], centroid.detach()[book.assignments[mask] - 1])
+    assert not torch.allclose(centroid.detach(), book.centroids[1:])  # they did move
+    assert layer.weight._backward_hooks is None or not layer.weight._backward_hooks  # the hooks are gone
+
+
+@pytest.fixture(scope="module")
+def quantized_run(tmp_path_factory) -> Path:
+    out_dir = tmp_path_factory.mktemp("quantized")
+    run_in_process(out_dir, *QUANTIZED)
+    return out_dir
+
+
+def test_quantization_is_a_logged_phase_after_the_last_retraining(quantized_run):
+    metrics = pd.read_csv(quantized_run / "metrics.csv")
+    assert metrics.phase.tolist()[-2:] == ["retrain", "quantize"]
+    last, quantized = metrics.iloc[-2], metrics.iloc[-1]
+    assert quantized.iteration == last.iteration == 3 and quantized.epochs == 2
+    assert quantized.params_nonzero == last.params_nonzero  # the masks are fixed
+    epochs = pd.read_csv(quantized_run / "epochs.csv")
+    assert epochs[epochs.phase == "quantize"].epoch.tolist() == [1, 2]
+    layers = pd.read_csv(quantized_run / "layers.csv")
+    rows = layers[layers.phase == "quantize"].set_index("layer")
+    assert rows.bits.tolist() == [5, 5, 5] and (rows.shared_values <= 31).all() and (rows.shared_values > 1).all()
+    assert layers[layers.phase != "quantize"].bits.isna().all()
+
+
+def test_model_pt_holds_the_fine_tuned_shared_values(quantized_run):
+    state = torch.load(quantized_run / "model.pt", weights_only=True)
+    rows = pd.read_csv(quantized_run / "layers.csv").query("phase == 'quantize'").set_index("layer")
+    before = torch.load(quantized_run / "checkpoints" / "iteration_3.pt", weights_only=True)["model"]
+    for layer in ("fc1", "fc2", "fc3"):
+        weight = state[f"{layer}.weight"]
+        assert weight[weight != 0].unique().numel() == rows.shared_values[layer]
+        assert torch.equal(weight != 0, before[f"{layer}.weight"] != 0)
+
+
+def test_a_run_stopped_during_quantization_resumes_to_the_same_numbers(quantized_run, tmp_path):
+    def in_quantization() -> bool:
+        epochs = tmp_path / "epochs.csv"
+        return epochs.is_file() and "quantize" in epochs.read_text()
+
+    with pytest.raises(StopRequested):
+        run(compose_config(*QUANTIZED), tmp_path, stop_requested=in_quantization)
+    assert pd.read_csv(tmp_path / "epochs.csv").phase.tolist()[-1] == "quantize"  # stopped after its first epoch
+    run(compose_config(*QUANTIZED), tmp_path)
+    for name in ("metrics.csv", "layers.csv", "epochs.csv"):
+        pd.testing.assert_frame_equal(without_wall_time(tmp_path / name), without_wall_time(quantized_run / name))
+    resumed, uninterrupted = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path, quantized_run))
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("quantize.fc_bits=0", "quantize.fc_bits is 0; it must be 1..8"),
+        ("quantize.conv_bits=9", "quantize.conv_bits is 9; it must be 1..8"),
+        ("quantize.lr=0", "quantize.lr is 0.0; it must be > 0"),
+        ("quantize.kmeans_iterations=0", "quantize.kmeans_iterations is 0; it must be >= 1"),
+    ],
+)
+def test_bad_quantization_settings_are_refused_in_one_line(override, message):
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config(*QUANTIZED, override))
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_a_sensitivity_analysis_refuses_quantization():
+    with pytest.raises(UserError, match="task=sensitivity prunes without training afterwards"):
+        plan_run(compose_config(*SMOKE, "task=sensitivity", "quantize=kmeans"))

@@ -43,6 +43,9 @@ PAPER_KEPT = {
 }  # fmt: skip
 # What later work reached on the same networks with no loss of accuracy (MNIST / ImageNet), as compression factors.
 LATER_WORK = {"Dynamic Network Surgery": {"lenet300": 56, "lenet5": 108, "alexnet": 17.7}}
+# Deep Compression (Han, Mao and Dally, ICLR 2016, Table 1): storage of pruning + trained quantization + Huffman
+# coding against dense float32, with no loss of accuracy.
+DEEP_COMPRESSION = {"lenet300": 40, "lenet5": 39, "alexnet": 35, "vgg16": 49}
 
 PAPER_KEPT_TOTAL = {"lenet300": 8, "lenet5": 8, "alexnet": 11, "vgg16": 7.5}
 PAPER_FLOPS_CUT = {"lenet300": 12, "lenet5": 6, "alexnet": 3, "vgg16": 5}

@@ -13,6 +13,9 @@ from pruning_cli.pipeline import run
 from pruning_cli.plan import plan_run
 from pruning_cli.quantize.kmeans import cluster_gradient, kmeans_1d, linear_centroids, quantize_layer
 from pruning_cli.quantize.shared import SharedGradients
+from pruning_cli.report.collect import collect
+from pruning_cli.report.tables import table1, table1_markdown
+from pruning_cli.sparse.cli import run as export
 from pruning_cli.training.loop import StopRequested
 
 QUANTIZED = [*SMOKE, "pruning.kept={fc1:0.1,fc2:0.1,fc3:0.5}", "quantize=kmeans", "quantize.epochs=2"]
@@ -146,3 +149,16 @@ def test_bad_quantization_settings_are_refused_in_one_line(override, message):
 def test_a_sensitivity_analysis_refuses_quantization():
     with pytest.raises(UserError, match="task=sensitivity prunes without training afterwards"):
         plan_run(compose_config(*SMOKE, "task=sensitivity", "quantize=kmeans"))
+
+
+def test_the_report_gives_the_pruned_model_and_its_quantized_file_beside_deep_compression(quantized_run):
+    runs = collect([quantized_run]).runs
+    row = runs.iloc[0]
+    metrics = pd.read_csv(quantized_run / "metrics.csv")
+    assert row.final_top1 == metrics[metrics.phase == "retrain"].top1.iloc[-1]  # the pruned model
+    assert row.quantized_top1 == metrics.top1.iloc[-1]
+    assert row.quantized_change_top1 == pytest.approx(100 * (row.final_top1 - row.quantized_top1))
+    assert export([str(quantized_run), "--format", "deep"]) == 0
+    assert row.deep_bytes == (quantized_run / "model_deep.bin").stat().st_size  # the file prune-export writes
+    ratio = row.dense_bytes / row.deep_bytes
+    assert f"({ratio:.1f}x; Deep Compression 40x)" in table1_markdown(table1(runs))

@@ -29,7 +29,7 @@ from pruning_cli.records import (
     flatten,
     read_run_record,
 )
-from pruning_cli.sparse.export import export_state_dict
+from pruning_cli.sparse.export import export_state_dict, file_sizes, is_quantized
 
 TEXT_COLUMNS = ("phase", "layer")
 
@@ -37,10 +37,13 @@ RUN_COLUMNS = (
     "run", "dir", "model", "dataset", "seed", "method", "setting", "regularization", "schedule", "retrain",
     "iterations",
     "dense_top1", "dense_top5", "final_top1", "final_top5", "error_change_top1", "error_change_top5",
-    "dense_val_top1", "final_val_top1",
-    "params_total", "params_nonzero", "compression", "dense_bytes", "csr_bytes", "compact_bytes", "seconds",
+    "dense_val_top1", "final_val_top1", "quantized_top1", "quantized_change_top1",
+    "params_total", "params_nonzero", "compression", "dense_bytes", "csr_bytes", "compact_bytes", "quantized_bytes",
+    "deep_bytes", "seconds",
 )  # fmt: skip
-STORAGE_COLUMNS = ("layer", "dense_bytes", "csr_bytes", "compact_bytes")
+# Bytes of model.pt per layer: dense float32, CSR and the paper's compact format as prune-export sizes them, and for a
+# quantized model (quantize=kmeans) its quantized and quantized + Huffman files (empty otherwise).
+STORAGE_COLUMNS = ("layer", "dense_bytes", "csr_bytes", "compact_bytes", "quantized_bytes", "deep_bytes")
 ID_COLUMNS = ("run", "model", "dataset", "seed", "method", "setting")
 
 
@@ -280,20 +283,26 @@ def _read_sensitivity(run_dir: Path) -> pd.DataFrame:
 
 def _read_storage(run_dir: Path, model: str) -> pd.DataFrame:
     """The bytes of the run's model.pt per layer as `prune-export` reports them (dead units removed): dense
-    float32, CSR and the paper's compact format, one row per prunable layer, "biases+other" and "total"."""
+    float32, CSR and the paper's compact format, and the sizes of the quantized files `prune-export` writes for a
+    quantized model; one row per prunable layer, "biases+other" and "total"."""
     try:
         state = load_model_state(run_dir / MODEL_FILE)
-        _, report = export_state_dict(state, model, remove_dead=True)
+        exported, report = export_state_dict(state, model, remove_dead=True)
+        for encoding in ("quantized", "deep"):
+            sizes = file_sizes(exported, model, encoding) if is_quantized(exported) is None else {}
+            report[f"{encoding}_bytes"] = pd.array(report.layer.map(sizes), dtype="Int64")
     except (UserError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:  # foreign file
         raise _Unusable(f"model.pt cannot be sized ({type(error).__name__})") from error
-    return report[list(STORAGE_COLUMNS)].astype({column: "int64" for column in STORAGE_COLUMNS[1:]})
+    return report[list(STORAGE_COLUMNS)].astype({column: "Int64" for column in STORAGE_COLUMNS[1:]})
 
 
 def _run_row(
     run_id: str, run_dir: Path, info: dict[str, Any], metrics: pd.DataFrame, storage: pd.DataFrame | None
 ) -> dict[str, Any]:
     dense = metrics[(metrics.iteration == 0) & (metrics.phase == "train")].iloc[0]
-    final = metrics.iloc[-1]
+    final = metrics[metrics.phase != "quantize"].iloc[-1]  # the pruned model; quantization is reported beside it
+    quantized = metrics[metrics.phase == "quantize"].top1
+    quantized_top1 = quantized.iloc[-1] if len(quantized) else float("nan")
     return {
         "run": run_id,
         "dir": str(run_dir),
@@ -308,6 +317,9 @@ def _run_row(
         # on the held-out validation split (runs with dataset.val_split): what a choice between runs may read
         "dense_val_top1": dense.val_top1,
         "final_val_top1": final.val_top1,
+        # trained quantization (quantize=kmeans) of the pruned model: its top-1, and the points it lost
+        "quantized_top1": quantized_top1,
+        "quantized_change_top1": round(100 * (final.top1 - quantized_top1), 9),
         "params_total": int(final.params_total),
         "params_nonzero": int(final.params_nonzero),
         "compression": final.params_total / final.params_nonzero,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from pruning_cli.paper import (
+    DEEP_COMPRESSION,
     NETWORKS,
     PAPER_FLOPS_CUT,
     PAPER_KEPT,
@@ -133,6 +134,8 @@ def _seed_means(runs: pd.DataFrame) -> pd.DataFrame:
             dense_bytes=("dense_bytes", "mean"),
             csr_bytes=("csr_bytes", "mean"),
             compact_bytes=("compact_bytes", "mean"),
+            quantized_change_top1=("quantized_change_top1", "mean"),
+            deep_bytes=("deep_bytes", "mean"),
         )
         .reset_index()
     )
@@ -246,7 +249,17 @@ def _table1_cells(row: object) -> dict[str, object]:
         "paper compression": f"{row.paper_compression:.0f}x" if has_paper else "n/a",
         "storage (dense -> CSR / compact)": fmt_storage(row.dense_bytes, row.csr_bytes, row.compact_bytes),
         "meets paper": {True: "yes", False: "no", None: "n/a"}[row.meets_paper],
+        "quantized + Huffman (change)": fmt_deep(row.dense_bytes, row.deep_bytes, row.quantized_change_top1, row.model),
     }
+
+
+def fmt_deep(dense: float, deep: float, change: float, model: str) -> str:
+    """'25.2 KB (42.3x; Deep Compression 40x), +0.05': the quantized + Huffman file, and the change in top-1
+    error of the quantized model against the pruned one (points; positive = accuracy lost)."""
+    if _missing(deep):
+        return "n/a"
+    reference = f"; Deep Compression {DEEP_COMPRESSION[model]}x" if model in DEEP_COMPRESSION else ""
+    return f"{fmt_bytes(deep)} ({dense / deep:.1f}x{reference}), {fmt_points(change)}"
 
 
 def _table1_note(tolerance: float) -> str:
@@ -260,7 +273,10 @@ def _table1_note(tolerance: float) -> str:
         "(LeNets) and ImageNet (AlexNet, VGG-16): on another dataset the absolute errors are not comparable, "
         "the changes and the compression are. *storage*: the pruned model.pt's bytes as dense float32, as CSR "
         "and in the paper's compact format with dead units removed (what `prune-export` writes and prints), and "
-        "dense / compact."
+        "dense / compact. *quantized + Huffman*: for runs with trained quantization (quantize=kmeans), the size of "
+        "`prune-export --format deep`'s file, its ratio to dense float32 beside Deep Compression's (ICLR 2016, "
+        "Table 1), and the change in top-1 error of the quantized model against the pruned one (points, positive = "
+        "accuracy lost)."
     )
 
 

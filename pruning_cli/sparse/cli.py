@@ -15,8 +15,7 @@ from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
 from pruning_cli.records import MODEL_FILE, RUN_RECORD, read_run_record
-from pruning_cli.sparse.compact_file import MAX_SHARED_VALUES, write_compact
-from pruning_cli.sparse.export import export_state_dict, exported_state_dict, format_report
+from pruning_cli.sparse.export import export_state_dict, file_sizes, format_report, is_quantized
 
 PROG = "prune-export"
 OUTPUTS = {
@@ -100,16 +99,6 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     return "\n".join([format_report(report), *lines])
 
 
-def is_quantized(exported: dict) -> str | None:
-    """None if every exported layer shares at most 255 values, else why it is not quantized."""
-    for name, layer in exported["layers"].items():
-        distinct = layer["values"].unique().numel()
-        if distinct > MAX_SHARED_VALUES:
-            return (f"layer {name} has {distinct:,} distinct weights (a quantized file holds at most "
-                    f"{MAX_SHARED_VALUES} per layer); run prune-run with quantize=kmeans first")  # fmt: skip
-    return None
-
-
 def _write(output: Path, file_format: str, name: str, exported: dict, report: pd.DataFrame) -> int:
     """Write one format; add its per-layer entry bytes (and the file's size in the total row) to `report` as
     `<format>_file` and return the file's size."""
@@ -118,13 +107,10 @@ def _write(output: Path, file_format: str, name: str, exported: dict, report: pd
             save_atomic(exported, output)
             report["csr_file"] = pd.array([pd.NA] * (len(report) - 1) + [output.stat().st_size], dtype="Int64")
             return output.stat().st_size
-        keys = {layer_name: f"{layer['module']}.weight" for layer_name, layer in exported["layers"].items()}
-        sizes = write_compact(output, name, exported_state_dict(exported), set(keys.values()), file_format)
+        sizes = file_sizes(exported, name, file_format, output)
     except OSError as error:
         raise UserError(f"cannot write {output}: {error.strerror or error}") from error
-    rest = sizes["total"] - sum(sizes[key] for key in keys.values())  # biases, other tensors, header and CRC
-    by_row = {**{layer_name: sizes[key] for layer_name, key in keys.items()}, "biases+other": rest}
-    report[f"{file_format}_file"] = pd.array([*report.layer.iloc[:-1].map(by_row), sizes["total"]], dtype="Int64")
+    report[f"{file_format}_file"] = pd.array(report.layer.map(sizes), dtype="Int64")
     return sizes["total"]
 
 

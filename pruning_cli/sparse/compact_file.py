@@ -49,9 +49,20 @@ MAX_SHARED_VALUES = 255  # plus the zero of filler entries: 8-bit indices at mos
 def write_compact(
     path: Path, model: str, state: Mapping[str, Tensor], compact_keys: set[str], encoding: str = "compact"
 ) -> dict[str, int]:
-    """Write `state` to `path`: the keys in `compact_keys` in `encoding` (ENCODINGS), the others dense float32.
-    Return the bytes of each entry and of the whole file (key "total"); ValueError if a weight cannot be stored
-    so (a quantized encoding of a layer with more than 255 distinct values)."""
+    """Write `encode_file`'s bytes to `path` (atomically); return its entry sizes and "total"."""
+    payload, sizes = encode_file(model, state, compact_keys, encoding)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(payload)
+    temporary.replace(path)
+    return sizes
+
+
+def encode_file(
+    model: str, state: Mapping[str, Tensor], compact_keys: set[str], encoding: str = "compact"
+) -> tuple[bytes, dict[str, int]]:
+    """The file of `state`: the keys in `compact_keys` in `encoding` (ENCODINGS), the others dense float32; and the
+    bytes of each entry and of the whole file (key "total"). ValueError if a weight cannot be stored so (a
+    quantized encoding of a layer with more than 255 distinct values)."""
     header = [MAGIC, struct.pack("<B", VERSION), _text(model, "<B"), struct.pack("<H", len(state))]
     entries = {}
     for key, tensor in state.items():
@@ -63,10 +74,7 @@ def write_compact(
         entries[key] = b"".join(entry) + _body(kind, key, tensor)
     body = b"".join(header + list(entries.values()))
     payload = body + struct.pack("<I", zlib.crc32(body))
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(payload)
-    temporary.replace(path)
-    return {**{key: len(entry) for key, entry in entries.items()}, "total": len(payload)}
+    return payload, {**{key: len(entry) for key, entry in entries.items()}, "total": len(payload)}
 
 
 def _body(kind: int, key: str, tensor: Tensor) -> bytes:

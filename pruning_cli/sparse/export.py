@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from pruning_cli.models import get_model_spec
 from pruning_cli.pruning.stats import dead_units
+from pruning_cli.sparse.compact_file import MAX_SHARED_VALUES, encode_file, write_compact
 from pruning_cli.sparse.formats import (
     Csr,
     compact_bytes,
@@ -269,3 +270,30 @@ def _resized(module: nn.Module, shape: tuple[int, ...]) -> nn.Module:
 def layer_csr(layer: Mapping) -> Csr:
     """The CSR part of an exported layer."""
     return Csr(**{key: layer[key] for key in ("shape", "values", "col_indices", "crow_indices")})
+
+
+def is_quantized(exported: dict) -> str | None:
+    """None if every exported layer shares at most 255 values, else why it is not quantized."""
+    for name, layer in exported["layers"].items():
+        distinct = layer["values"].unique().numel()
+        if distinct > MAX_SHARED_VALUES:
+            return (f"layer {name} has {distinct:,} distinct weights (a quantized file holds at most "
+                    f"{MAX_SHARED_VALUES} per layer); run prune-run with quantize=kmeans first")  # fmt: skip
+    return None
+
+
+def file_sizes(exported: dict, name: str, encoding: str, output: Path | None = None) -> dict[str, int]:
+    """The bytes of the `encoding` file of an export per size-report row (each prunable layer's weight entry,
+    "biases+other": the rest with header and CRC) and "total"; written to `output` when given."""
+    keys = {layer_name: f"{layer['module']}.weight" for layer_name, layer in exported["layers"].items()}
+    state, compact_keys = exported_state_dict(exported), set(keys.values())
+    if output is None:
+        sizes = encode_file(name, state, compact_keys, encoding)[1]
+    else:
+        sizes = write_compact(output, name, state, compact_keys, encoding)
+    rest = sizes["total"] - sum(sizes[key] for key in keys.values())
+    return {
+        **{layer_name: sizes[key] for layer_name, key in keys.items()},
+        "biases+other": rest,
+        "total": sizes["total"],
+    }

@@ -1,12 +1,15 @@
-"""Dense vs sparse (torch.sparse CSR) inference time, and dense / CSR / compact storage of the paper's networks.
+"""Dense vs sparse (torch.sparse CSR) inference time, and dense / CSR / compact / quantized storage of the paper's
+networks.
 
-    python scripts/bench_sparse.py [--repeats 20] [--threads N] [--device cpu|cuda]
+    python scripts/bench_sparse.py [--repeats 20] [--threads N] [--device cpu|cuda] [--storage-only]
 
 Timing: the LeNets (whole model; conv layers stay dense) and the fc layers of AlexNet and VGG-16, with random
 weights pruned by magnitude to the given kept fractions, at batch 1 and 64, median of `--repeats` runs after a
 warm-up, under torch.inference_mode. Storage: all four networks (AlexNet and VGG-16 are torchvision's, randomly
 initialised, no download) pruned per layer to the paper's kept fractions (PAPER.md, Tables 2-5), conv layers too,
-sized by prune-export's report without dead-unit removal.
+sized by prune-export's report without dead-unit removal; then each layer's survivors quantized by k-means (conv
+8 bits, fc 5 bits, as quantize=kmeans does before its fine-tuning) and the files of `prune-export --format
+quantized` and `--format deep` encoded (their exact byte counts).
 Weights are random, so the positions of the survivors are unstructured: a trained network's fillers may differ.
 """
 
@@ -22,7 +25,8 @@ from torch import Tensor, nn
 
 from pruning_cli.models import get_model_spec
 from pruning_cli.paper import PAPER_KEPT, network_name
-from pruning_cli.sparse.export import export_state_dict
+from pruning_cli.quantize.kmeans import quantize_layer
+from pruning_cli.sparse.export import export_state_dict, file_sizes
 from pruning_cli.sparse.model import SparseLinear, sparsify
 
 # (label, in_features, out_features, kept) of the single fc layers timed, at the paper's kept fractions (PAPER.md).
@@ -65,13 +69,22 @@ def pruned_network(name: str) -> nn.Module:
 
 
 def storage_row(name: str) -> dict:
-    """Bytes of the pruned network as prune-export reports them (dense float32, CSR, compact; biases dense)."""
+    """Bytes of the pruned network as prune-export reports them (dense float32, CSR, compact; biases dense), and of
+    its quantized and quantized + Huffman files."""
     model = pruned_network(name)
     total = export_state_dict(model.state_dict(), name)[1].set_index("layer").loc["total"]
     params = sum(parameter.numel() for parameter in model.parameters())
     row = {"network": network_name(name), "params": params, "nonzero": total.nonzero, "fillers": total.fillers}
     row |= {f"{kind}_MB": total[f"{kind}_bytes"] / 1e6 for kind in ("dense", "csr", "compact")}
     row["dense/csr"], row["dense/compact"] = total.csr_ratio, total.compact_ratio
+    with torch.no_grad():
+        for module in get_model_spec(name).prunable(model).values():
+            weight = module.weight
+            weight.copy_(quantize_layer(weight, weight != 0, 8 if weight.dim() > 2 else 5).weight())
+    exported = export_state_dict(model.state_dict(), name)[0]
+    for encoding in ("quantized", "deep"):
+        size = file_sizes(exported, name, encoding)["total"]
+        row[f"{encoding}_MB"], row[f"dense/{encoding}"] = size / 1e6, total.dense_bytes / size
     return row
 
 
@@ -132,6 +145,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per case (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--storage-only", action="store_true", help="skip the timing, print the storage table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,19 +153,8 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {where}; median of {args.repeats} runs after warm-up\n")
 
-    timing = pd.DataFrame(timing_rows(device, args.repeats))
-    print(
-        timing.to_string(
-            index=False,
-            formatters={
-                "kept": "{:.1%}".format,
-                "dense_ms": "{:.3f}".format,
-                "sparse_ms": "{:.3f}".format,
-                "speedup": "{:.2f}x".format,
-                "max_abs_diff": "{:.1e}".format,
-            },
-        )
-    )
+    if not args.storage_only:
+        print_timing(device, args.repeats)
     print("\nstorage at the paper's kept fractions (biases dense in every format; MB = 10^6 bytes)")
     storage = pd.DataFrame(storage_row(name) for name in PAPER_KEPT)
     storage["kept"] = storage["nonzero"] / storage["params"]
@@ -163,8 +166,24 @@ def main() -> None:
                 "nonzero": "{:,}".format,
                 "fillers": "{:,}".format,
                 "kept": "{:.1%}".format,
-                **{key: "{:.3f}".format for key in ("dense_MB", "csr_MB", "compact_MB")},
-                **{key: "{:.2f}x".format for key in ("dense/csr", "dense/compact")},
+                **{f"{kind}_MB": "{:.3f}".format for kind in ("dense", "csr", "compact", "quantized", "deep")},
+                **{f"dense/{kind}": "{:.2f}x".format for kind in ("csr", "compact", "quantized", "deep")},
+            },
+        )
+    )
+
+
+def print_timing(device: torch.device, repeats: int) -> None:
+    timing = pd.DataFrame(timing_rows(device, repeats))
+    print(
+        timing.to_string(
+            index=False,
+            formatters={
+                "kept": "{:.1%}".format,
+                "dense_ms": "{:.3f}".format,
+                "sparse_ms": "{:.3f}".format,
+                "speedup": "{:.2f}x".format,
+                "max_abs_diff": "{:.1e}".format,
             },
         )
     )

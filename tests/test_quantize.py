@@ -11,7 +11,7 @@ from pruning_cli.cli import compose_config
 from pruning_cli.errors import UserError
 from pruning_cli.pipeline import run
 from pruning_cli.plan import plan_run
-from pruning_cli.quantize.kmeans import cluster_gradient, kmeans_1d, linear_centroids, quantize_layer
+from pruning_cli.quantize.kmeans import Codebook, cluster_gradient, kmeans_1d, linear_centroids, quantize_layer
 from pruning_cli.quantize.shared import SharedGradients
 from pruning_cli.report.collect import collect
 from pruning_cli.report.tables import table1, table1_markdown
@@ -49,9 +49,10 @@ def test_a_quantized_layer_shares_at_most_2_to_the_bits_minus_1_values_and_keeps
 
 
 def test_the_cluster_gradient_is_the_sum_over_the_cluster_and_zero_where_pruned():
-    assignments = torch.tensor([[1, 2, 0], [1, 1, 2]])
+    book = Codebook(torch.tensor([0.0, -1.0, 1.0]), torch.tensor([[1, 2, 0], [1, 1, 2]]))
     gradient = torch.tensor([[1.0, 10.0, 7.0], [2.0, 3.0, 20.0]])
-    shared = cluster_gradient(gradient, codebook_size=3, assignments=assignments)
+    positions, clusters = book.survivors()
+    shared = cluster_gradient(gradient, 3, positions, clusters)
     assert shared.tolist() == [[6.0, 30.0, 0.0], [6.0, 6.0, 30.0]]
 
 

@@ -27,6 +27,12 @@ class Codebook:
     def weight(self) -> Tensor:
         return self.centroids[self.assignments]
 
+    def survivors(self) -> tuple[Tensor, Tensor]:
+        """The flat positions of the weights that share a value (index > 0), and their indices."""
+        flat = self.assignments.flatten()
+        positions = flat.nonzero().flatten()
+        return positions, flat[positions]
+
 
 def shared_values(bits: int) -> int:
     """How many values a layer quantized to `bits`-bit indices shares (index 0 is the zero of filler entries)."""
@@ -77,14 +83,16 @@ def quantize_layer(weight: Tensor, mask: Tensor, bits: int, iterations: int = 30
     return Codebook(torch.cat([zero, centroids]).to(weight.dtype), assignments)
 
 
-def cluster_gradient(gradient: Tensor, codebook_size: int, assignments: Tensor) -> Tensor:
+def cluster_gradient(gradient: Tensor, codebook_size: int, positions: Tensor, clusters: Tensor) -> Tensor:
     """The gradient of the loss with respect to each weight's shared value, given back at every weight: per
-    cluster the sum of its weights' gradients (Deep Compression, eq. 3), and 0 for pruned weights (index 0).
+    cluster the sum of its weights' gradients (Deep Compression, eq. 3), and 0 for pruned weights.
 
-    Every weight of a cluster receives the same number, so an optimizer step (momentum and weight decay included)
-    moves them alike and they stay equal: fine-tuning the weights is fine-tuning the centroids.
+    `positions` are the flat indices of the surviving weights and `clusters` their codebook indices (1..); only
+    they are read and written, a tenth of the layer after pruning. Every weight of a cluster receives the same
+    number, so an optimizer step (momentum and weight decay included) moves them alike and they stay equal:
+    fine-tuning the weights is fine-tuning the shared values.
     """
-    flat = assignments.flatten()
-    sums = gradient.new_zeros(codebook_size).index_add_(0, flat, gradient.flatten())
-    sums[0] = 0
-    return sums[assignments]
+    sums = gradient.new_zeros(codebook_size).index_add_(0, clusters, gradient.flatten()[positions])
+    shared = torch.zeros_like(gradient)
+    shared.view(-1)[positions] = sums[clusters]
+    return shared

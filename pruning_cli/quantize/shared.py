@@ -18,10 +18,11 @@ class SharedGradients:
     """
 
     def __init__(self, weights: Mapping[str, Tensor], codebooks: Mapping[str, Codebook]) -> None:
-        self.hooks = [
-            (weights[name], partial(cluster_gradient, codebook_size=len(book.centroids), assignments=book.assignments))
-            for name, book in codebooks.items()
-        ]
+        self.hooks = []
+        for name, book in codebooks.items():
+            positions, clusters = book.survivors()
+            hook = partial(cluster_gradient, codebook_size=len(book.centroids), positions=positions, clusters=clusters)
+            self.hooks.append((weights[name], hook))
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> "SharedGradients":

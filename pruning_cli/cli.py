@@ -52,21 +52,31 @@ def compose_config(*overrides: str) -> RunConfig:
 
 
 def format_summary(metrics: pd.DataFrame, out_dir: Path, analysis: bool = False) -> str:
-    """One screen: dense vs final accuracy, parameters and compression, and where the outputs are."""
-    dense, final = metrics.iloc[0], metrics.iloc[-1]
+    """One screen: dense vs pruned (and quantized) accuracy, parameters and compression, and where the outputs are."""
+    dense = metrics.iloc[0]
     if analysis:
         return (
             f"dense model: test top-1 {dense.top1:.2%}; layer sensitivity on the validation split in "
             f"{out_dir / SENSITIVITY.file}"
         )
+    final, quantized = metrics[metrics.phase != "quantize"].iloc[-1], metrics[metrics.phase == "quantize"]
     lines = [
         f"{'':10}{'top-1':>9}{'top-5':>9}{'params':>12}{'compression':>13}",
         *(
             f"{label:10}{row.top1:9.2%}{row.top5:9.2%}{row.params_nonzero:12,}{row.compression:12.1f}x"
-            for label, row in (("dense", dense), ("pruned", final))
+            for label, row in (
+                ("dense", dense),
+                ("pruned", final),
+                *(("quantized", row) for _, row in quantized.iterrows()),
+            )
         ),
         f"top-1 change: {100 * (final.top1 - dense.top1):+.2f} points; outputs in {out_dir}",
     ]
+    if len(quantized):
+        change = 100 * (quantized.top1.iloc[-1] - final.top1)
+        lines.append(
+            f"quantization: {change:+.2f} points against the pruned model; prune-export --format deep writes it"
+        )
     return "\n".join(lines)
 
 

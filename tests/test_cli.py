@@ -68,7 +68,9 @@ def test_an_unwritable_output_directory_is_refused_before_hydra_starts(tmp_path)
 
 
 def test_the_summary_of_an_analysis_points_to_its_csv_instead_of_a_compression(tmp_path):
-    metrics = pd.DataFrame([{"top1": 0.8977, "top5": 0.9988, "params_nonzero": 266_610, "compression": 1.0}])
+    metrics = pd.DataFrame(
+        [{"phase": "train", "top1": 0.8977, "top5": 0.9988, "params_nonzero": 266_610, "compression": 1.0}]
+    )
     assert format_summary(metrics, tmp_path, analysis=True) == (
         f"dense model: test top-1 89.77%; layer sensitivity on the validation split in {tmp_path / 'sensitivity.csv'}"
     )

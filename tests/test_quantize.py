@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from runs import SMOKE, run_in_process, without_wall_time
+from runs import LENET5_PAPER_KEPT, SMOKE, run_in_process, without_wall_time
 
-from pruning_cli.cli import compose_config
+from pruning_cli.cli import compose_config, format_summary
 from pruning_cli.errors import UserError
 from pruning_cli.pipeline import run
 from pruning_cli.plan import plan_run
@@ -54,6 +54,16 @@ def test_the_cluster_gradient_is_the_sum_over_the_cluster_and_zero_where_pruned(
     positions, clusters = book.survivors()
     shared = cluster_gradient(gradient, 3, positions, clusters)
     assert shared.tolist() == [[6.0, 30.0, 0.0], [6.0, 6.0, 30.0]]
+
+
+def test_the_cluster_gradient_keeps_a_channels_last_gradient_in_its_format():
+    weight = torch.randn(6, 4, 3, 3).to(memory_format=torch.channels_last)
+    book = quantize_layer(weight, weight.abs() > 0.5, bits=3)
+    gradient = torch.randn(6, 4, 3, 3).to(memory_format=torch.channels_last)
+    shared = cluster_gradient(gradient, len(book.centroids), *book.survivors())
+    assert shared.is_contiguous(memory_format=torch.channels_last)
+    expected = cluster_gradient(gradient.contiguous(), len(book.centroids), *book.survivors())
+    assert torch.equal(shared, expected) and torch.equal(shared == 0, weight.abs() <= 0.5)
 
 
 def test_fine_tuning_through_the_weights_moves_the_shared_values_and_keeps_them_shared():
@@ -163,3 +173,21 @@ def test_the_report_gives_the_pruned_model_and_its_quantized_file_beside_deep_co
     assert row.deep_bytes == (quantized_run / "model_deep.bin").stat().st_size  # the file prune-export writes
     ratio = row.dense_bytes / row.deep_bytes
     assert f"({ratio:.1f}x; Deep Compression 40x)" in table1_markdown(table1(runs))
+
+
+def test_a_conv_model_quantizes_its_conv_layers_to_8_bits_and_its_fc_layers_to_5(tmp_path):
+    """LeNet-5 trains in channels_last (and bf16 on a CPU with AMX): its conv weights and gradients are not
+    contiguous, and their shared values must still hold."""
+    run_in_process(tmp_path, "model=lenet5", *SMOKE, LENET5_PAPER_KEPT, "quantize=kmeans", "quantize.epochs=1")
+    rows = pd.read_csv(tmp_path / "layers.csv").query("phase == 'quantize'").set_index("layer")
+    assert rows.bits.to_dict() == {"conv1": 8, "conv2": 8, "fc1": 5, "fc2": 5}
+    assert (rows.shared_values <= 2**rows.bits - 1).all() and (rows.shared_values > 1).all()
+
+
+def test_the_summary_gives_the_pruned_and_the_quantized_model(quantized_run):
+    metrics = pd.read_csv(quantized_run / "metrics.csv")
+    lines = format_summary(metrics, quantized_run).splitlines()
+    pruned, quantized = metrics.iloc[-2], metrics.iloc[-1]
+    assert lines[2].split()[:2] == ["pruned", f"{pruned.top1:.2%}"]
+    assert lines[3].split()[:2] == ["quantized", f"{quantized.top1:.2%}"]
+    assert lines[-1].startswith(f"quantization: {100 * (quantized.top1 - pruned.top1):+.2f} points against the pruned")

@@ -93,6 +93,6 @@ def cluster_gradient(gradient: Tensor, codebook_size: int, positions: Tensor, cl
     fine-tuning the weights is fine-tuning the shared values.
     """
     sums = gradient.new_zeros(codebook_size).index_add_(0, clusters, gradient.flatten()[positions])
-    shared = torch.zeros_like(gradient)
-    shared.view(-1)[positions] = sums[clusters]
-    return shared
+    flat = gradient.new_zeros(gradient.numel())
+    flat[positions] = sums[clusters]
+    return torch.empty_like(gradient).copy_(flat.view(gradient.shape))  # in the gradient's memory format

@@ -14,7 +14,7 @@ from pruning_cli.plan import plan_run
 from pruning_cli.quantize.kmeans import Codebook, cluster_gradient, kmeans_1d, linear_centroids, quantize_layer
 from pruning_cli.quantize.shared import SharedGradients
 from pruning_cli.report.collect import collect
-from pruning_cli.report.tables import table1, table1_markdown
+from pruning_cli.report.tables import fmt_bytes, layer_tables, layers_markdown, table1, table1_markdown
 from pruning_cli.sparse.cli import run as export
 from pruning_cli.training.loop import StopRequested
 
@@ -173,6 +173,12 @@ def test_the_report_gives_the_pruned_model_and_its_quantized_file_beside_deep_co
     assert row.deep_bytes == (quantized_run / "model_deep.bin").stat().st_size  # the file prune-export writes
     ratio = row.dense_bytes / row.deep_bytes
     assert f"({ratio:.1f}x; Deep Compression 40x)" in table1_markdown(table1(runs))
+    collection = collect([quantized_run])
+    layers = layer_tables(collection.layers, collection.metrics, collection.storage)["lenet300"].set_index("layer")
+    entries = collection.storage.set_index("layer").deep_bytes
+    assert layers.deep_bytes[["fc1", "fc2", "fc3"]].tolist() == entries[["fc1", "fc2", "fc3"]].tolist()
+    fc1 = entries["fc1"]
+    assert f"{fmt_bytes(fc1)} ({784 * 300 * 4 / fc1:.1f}x)" in layers_markdown("lenet300", layers.reset_index())
 
 
 def test_a_conv_model_quantizes_its_conv_layers_to_8_bits_and_its_fc_layers_to_5(tmp_path):

@@ -42,7 +42,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _missing(value: float | None) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN or pandas' NA (nullable integer columns: a run without a quantized file)."""
+    return value is None or bool(pd.isna(value))
 
 
 def fmt_count(value: float) -> str:
@@ -331,8 +332,9 @@ def _kept_fractions(frame: pd.DataFrame) -> pd.DataFrame:
 def _final_with_storage(layers: pd.DataFrame, metrics: pd.DataFrame, storage: pd.DataFrame | None) -> pd.DataFrame:
     """Each run's final layer rows with bytes (NaN without `storage`) and kept fractions: what the tables average."""
     final = final_layers(layers, metrics)
-    storage = pd.DataFrame(columns=["run", "layer", "dense_bytes", "compact_bytes"]) if storage is None else storage
-    final = final.merge(storage[["run", "layer", "dense_bytes", "compact_bytes"]], on=["run", "layer"], how="left")
+    columns = ["run", "layer", "dense_bytes", "compact_bytes", "deep_bytes"]
+    storage = pd.DataFrame(columns=columns) if storage is None else storage
+    final = final.merge(storage[columns], on=["run", "layer"], how="left")
     return _kept_fractions(final)
 
 
@@ -347,6 +349,7 @@ def _per_run_totals(final: pd.DataFrame) -> pd.DataFrame:
             flops_nonzero=("flops_nonzero", lambda s: s.sum(min_count=len(s))),
             dense_bytes=("dense_bytes", lambda s: s.sum(min_count=len(s))),
             compact_bytes=("compact_bytes", lambda s: s.sum(min_count=len(s))),
+            deep_bytes=("deep_bytes", lambda s: s.sum(min_count=len(s))),
         )
         .reset_index()
         .assign(layer="total", activations_nonzero=math.nan)
@@ -367,6 +370,7 @@ def _layer_means(both: pd.DataFrame) -> pd.DataFrame:
             flops_kept_pct=("flops_kept", "mean"),
             dense_bytes=("dense_bytes", "mean"),
             compact_bytes=("compact_bytes", "mean"),
+            deep_bytes=("deep_bytes", "mean"),
         )
         .reset_index()
     )
@@ -399,7 +403,8 @@ def layers_markdown(model: str, table: pd.DataFrame) -> str:
         "counts as 100%; n/a for runs logged before `inputs_nonzero` existed); *% FLOPs kept* = non-zero FLOPs / "
         "dense FLOPs as counted per layer. *paper* is the paper's % weights kept (Tables 2-5), *difference* = "
         "measured - paper in percentage points; *bytes*: the weights as dense float32 and in the paper's compact "
-        "sparse format (dead units removed, as `prune-export` writes them; biases not included)"
+        "sparse format (dead units removed, as `prune-export` writes them; biases not included), and for runs with "
+        "trained quantization (quantize=kmeans) in `prune-export --format deep`'s file"
         + (f"; the paper cut this network's FLOPs {cut}x ({100 / cut:.1f}% kept)." if cut else ".")
     )
     sections = [f"# Per-layer results: {network_name(model)}\n\n{note}\n"]
@@ -419,6 +424,10 @@ def layers_markdown(model: str, table: pd.DataFrame) -> str:
                     if _missing(compact)
                     else f"{fmt_bytes(dense)} -> {fmt_bytes(compact)} ({dense / compact:.1f}x)"
                     for dense, compact in zip(part.dense_bytes, part.compact_bytes, strict=True)
+                ],
+                "bytes quantized + Huffman": [
+                    "n/a" if _missing(deep) else f"{fmt_bytes(deep)} ({dense / deep:.1f}x)"
+                    for dense, deep in zip(part.dense_bytes, part.deep_bytes, strict=True)
                 ],
             }
         )

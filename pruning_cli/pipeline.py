@@ -147,10 +147,7 @@ class PruningRun:
     def retrain(self, iteration: int, plan: IterationPlan) -> None:
         """Phase 3: retrain the survivors from their current values, dropout rescaled to the layers' sparsity."""
         start = time.perf_counter()
-        for name, path in self.plan.spec.dropouts.items():
-            mask = self.masks[name]
-            dropout = self.model.get_submodule(path)
-            dropout.p = rescaled_dropout(self.dropout_rates[name], mask.numel(), int(mask.sum()))
+        self._rescale_dropout()
         with frozen(self.layers.values(), plan.freeze):
             train_loss = self._train(self.config.retrain, f"retraining {iteration}")
         self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
@@ -168,10 +165,21 @@ class PruningRun:
                 self.codebooks[name] = codebook
                 with torch.no_grad():
                     self.weights[name].copy_(codebook.weight())
+            # rank 0's clusters everywhere: k-means sums in a different order on each GPU (atomic adds)
+            books = self.codebooks.values()
+            self.shard.broadcast_([*self.weights.values(), *(book.assignments for book in books)])
+        self._rescale_dropout()  # the kept model's rates, also after a resume or a pruning=auto rollback
         with SharedGradients(self.weights, self.codebooks):
             train_loss = self._train(settings, "quantized fine-tuning") if settings.epochs else float("nan")
         self._record(iteration, "quantize", settings.epochs, start, train_loss, bits=self.plan.quantize_bits)
         self.store.save_checkpoint("quantized", self.model, iteration, self.masks)
+
+    def _rescale_dropout(self) -> None:
+        """Dropout in front of each pruned layer at the paper's D_r = D_o sqrt(C_r / C_o) for its current mask."""
+        for name, path in self.plan.spec.dropouts.items():
+            mask = self.masks[name]
+            dropout = self.model.get_submodule(path)
+            dropout.p = rescaled_dropout(self.dropout_rates[name], mask.numel(), int(mask.sum()))
 
     def _run_step(self, index: int, phase: str, action: Callable[[], None]) -> None:
         """Run step `index` (0: dense training, then prune and retrain per iteration, then quantization) unless a

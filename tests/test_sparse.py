@@ -438,11 +438,13 @@ def test_huffman_skewed_frequencies_beat_fixed_width_codes():
     assert lengths[0] < lengths[10] and len(huffman.encode(symbols, lengths)) < 0.6 * len(symbols) * 5 / 8
 
 
-def test_a_huffman_stream_that_ends_early_is_refused():
+def test_a_huffman_stream_that_ends_early_or_a_table_too_deep_is_refused():
     lengths = huffman.code_lengths([10, 5, 1])
     stream = huffman.encode(np.array([0, 1, 2] * 20), lengths)
     with pytest.raises(ValueError, match="ends early"):
         huffman.decode(stream[:3], lengths, 60)
+    with pytest.raises(ValueError, match="a Huffman code of 40 bits is longer than the 16"):
+        huffman.decode(b"\x00", [40, 1], 1)  # a crafted table: refused, not a 2^40-entry decoding table
 
 
 def quantized_state(name: str) -> dict[str, torch.Tensor]:
@@ -470,6 +472,8 @@ def test_the_quantized_files_read_back_the_quantized_model_exactly(name, encodin
         torch.testing.assert_close(model_from_state(name, restored)(images()), expected, rtol=0, atol=0)
     compact = write_compact(tmp_path / "c.bin", name, state, keys)
     assert sizes["total"] < compact["total"] / 3  # 4-byte values became 5- or 8-bit indices
+    # version 2 where quantized entries are; a compact-only file stays version 1 for readers of that layout
+    assert (tmp_path / "m.bin").read_bytes()[4] == 2 and (tmp_path / "c.bin").read_bytes()[4] == 1
 
 
 def test_the_quantized_files_keep_gaps_longer_than_their_index_width(tmp_path):

@@ -45,7 +45,7 @@ def linear_centroids(values: Tensor, count: int) -> Tensor:
     """`count` centroids spaced evenly from min(values) to max(values) (one at their mean if count is 1)."""
     if count == 1:
         return values.mean().reshape(1)
-    return torch.linspace(float(values.min()), float(values.max()), count, dtype=values.dtype)
+    return torch.linspace(float(values.min()), float(values.max()), count, dtype=values.dtype, device=values.device)
 
 
 def kmeans_1d(values: Tensor, centroids: Tensor, iterations: int) -> tuple[Tensor, Tensor]:

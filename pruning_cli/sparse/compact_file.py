@@ -3,7 +3,8 @@ and Deep Compression's quantized and Huffman-coded variants of it.
 
 Layout (little-endian; README.md "The compact file" has it for a C reader):
 
-    file      := "PRNC" | version u8 = 2 | model name (u8 length, ASCII) | entries u16 | entry ... | CRC-32 u32
+    file      := "PRNC" | version u8 (1: dense and compact entries only; 2: any) | model name (u8 length, ASCII)
+                 | entries u16 | entry ... | CRC-32 u32
     entry     := name (u16 length, UTF-8) | kind u8 (0 dense, 1 compact, 2 quantized, 3 deep) | ndim u8
                  | shape: ndim x u32 | body
     dense     := numel x float32, row-major
@@ -63,7 +64,8 @@ def encode_file(
     """The file of `state`: the keys in `compact_keys` in `encoding` (ENCODINGS), the others dense float32; and the
     bytes of each entry and of the whole file (key "total"). ValueError if a weight cannot be stored so (a
     quantized encoding of a layer with more than 255 distinct values)."""
-    header = [MAGIC, struct.pack("<B", VERSION), _text(model, "<B"), struct.pack("<H", len(state))]
+    version = 1 if ENCODINGS[encoding] == COMPACT else VERSION  # a device reader of version 1 reads compact files
+    header = [MAGIC, struct.pack("<B", version), _text(model, "<B"), struct.pack("<H", len(state))]
     entries = {}
     for key, tensor in state.items():
         tensor = tensor.detach().cpu()

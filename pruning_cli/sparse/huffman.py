@@ -85,6 +85,8 @@ def decode(stream: bytes, lengths: Sequence[int], count: int) -> np.ndarray:
     width = max(lengths, default=0)
     if width == 0:
         raise ValueError("a Huffman table without codes cannot decode symbols")
+    if width > MAX_CODE_LENGTH:
+        raise ValueError(f"a Huffman code of {width} bits is longer than the {MAX_CODE_LENGTH} this format allows")
     symbol_at, length_at = _decoding_table(lengths, width)
     bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8)).astype(np.int64)
     bits = np.concatenate([bits, np.zeros(width, dtype=np.int64)])  # a window may look past the last code

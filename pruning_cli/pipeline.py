@@ -362,7 +362,10 @@ def run(
             config, plan, data, policy, RunStore(out_dir, fingerprint(config), trained_on, shard.is_main), shard
         )
         if shard.is_main:
-            write_run_record(out_dir, config, trained_on)
+            phases = {"train": config.train.precision, "retrain": config.retrain.precision}
+            if plan.quantize_bits is not None:
+                phases["quantize"] = config.quantize.precision
+            write_run_record(out_dir, config, trained_on, policy.describe(phases))
         experiment.stop_requested = lambda: shard.any(stop_requested())
         experiment.execute()
     if not shard.is_main:

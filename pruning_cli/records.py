@@ -129,9 +129,14 @@ def fingerprint(config: RunConfig) -> str:
     return json.dumps(experiment_settings(flatten(config_tree(config))), sort_keys=True)
 
 
-def write_run_record(out_dir: Path, config: RunConfig, trained_on: TrainedOn) -> None:
-    """`run.json`: the format, the whole config, and every data set the run's weights are trained on."""
+def write_run_record(
+    out_dir: Path, config: RunConfig, trained_on: TrainedOn, runtime: Mapping[str, Any] | None = None
+) -> None:
+    """`run.json`: the format, the whole config, every data set the run's weights are trained on, and what the
+    device policy made of the config on this machine (device, memory format, each phase's arithmetic)."""
     record = {"format": RECORD_FORMAT, "config": config_tree(config), "trained_on": as_records(trained_on)}
+    if runtime is not None:
+        record["runtime"] = dict(runtime)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(json.dumps(record, indent=2) + "\n", out_dir / RUN_RECORD)
 

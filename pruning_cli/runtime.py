@@ -35,10 +35,20 @@ class DevicePolicy:
     def autocast(self, precision: Precision) -> AbstractContextManager:
         """The arithmetic of a training step: bf16 autocast where the phase asks for it (or leaves it to this policy,
         which chose it) and the device has it; fp32 otherwise."""
-        wanted = precision is Precision.bf16 or (precision is Precision.auto and self.bf16_by_default)
-        if wanted and self.bf16_autocast:
+        if self.uses_bf16(precision):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def uses_bf16(self, precision: Precision) -> bool:
+        wanted = precision is Precision.bf16 or (precision is Precision.auto and self.bf16_by_default)
+        return wanted and self.bf16_autocast
+
+    def describe(self, precisions: dict[str, Precision]) -> dict[str, object]:
+        """What this policy makes of the run on this machine (run.json's `runtime`): `precision=auto` is decided
+        here, so the same config may compute in bf16 on one CPU and fp32 on another."""
+        arithmetic = {phase: "bf16" if self.uses_bf16(precision) else "fp32" for phase, precision in precisions.items()}
+        memory_format = "channels_last" if self.channels_last else "contiguous"
+        return {"device": str(self.device), "memory_format": memory_format, "arithmetic": arithmetic}
 
     def apply(self) -> None:
         """Set torch's process-wide switches for this policy (once, before any model is built)."""

@@ -12,6 +12,7 @@ from pruning_cli.data import ImageData, TensorSplit
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
 from pruning_cli.records import read_run_record
+from pruning_cli.runtime import cpu_has_amx
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,10 @@ def test_run_json_records_the_config_and_the_training_data(lenet5_run):
     assert record["config"]["pruning"]["kept"] == {"conv1": 0.66, "conv2": 0.12, "fc1": 0.075, "fc2": 0.19}
     assert record["config"]["retrain"]["regularization"] == "l2"
     assert record["trained_on"] == [{"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0}]
+    arithmetic = "bf16" if cpu_has_amx() else "fp32"  # precision=auto: the device policy's choice, recorded
+    assert record["runtime"] == {
+        "device": "cpu", "memory_format": "channels_last", "arithmetic": {"train": arithmetic, "retrain": arithmetic}
+    }  # fmt: skip
 
 
 def test_a_dense_checkpoint_replaces_phase_one(lenet5_run, tmp_path):

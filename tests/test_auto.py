@@ -77,3 +77,13 @@ def test_bad_auto_settings_are_one_line(overrides, expected):
     with pytest.raises(UserError) as refused:
         plan_run(compose_config(*AUTO, *overrides))
     assert str(refused.value).startswith(expected)
+
+
+def test_quantization_after_a_rollback_quantizes_the_model_that_was_kept(tmp_path):
+    greedy = ["pruning.budget=0", "pruning.layer_budget=100", "pruning.levels=[2.0]", "retrain.epochs=0"]
+    pruning_run_in_process(tmp_path, *AUTO, *greedy, "quantize=kmeans", "quantize.epochs=1")
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(zip(metrics.iteration, metrics.phase, strict=True))[-2:] == [(1, "rollback"), (0, "quantize")]
+    assert metrics.params_nonzero.iloc[-1] == metrics.params_total.iloc[-1]  # the dense model, now quantized
+    final = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(final[f"{layer}.weight"].unique().numel() <= 31 for layer in ("fc1", "fc2", "fc3"))

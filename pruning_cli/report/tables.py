@@ -393,6 +393,18 @@ def _beside_paper_layers(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _fmt_sizes(dense: pd.Series, stored: pd.Series, with_dense: bool) -> list[str]:
+    """'1.07 MB -> 106 KB (10.1x)' (or '106 KB (10.1x)' without the dense size) per row; n/a where not stored."""
+    cells = []
+    for dense_bytes, stored_bytes in zip(dense, stored, strict=True):
+        if _missing(stored_bytes):
+            cells.append("n/a")
+            continue
+        prefix = f"{fmt_bytes(dense_bytes)} -> " if with_dense else ""
+        cells.append(f"{prefix}{fmt_bytes(stored_bytes)} ({dense_bytes / stored_bytes:.1f}x)")
+    return cells
+
+
 def layers_markdown(model: str, table: pd.DataFrame) -> str:
     """layers_<model>.md: one table per (dataset, method), like the paper's Tables 2-5."""
     cut = PAPER_FLOPS_CUT.get(model)
@@ -419,16 +431,8 @@ def layers_markdown(model: str, table: pd.DataFrame) -> str:
                 "% FLOPs kept": part.flops_kept_pct.map(lambda v: fmt_pct(v, 1)),
                 "paper % weights kept": part.paper_weights_kept_pct.map(lambda v: fmt_pct(v, 1)),
                 "difference (pts)": part.weights_kept_vs_paper.map(fmt_points),
-                "bytes dense -> compact": [
-                    "n/a"
-                    if _missing(compact)
-                    else f"{fmt_bytes(dense)} -> {fmt_bytes(compact)} ({dense / compact:.1f}x)"
-                    for dense, compact in zip(part.dense_bytes, part.compact_bytes, strict=True)
-                ],
-                "bytes quantized + Huffman": [
-                    "n/a" if _missing(deep) else f"{fmt_bytes(deep)} ({dense / deep:.1f}x)"
-                    for dense, deep in zip(part.dense_bytes, part.deep_bytes, strict=True)
-                ],
+                "bytes dense -> compact": _fmt_sizes(part.dense_bytes, part.compact_bytes, with_dense=True),
+                "bytes quantized + Huffman": _fmt_sizes(part.dense_bytes, part.deep_bytes, with_dense=False),
             }
         )
         shown.loc[part.layer == "total", "% non-zero activations"] = ""

@@ -1,6 +1,7 @@
 """The structure the code promises: short functions, Hydra at the edge, the pruning rule in `pruning/` only."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,13 @@ def test_the_pruning_rule_lives_in_pruning_only(primitive):
         if _calls(node, primitive)
     }
     assert callers and all(caller.startswith("pruning/") for caller in callers), callers
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages a (non-editable) install ships: a new subpackage missing there imports in
+    the source tree and fails on a fresh machine."""
+    listed = set(re.findall(r'"(pruning_cli(?:\.\w+)*)"', (PACKAGE.parent / "pyproject.toml").read_text()))
+    found = {
+        ".".join(path.parent.relative_to(PACKAGE.parent).parts) for path in PACKAGE.rglob("__init__.py")
+    }  # fmt: skip
+    assert found - listed == set()

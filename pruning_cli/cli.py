@@ -5,6 +5,7 @@ found by file path, so `prune-run`, `python -m pruning_cli.cli` and torchrun wor
 installed or an editable package, and from a clone's root (where the source tree shadows the installed package).
 """
 
+import os
 import signal
 import sys
 import tempfile
@@ -17,7 +18,9 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pruning_cli.config import GROUP_SCHEMAS, RunConfig, SensitivityTask
 from pruning_cli.distributed import Shard
@@ -170,7 +173,38 @@ def main() -> None:
         sys.exit(2)
     check_output_dir(sys.argv[1:])
     register_configs()
-    _run_from_hydra()
+    try:
+        with _hydra_raising():
+            _run_from_hydra()
+    except (ConfigCompositionException, OmegaConfBaseException) as error:
+        print(f"prune-run: error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextmanager
+def _hydra_raising() -> Iterator[None]:
+    """Have Hydra raise what it cannot compose (a value of the wrong type, an unknown key) instead of printing it
+    over several lines, so that `main` reports it in one."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def one_line(error: BaseException) -> str:
+    """A Hydra / OmegaConf error and its cause in one line, without OmegaConf's node details or Hydra's search path,
+    e.g. "Error merging override pruning.budget=abc: Value 'abc' of type 'str' could not be converted to Float"."""
+    details = ("full_key:", "reference_type=", "object_type=")
+    parts = []
+    for message in (error, error.__cause__):
+        lines = str(message or "").split("Config search path:")[0].splitlines()
+        parts.append(" ".join(line.strip() for line in lines if line.strip() and not line.strip().startswith(details)))
+    return ": ".join(part for part in parts if part)
 
 
 if __name__ == "__main__":

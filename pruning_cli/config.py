@@ -177,17 +177,22 @@ class AutoPruning(PruningConfig):
     """pruning=auto: find the compression instead of replaying it. Each iteration chooses every layer's sensitivity
     on the validation split (the largest of `levels` whose pruning of that layer alone, from its current mask,
     loses at most `layer_budget` points of the current validation top-1), prunes by the paper's rule, retrains, and
-    goes on while the retrained model stays within `budget` points of the dense model's validation top-1; a model
-    past the budget is rolled back to the last one within it, which becomes model.pt."""
+    goes on while the retrained model stays within `budget` points of the dense model's validation top-1. A model
+    past the budget is rolled back to the last one within it (model.pt at the end), and the search goes on from there
+    with smaller steps (`layer_budget` times `backoff`) until `patience` iterations in a row have been rolled back."""
 
     name: str = "auto"
-    iterations: int = 10  # at most; fewer when no layer can be pruned within the budget or the budget is spent
+    iterations: int = 10  # at most, rolled-back ones included; fewer when no layer can be pruned or patience runs out
     budget: float = 0.3  # points of validation top-1 the final model may lose against the dense model
     # Points one layer pruned alone, before retraining, may lose (null: the budget shared by the prunable layers).
     # 2 was chosen on the validation split of Fashion-MNIST, LeNet-300-100 (README: the highest compression within
     # the budget among 0.1, 1, 2 and 4).
     layer_budget: float | None = 2.0
     levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+    # After a rolled-back iteration the layer budget is multiplied by this (smaller steps from the kept model).
+    backoff: float = 0.5
+    # Rolled-back iterations in a row that end the search (1: stop at the first model past the budget).
+    patience: int = 2
 
 
 @dataclass

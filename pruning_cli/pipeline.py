@@ -47,12 +47,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AutoProgress:
-    """Where pruning=auto stands: the last iteration within the budget (0: dense), whether it has stopped, and the
-    dense model's validation top-1 that the budget is counted from."""
+    """Where pruning=auto stands: the last iteration within the budget (0: dense), whether it has stopped, the
+    dense model's validation top-1 that the budget is counted from, the iterations rolled back since the last one
+    kept, and the layer budget they have left (a fraction; null: the plan's)."""
 
     accepted: int = 0
     stopped: bool = False
     dense_val_top1: float = float("nan")
+    rollbacks: int = 0
+    layer_budget: float | None = None
 
 
 class PruningRun:
@@ -269,8 +272,9 @@ class PruningRun:
         """pruning=auto: each layer's sensitivity for this iteration, chosen on the validation split; none left to
         choose stops the run at the last iteration within the budget."""
         auto, batch_size = self.plan.auto, self.config.dataset.eval_batch_size
+        layer_budget = auto.layer_budget if self.auto.layer_budget is None else self.auto.layer_budget
         chosen = choose_sensitivities(
-            self.model, self.weights, self.masks, self.data.val, auto.levels, auto.layer_budget, batch_size
+            self.model, self.weights, self.masks, self.data.val, auto.levels, layer_budget, batch_size
         )
         if not chosen:
             self.auto.stopped = True
@@ -281,19 +285,25 @@ class PruningRun:
         return IterationPlan({name: LayerStep(LayerTarget(sensitivity=s)) for name, s in chosen.items()}, plan.freeze)
 
     def _keep_within_budget(self, iteration: int) -> None:
-        """pruning=auto: accept the retrained model, or roll back to the last one within the budget and stop."""
-        top1, limit = self._validation_top1(), self.auto.dense_val_top1 - self.plan.auto.budget
+        """pruning=auto: accept the retrained model, or roll back to the last one within the budget and go on from
+        it with smaller steps; `patience` rollbacks in a row stop the search."""
+        auto, plan = self.auto, self.plan.auto
+        top1, limit = self._validation_top1(), auto.dense_val_top1 - plan.budget
         if top1 >= limit:
-            self.auto.accepted = iteration
+            auto.accepted, auto.rollbacks = iteration, 0
             return
-        accepted = self.auto.accepted
-        log.warning(f"iteration {iteration}: validation top-1 {top1:.2%} is past the budget ({limit:.2%}); rolled "
-                    f"back to iteration {accepted}, whose model is model.pt")  # fmt: skip
-        name = "dense" if accepted == 0 else f"iteration_{accepted}"
+        auto.rollbacks += 1
+        auto.stopped = auto.rollbacks >= plan.patience
+        auto.layer_budget = (plan.layer_budget if auto.layer_budget is None else auto.layer_budget) * plan.backoff
+        then = "stopped" if auto.stopped else f"goes on with a layer budget of {100 * auto.layer_budget:.3g} points"
+        log.warning(
+            f"iteration {iteration}: validation top-1 {top1:.2%} is past the budget ({limit:.2%}); rolled back to "
+            f"iteration {auto.accepted} (model.pt unless a later one is kept); the search {then}"
+        )
+        name = "dense" if auto.accepted == 0 else f"iteration_{auto.accepted}"
         state, extras = load_checkpoint(self.store.out_dir / CHECKPOINTS / f"{name}.pt")
         self.model.load_state_dict(state)
         self.masks = {layer: mask.to(self.policy.device) for layer, mask in extras["masks"].items()}
-        self.auto.stopped = True
         self._record(iteration, "rollback", 0, time.perf_counter(), float("nan"))
 
     def _record(

@@ -44,11 +44,14 @@ class AnalysisPlan:
 @dataclass(frozen=True)
 class AutoPlan:
     """Budgeted pruning: the sensitivities each iteration may choose from, and what it may lose (fractions of
-    validation top-1): in all (`budget`), and by one layer pruned alone before retraining (`layer_budget`)."""
+    validation top-1): in all (`budget`), and by one layer pruned alone before retraining (`layer_budget`, times
+    `backoff` after each rolled-back iteration; `patience` of those in a row end the search)."""
 
     levels: list[float]
     budget: float
     layer_budget: float
+    backoff: float
+    patience: int
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,13 @@ def auto_plan(config: RunConfig, layers: int) -> AutoPlan:
         raise UserError(
             f"pruning.budget is {pruning.budget} and pruning.layer_budget {layer_budget}; both must be >= 0 points"
         )
+    if not 0 < pruning.backoff <= 1 or pruning.patience < 1:
+        raise UserError(
+            f"pruning.backoff is {pruning.backoff} and pruning.patience {pruning.patience}: the backoff must be in "
+            "(0, 1] (e.g. 0.5) and the patience at least 1 (1 stops at the first iteration past the budget)"
+        )
     check_levels(list(pruning.levels), LevelKind.sensitivity, "pruning.levels")
-    return AutoPlan(sorted(pruning.levels), pruning.budget / 100, layer_budget / 100)
+    return AutoPlan(sorted(pruning.levels), pruning.budget / 100, layer_budget / 100, pruning.backoff, pruning.patience)
 
 
 def analysis_plan(task: SensitivityTask, layer_names: list[str]) -> AnalysisPlan:

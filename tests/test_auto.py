@@ -35,9 +35,11 @@ def test_each_iteration_prunes_at_sensitivities_chosen_from_the_levels_and_stays
     assert nonzero == final.params_nonzero  # model.pt is the run's last row
 
 
+GREEDY = ["pruning.budget=0", "pruning.layer_budget=100", "pruning.levels=[2.0]", "retrain.epochs=0"]
+
+
 def test_an_iteration_past_the_budget_is_rolled_back_to_the_last_model_within_it(tmp_path):
-    greedy = ["pruning.budget=0", "pruning.layer_budget=100", "pruning.levels=[2.0]", "retrain.epochs=0"]
-    experiment = pruning_run_in_process(tmp_path, *AUTO, *greedy)
+    experiment = pruning_run_in_process(tmp_path, *AUTO, *GREEDY, "pruning.patience=1")
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [
         (0, "train"), (1, "prune"), (1, "retrain"), (1, "rollback"),
@@ -48,6 +50,32 @@ def test_an_iteration_past_the_budget_is_rolled_back_to_the_last_model_within_it
     final = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(torch.equal(final[key], dense[key]) for key in dense)
     assert experiment.auto.stopped and experiment.auto.accepted == 0
+
+
+def test_the_search_goes_on_from_the_kept_model_with_smaller_steps_until_patience_runs_out(tmp_path):
+    experiment = pruning_run_in_process(tmp_path, *AUTO, *GREEDY, "pruning.patience=2", "pruning.backoff=0.5")
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    rows = list(zip(metrics.iteration, metrics.phase, strict=True))
+    assert rows[1:] == [(i, phase) for i in (1, 2) for phase in ("prune", "retrain", "rollback")]
+    assert (metrics.params_nonzero.iloc[[3, 6]] == metrics.params_total.iloc[0]).all()  # each back to dense
+    assert experiment.auto.stopped and experiment.auto.rollbacks == 2
+    assert experiment.auto.layer_budget == pytest.approx(1.0 * 0.5 * 0.5)  # 100 points, halved twice
+
+
+def test_a_smaller_step_after_a_rollback_is_kept(tmp_path):
+    """A step past the budget is rolled back; the next, at a layer budget cut a thousandfold, prunes only what
+    costs no validation image, and is kept: model.pt is that later model, not the dense one."""
+    settings = ["pruning.budget=1", "pruning.layer_budget=100", "pruning.levels=[0.25,2.0]", "retrain.epochs=0"]
+    experiment = pruning_run_in_process(tmp_path, *AUTO, *settings, "pruning.backoff=0.001", "pruning.iterations=2")
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(zip(metrics.iteration, metrics.phase, strict=True))[1:] == [
+        (1, "prune"), (1, "retrain"), (1, "rollback"), (2, "prune"), (2, "retrain"),
+    ]  # fmt: skip
+    assert metrics.val_top1.iloc[2] < metrics.val_top1.iloc[0] - 0.01 <= metrics.val_top1.iloc[-1]
+    assert metrics.params_nonzero.iloc[-1] < metrics.params_total.iloc[-1]
+    assert (experiment.auto.accepted, experiment.auto.rollbacks, experiment.auto.stopped) == (2, 0, False)
+    final = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert sum(int(torch.count_nonzero(value)) for value in final.values()) == metrics.params_nonzero.iloc[-1]
 
 
 def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
@@ -71,6 +99,8 @@ def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
         (["pruning.kept={fc1:0.1}"], "pruning=auto chooses every layer's sensitivity itself"),
         (["pruning.budget=-1"], "pruning.budget is -1.0 and pruning.layer_budget"),
         (["pruning.levels=[]"], "pruning.levels is empty"),
+        (["pruning.backoff=0"], "pruning.backoff is 0.0 and pruning.patience 2: the backoff must be in (0, 1]"),
+        (["pruning.patience=0"], "pruning.backoff is 0.5 and pruning.patience 0: the backoff must be in (0, 1]"),
     ],
 )
 def test_bad_auto_settings_are_one_line(overrides, expected):
@@ -80,8 +110,7 @@ def test_bad_auto_settings_are_one_line(overrides, expected):
 
 
 def test_quantization_after_a_rollback_quantizes_the_model_that_was_kept(tmp_path):
-    greedy = ["pruning.budget=0", "pruning.layer_budget=100", "pruning.levels=[2.0]", "retrain.epochs=0"]
-    pruning_run_in_process(tmp_path, *AUTO, *greedy, "quantize=kmeans", "quantize.epochs=1")
+    pruning_run_in_process(tmp_path, *AUTO, *GREEDY, "pruning.patience=1", "quantize=kmeans", "quantize.epochs=1")
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert list(zip(metrics.iteration, metrics.phase, strict=True))[-2:] == [(1, "rollback"), (0, "quantize")]
     assert metrics.params_nonzero.iloc[-1] == metrics.params_total.iloc[-1]  # the dense model, now quantized

@@ -7,15 +7,10 @@ import sys
 
 import pandas as pd
 import pytest
+from hydra.errors import ConfigCompositionException
 from runs import REPOSITORY, SMOKE, prune_run
 
-from pruning_cli.cli import check_output_dir, format_summary
-
-
-def _one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    return result.stderr
+from pruning_cli.cli import check_output_dir, compose_config, format_summary, one_line
 
 
 @pytest.mark.slow
@@ -34,11 +29,18 @@ def test_python_dash_m_from_the_repository_root_prints_the_summary_and_logs_ever
 
 
 @pytest.mark.slow
-def test_a_key_of_another_data_set_kind_fails_with_hydras_message(tmp_path):
-    stderr = _one_line_error(
-        prune_run("dataset=mnist", "dataset.num_classes=100", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    )
-    assert "Key 'num_classes' not in 'MnistLikeDataset'" in stderr
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["dataset=mnist", "dataset.num_classes=100"], "Could not override 'dataset.num_classes'. To append to your "
+         "config use +dataset.num_classes=100: Key 'num_classes' not in 'MnistLikeDataset'"),
+        (["pruning=auto", "pruning.budget=abc"], "Error merging override pruning.budget=abc: Value 'abc' of type "
+         "'str' could not be converted to Float"),
+    ],
+)  # fmt: skip
+def test_what_hydra_cannot_compose_is_one_line_and_exit_2(tmp_path, overrides, expected):
+    result = prune_run(*overrides, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, f"prune-run: error: {expected}\n")
 
 
 @pytest.mark.slow
@@ -75,3 +77,12 @@ def test_the_summary_of_an_analysis_points_to_its_csv_instead_of_a_compression(t
         f"dense model: test top-1 89.77%; layer sensitivity on the validation split in {tmp_path / 'sensitivity.csv'}"
     )
     assert "compression" in format_summary(metrics, tmp_path).splitlines()[0]
+
+
+def test_hydra_errors_lose_omegaconfs_node_details_and_the_search_path():
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose_config("pruning=none_such")
+    assert one_line(refused.value) == (
+        "In 'config': Could not find 'pruning/none_such' Available options in 'pruning': auto auto_pruning iterative "
+        "oneshot"
+    )

@@ -189,7 +189,8 @@ class AutoPruning(PruningConfig):
     # the budget among 0.1, 1, 2 and 4).
     layer_budget: float | None = 2.0
     levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
-    # After a rolled-back iteration the layer budget is multiplied by this (smaller steps from the kept model).
+    # After a rolled-back iteration the layer budget is multiplied by this (a smaller step from the kept model), and
+    # divided by it, up to `layer_budget`, after a kept one: the step size follows what retraining can recover.
     backoff: float = 0.5
     # Rolled-back iterations in a row that end the search (1: stop at the first model past the budget).
     patience: int = 2

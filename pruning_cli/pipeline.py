@@ -285,16 +285,18 @@ class PruningRun:
         return IterationPlan({name: LayerStep(LayerTarget(sensitivity=s)) for name, s in chosen.items()}, plan.freeze)
 
     def _keep_within_budget(self, iteration: int) -> None:
-        """pruning=auto: accept the retrained model, or roll back to the last one within the budget and go on from
-        it with smaller steps; `patience` rollbacks in a row stop the search."""
+        """pruning=auto: keep the retrained model (and let the next step grow), or roll back to the last one within
+        the budget and go on from it with a smaller step; `patience` rollbacks in a row stop the search."""
         auto, plan = self.auto, self.plan.auto
         top1, limit = self._validation_top1(), auto.dense_val_top1 - plan.budget
-        if top1 >= limit:
+        layer_budget = plan.layer_budget if auto.layer_budget is None else auto.layer_budget
+        if top1 >= limit:  # kept: the steps grow back towards the plan's layer budget
             auto.accepted, auto.rollbacks = iteration, 0
+            auto.layer_budget = min(plan.layer_budget, layer_budget / plan.backoff)
             return
         auto.rollbacks += 1
         auto.stopped = auto.rollbacks >= plan.patience
-        auto.layer_budget = (plan.layer_budget if auto.layer_budget is None else auto.layer_budget) * plan.backoff
+        auto.layer_budget = layer_budget * plan.backoff
         then = "stopped" if auto.stopped else f"goes on with a layer budget of {100 * auto.layer_budget:.3g} points"
         log.warning(
             f"iteration {iteration}: validation top-1 {top1:.2%} is past the budget ({limit:.2%}); rolled back to "

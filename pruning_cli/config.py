@@ -193,7 +193,7 @@ class AutoPruning(PruningConfig):
     # divided by it, up to `layer_budget`, after a kept one: the step size follows what retraining can recover.
     backoff: float = 0.5
     # Rolled-back iterations in a row that end the search (1: stop at the first model past the budget).
-    patience: int = 2
+    patience: int = 3
 
 
 @dataclass

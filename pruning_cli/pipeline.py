@@ -290,7 +290,7 @@ class PruningRun:
         auto, plan = self.auto, self.plan.auto
         top1, limit = self._validation_top1(), auto.dense_val_top1 - plan.budget
         layer_budget = plan.layer_budget if auto.layer_budget is None else auto.layer_budget
-        if top1 >= limit:  # kept: the steps grow back towards the plan's layer budget
+        if plan.within_budget(top1, auto.dense_val_top1):  # kept: the steps grow back towards the plan's layer budget
             auto.accepted, auto.rollbacks = iteration, 0
             auto.layer_budget = min(plan.layer_budget, layer_budget / plan.backoff)
             return

@@ -195,11 +195,11 @@ def evaluate(model: nn.Module, data: TensorSplit, batch_size: int = 1000) -> Eva
     """Top-1 and top-5 accuracy and mean cross-entropy of `model` on `data`."""
     model.eval()
     loss_sum = torch.zeros((), device=data.device)
-    hits = torch.zeros(2, device=data.device)
+    hits = torch.zeros(2, dtype=torch.long, device=data.device)  # counts, divided exactly below
     for images, labels in data.batches(batch_size):
         logits = model(images)
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
         hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
-    top1, top5 = (hits / len(data)).tolist()
+    top1, top5 = (count / len(data) for count in hits.tolist())  # in float64: 4475 / 5000 is 0.895, not 0.89499998
     return Evaluation(top1=top1, top5=top5, loss=loss_sum.item() / len(data))

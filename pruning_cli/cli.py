@@ -18,7 +18,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -176,7 +176,7 @@ def main() -> None:
     try:
         with _hydra_raising():
             _run_from_hydra()
-    except (ConfigCompositionException, OmegaConfBaseException) as error:
+    except (CompactHydraException, OmegaConfBaseException) as error:
         print(f"prune-run: error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
 

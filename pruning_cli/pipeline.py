@@ -1,6 +1,7 @@
 """The paper's method end to end: train (or load) the dense model, then prune -> retrain, iterated."""
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -266,7 +267,15 @@ class PruningRun:
         return state["rows"]
 
     def _validation_top1(self) -> float:
-        return evaluate(self.model, self.data.val, self.config.dataset.eval_batch_size).top1
+        """Rank 0's validation top-1 on every process, so that all take the same pruning=auto decisions."""
+        top1 = evaluate(self.model, self.data.val, self.config.dataset.eval_batch_size).top1
+        return self._agreed({"top1": top1})["top1"]
+
+    def _agreed(self, values: dict[str, float]) -> dict[str, float]:
+        """Rank 0's `values` on every process (kernels chosen per GPU can tip a number at a threshold)."""
+        carrier = torch.tensor(list(values.values()), dtype=torch.float64, device=self.policy.device)
+        self.shard.broadcast_([carrier])
+        return dict(zip(values, carrier.tolist(), strict=True))
 
     def _choose(self, iteration: int, plan: IterationPlan) -> IterationPlan:
         """pruning=auto: each layer's sensitivity for this iteration, chosen on the validation split; none left to
@@ -276,6 +285,8 @@ class PruningRun:
         chosen = choose_sensitivities(
             self.model, self.weights, self.masks, self.data.val, auto.levels, layer_budget, batch_size
         )
+        levels = self._agreed({name: chosen.get(name, math.nan) for name in self.weights})
+        chosen = {name: level for name, level in levels.items() if not math.isnan(level)}
         if not chosen:
             self.auto.stopped = True
             log.info(f"iteration {iteration}: no layer can be pruned within the budget; model.pt is iteration "

@@ -7,7 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
-from hydra.errors import ConfigCompositionException
+from hydra.errors import CompactHydraException, ConfigCompositionException
 from runs import REPOSITORY, SMOKE, prune_run
 
 from pruning_cli.cli import check_output_dir, compose_config, format_summary, one_line
@@ -86,3 +86,10 @@ def test_hydra_errors_lose_omegaconfs_node_details_and_the_search_path():
         "In 'config': Could not find 'pruning/none_such' Available options in 'pruning': auto auto_pruning iterative "
         "oneshot"
     )
+
+
+def test_a_malformed_override_is_one_line_too():
+    """main() reports every CompactHydraException (compose and override-grammar errors alike) through one_line."""
+    with pytest.raises(CompactHydraException) as refused:
+        compose_config("train.lr=[1")
+    assert len(one_line(refused.value).splitlines()) == 1 and "'[1'" in one_line(refused.value)

@@ -98,3 +98,21 @@ def test_torchrun_stops_on_sigterm_resumes_and_matches_one_process(tmp_path):
     for key, value in one_model.items():
         assert torch.equal(ddp_model[key] == 0, value == 0), key  # the same masks
         torch.testing.assert_close(ddp_model[key], value, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_takes_rank_0s_pruning_auto_decisions_as_one_process_does(tmp_path):
+    """pruning=auto under torchrun: every process keeps, rolls back and stops on rank 0's validation numbers and
+    sensitivities (broadcast), and the rows and kept model are one process's."""
+    overrides = [
+        *SMOKE, "train.epochs=1", "pruning=auto", "dataset.val_split=128", "pruning.iterations=3", "pruning.budget=1",
+        "pruning.layer_budget=100", "pruning.levels=[0.25,2.0]", "pruning.backoff=0.001", "retrain.epochs=0",
+    ]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    command = [*torchrun, "pruning_cli.cli", *overrides, f"hydra.run.dir={tmp_path / 'ddp'}"]
+    result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_process(tmp_path / "single", *overrides)
+    ddp, one = (pd.read_csv(tmp_path / run / "metrics.csv") for run in ("ddp", "single"))
+    assert "rollback" in one.phase.values  # the case where the processes must agree to go on from the kept model
+    pd.testing.assert_frame_equal(ddp.drop(columns="seconds"), one.drop(columns="seconds"), rtol=1e-4)

@@ -4,7 +4,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -44,19 +44,23 @@ from pruning_cli.training.freeze import frozen
 from pruning_cli.training.loop import MaskedWeights, NonFiniteLoss, PhaseProgress, StopRequested, evaluate, train_phase
 
 log = logging.getLogger(__name__)
+# How often pruning=auto halves the layer budget looking for a step other than the one just rolled back.
+MAX_SHRINKS = 10
 
 
 @dataclass
 class AutoProgress:
     """Where pruning=auto stands: the last iteration within the budget (0: dense), whether it has stopped, the
     dense model's validation top-1 that the budget is counted from, the iterations rolled back since the last one
-    kept, and the layer budget they have left (a fraction; null: the plan's)."""
+    kept, the layer budget they have left (a fraction; null: the plan's), and the steps tried and rejected."""
 
     accepted: int = 0
     stopped: bool = False
     dense_val_top1: float = float("nan")
     rollbacks: int = 0
     layer_budget: float | None = None
+    trying: dict[str, float] = field(default_factory=dict)  # this iteration's sensitivities
+    rejected: dict[str, float] = field(default_factory=dict)  # those of the step just rolled back
 
 
 class PruningRun:
@@ -279,21 +283,35 @@ class PruningRun:
 
     def _choose(self, iteration: int, plan: IterationPlan) -> IterationPlan:
         """pruning=auto: each layer's sensitivity for this iteration, chosen on the validation split; none left to
-        choose stops the run at the last iteration within the budget."""
-        auto, batch_size = self.plan.auto, self.config.dataset.eval_batch_size
-        layer_budget = auto.layer_budget if self.auto.layer_budget is None else self.auto.layer_budget
-        chosen = choose_sensitivities(
-            self.model, self.weights, self.masks, self.data.val, auto.levels, layer_budget, batch_size
-        )
-        levels = self._agreed({name: chosen.get(name, math.nan) for name in self.weights})
-        chosen = {name: level for name, level in levels.items() if not math.isnan(level)}
+        choose stops the run at the last iteration within the budget. The step just rolled back is never tried
+        again: from the same model it makes the same masks, and retraining them again would only fish for a luckier
+        validation score; the layer budget shrinks until the choice differs."""
+        auto, plan_auto = self.auto, self.plan.auto
+        for _ in range(MAX_SHRINKS):
+            layer_budget = plan_auto.layer_budget if auto.layer_budget is None else auto.layer_budget
+            chosen = self._sensitivities_within(layer_budget)
+            if chosen != auto.rejected:
+                break
+            auto.layer_budget = layer_budget * plan_auto.backoff
+        else:
+            chosen = {}
+        auto.trying = chosen
         if not chosen:
-            self.auto.stopped = True
+            auto.stopped = True
             log.info(f"iteration {iteration}: no layer can be pruned within the budget; model.pt is iteration "
-                     f"{self.auto.accepted}'s")  # fmt: skip
+                     f"{auto.accepted}'s")  # fmt: skip
         else:
             log.info(f"iteration {iteration}: sensitivities chosen on the validation split: {chosen}")
         return IterationPlan({name: LayerStep(LayerTarget(sensitivity=s)) for name, s in chosen.items()}, plan.freeze)
+
+    def _sensitivities_within(self, layer_budget: float) -> dict[str, float]:
+        """The sensitivity analysis's choice at `layer_budget`, rank 0's on every process."""
+        chosen = choose_sensitivities(
+            self.model, self.weights, self.masks, self.data.val, self.plan.auto.levels, layer_budget,
+            self.config.dataset.eval_batch_size,
+        )  # fmt: skip
+        levels = self._agreed({name: chosen.get(name, math.nan) for name in self.weights})
+        return {name: level for name, level in levels.items() if not math.isnan(level)}
 
     def _keep_within_budget(self, iteration: int) -> None:
         """pruning=auto: keep the retrained model (and let the next step grow), or roll back to the last one within
@@ -302,10 +320,10 @@ class PruningRun:
         top1, limit = self._validation_top1(), auto.dense_val_top1 - plan.budget
         layer_budget = plan.layer_budget if auto.layer_budget is None else auto.layer_budget
         if plan.within_budget(top1, auto.dense_val_top1):  # kept: the steps grow back towards the plan's layer budget
-            auto.accepted, auto.rollbacks = iteration, 0
+            auto.accepted, auto.rollbacks, auto.rejected = iteration, 0, {}
             auto.layer_budget = min(plan.layer_budget, layer_budget / plan.backoff)
             return
-        auto.rollbacks += 1
+        auto.rollbacks, auto.rejected = auto.rollbacks + 1, auto.trying
         auto.stopped = auto.rollbacks >= plan.patience
         auto.layer_budget = layer_budget * plan.backoff
         then = "stopped" if auto.stopped else f"goes on with a layer budget of {100 * auto.layer_budget:.3g} points"

@@ -61,7 +61,14 @@ def test_the_search_goes_on_from_the_kept_model_with_smaller_steps_until_patienc
     assert rows[1:] == [(i, phase) for i in (1, 2) for phase in ("prune", "retrain", "rollback")]
     assert (metrics.params_nonzero.iloc[[3, 6]] == metrics.params_total.iloc[0]).all()  # each back to dense
     assert experiment.auto.stopped and experiment.auto.rollbacks == 2
-    assert experiment.auto.layer_budget == pytest.approx(1.0 * 0.5 * 0.5)  # 100 points, halved twice
+    # The retry never repeats the step just rolled back (the same masks): at 50 points it still chose fc1, fc2 and
+    # fc3 at 2 std, so the budget halved again until fc1 dropped out; then the second rollback halved it a third time.
+    layers = pd.read_csv(tmp_path / "layers.csv")
+    tried = [
+        set(step.dropna(subset=["threshold"]).layer) for _, step in layers[layers.phase == "prune"].groupby("iteration")
+    ]
+    assert tried[0] == {"fc1", "fc2", "fc3"} and tried[1] and tried[1] < tried[0]
+    assert experiment.auto.layer_budget == pytest.approx(1.0 * 0.5**3)  # 100 points, halved three times
 
 
 def test_a_smaller_step_after_a_rollback_is_kept(tmp_path):

@@ -53,8 +53,9 @@ SENSITIVITY = CsvSchema(
     "sensitivity.csv", ("layer", "sensitivity", "threshold", "kept", "top1", "top5", "loss"), ("layer", "top1")
 )
 # The `phase` of metrics, layers and epochs rows, in the order they run; `rollback` (pruning=auto) is the model a
-# run went back to when an iteration spent its budget: the model.pt of that run; `quantize` (quantize=kmeans) is
-# trained quantization of the final pruned model, which model.pt then holds.
+# run went back to when an iteration went past its budget (the search goes on from it, and it is model.pt unless a
+# later iteration is kept); `quantize` (quantize=kmeans) is trained quantization of the final pruned model, which
+# model.pt then holds.
 PHASES = ("train", "prune", "retrain", "rollback", "quantize")
 
 RUN_RECORD = "run.json"

@@ -173,27 +173,14 @@ def main() -> None:
         sys.exit(2)
     check_output_dir(sys.argv[1:])
     register_configs()
+    # Hydra then raises what it cannot compose (a wrong type, an unknown key) instead of printing it over several
+    # lines, and it is reported here in one; this process ends with the run, so the setting goes no further.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        with _hydra_raising():
-            _run_from_hydra()
+        _run_from_hydra()
     except (CompactHydraException, OmegaConfBaseException) as error:
         print(f"prune-run: error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
-
-
-@contextmanager
-def _hydra_raising() -> Iterator[None]:
-    """Have Hydra raise what it cannot compose (a value of the wrong type, an unknown key) instead of printing it
-    over several lines, so that `main` reports it in one."""
-    before = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["HYDRA_FULL_ERROR"]
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def one_line(error: BaseException) -> str:

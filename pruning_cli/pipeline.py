@@ -52,13 +52,13 @@ MAX_SHRINKS = 10
 class AutoProgress:
     """Where pruning=auto stands: the last iteration within the budget (0: dense), whether it has stopped, the
     dense model's validation top-1 that the budget is counted from, the iterations rolled back since the last one
-    kept, the layer budget they have left (a fraction; null: the plan's), and the steps tried and rejected."""
+    kept, the layer budget of the next step (a fraction), and the steps tried and rejected."""
 
     accepted: int = 0
     stopped: bool = False
     dense_val_top1: float = float("nan")
     rollbacks: int = 0
-    layer_budget: float | None = None
+    layer_budget: float = float("nan")
     trying: dict[str, float] = field(default_factory=dict)  # this iteration's sensitivities
     rejected: dict[str, float] = field(default_factory=dict)  # those of the step just rolled back
 
@@ -127,7 +127,7 @@ class PruningRun:
         if self.config.pruning.std is StdSource.dense:  # the std every pruning step multiplies, fixed from here on
             self.dense_std = {name: surviving_std(weight, self.masks[name]) for name, weight in self.weights.items()}
         if self.plan.auto is not None:
-            self.auto.dense_val_top1 = self._validation_top1()
+            self.auto.dense_val_top1, self.auto.layer_budget = self._validation_top1(), self.plan.auto.layer_budget
         self.store.save_checkpoint("dense", self.model, 0, self.masks)
         self._record(0, "train", epochs, start, train_loss)
 
@@ -288,11 +288,10 @@ class PruningRun:
         validation score; the layer budget shrinks until the choice differs."""
         auto, plan_auto = self.auto, self.plan.auto
         for _ in range(MAX_SHRINKS):
-            layer_budget = plan_auto.layer_budget if auto.layer_budget is None else auto.layer_budget
-            chosen = self._sensitivities_within(layer_budget)
+            chosen = self._sensitivities_within(auto.layer_budget)
             if chosen != auto.rejected:
                 break
-            auto.layer_budget = layer_budget * plan_auto.backoff
+            auto.layer_budget *= plan_auto.backoff
         else:
             chosen = {}
         auto.trying = chosen
@@ -318,14 +317,13 @@ class PruningRun:
         the budget and go on from it with a smaller step; `patience` rollbacks in a row stop the search."""
         auto, plan = self.auto, self.plan.auto
         top1, limit = self._validation_top1(), auto.dense_val_top1 - plan.budget
-        layer_budget = plan.layer_budget if auto.layer_budget is None else auto.layer_budget
         if plan.within_budget(top1, auto.dense_val_top1):  # kept: the steps grow back towards the plan's layer budget
             auto.accepted, auto.rollbacks, auto.rejected = iteration, 0, {}
-            auto.layer_budget = min(plan.layer_budget, layer_budget / plan.backoff)
+            auto.layer_budget = min(plan.layer_budget, auto.layer_budget / plan.backoff)
             return
         auto.rollbacks, auto.rejected = auto.rollbacks + 1, auto.trying
         auto.stopped = auto.rollbacks >= plan.patience
-        auto.layer_budget = layer_budget * plan.backoff
+        auto.layer_budget *= plan.backoff
         then = "stopped" if auto.stopped else f"goes on with a layer budget of {100 * auto.layer_budget:.3g} points"
         log.warning(
             f"iteration {iteration}: validation top-1 {top1:.2%} is past the budget ({limit:.2%}); rolled back to "

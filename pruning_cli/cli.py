@@ -26,6 +26,7 @@ from pruning_cli.config import GROUP_SCHEMAS, RunConfig, SensitivityTask
 from pruning_cli.distributed import Shard
 from pruning_cli.errors import UserError
 from pruning_cli.pipeline import run
+from pruning_cli.policies import schemas as policy_schemas
 from pruning_cli.records import SENSITIVITY, STATE_FILE
 from pruning_cli.training.loop import StopRequested
 
@@ -42,7 +43,7 @@ def register_configs() -> None:
     kind of each group's choices (first in each choice's defaults)."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
-    for group, schemas in GROUP_SCHEMAS.items():
+    for group, schemas in {**GROUP_SCHEMAS, "pruning": policy_schemas()}.items():
         for name, schema in schemas.items():
             store.store(group=group, name=name, node=schema)
 

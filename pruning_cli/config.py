@@ -7,7 +7,6 @@ sees an omegaconf object. The YAML files of `configs/` only choose between them 
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 MISSING = "???"  # omegaconf's marker for a value the composed config must set
 
@@ -125,6 +124,15 @@ class TrainConfig(PhaseConfig):
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation while retraining (Hinton et al. 2015), the dense model as teacher: the loss is
+    (1 - weight) CE(labels) + weight T^2 KL(softmax(teacher / T) || softmax(student / T)), T the temperature."""
+
+    weight: float = 0.0  # 0: off
+    temperature: float = 4.0
+
+
+@dataclass
 class RetrainConfig(PhaseConfig):
     """Phase 3, after each pruning step; the paper retrains LeNets at 1/10 of the dense learning rate."""
 
@@ -132,6 +140,7 @@ class RetrainConfig(PhaseConfig):
     lr: float = 0.005
     # Layers that get no update while retraining (not in the optimizer, so no weight decay either).
     freeze: Freeze = Freeze.none
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -154,46 +163,10 @@ class QuantizeConfig(PhaseConfig):
 
 @dataclass
 class PruningConfig:
-    """Phase 2: each prunable layer loses every weight with |w| < sensitivity x std, or walks to a kept fraction."""
+    """Phase 2: the `pruning` group's choices are the policies of pruning_cli/policies, each with its own schema
+    (a subclass of this one, kept in the policy's module and registered from its registry)."""
 
-    name: str = "iterative"
-    iterations: int = 3
-    # Threshold = sensitivity x std for every prunable layer; null leaves unnamed layers dense.
-    sensitivity: float | None = 1.0
-    # Per-layer overrides, {layer: sensitivity}. Untyped and null by default so that `pruning.kept={fc1:0.08}`
-    # replaces the node (Hydra would merge a dict into a typed dict node and refuse its new keys); the CLI
-    # checks names and values instead.
-    layer_sensitivity: Any = None
-    # Final fraction of each layer's weights kept, {layer: fraction} (the paper's per-layer %); wins over sensitivities.
-    kept: Any = None
-    std: StdSource = StdSource.surviving
-    # The paper's alternation: odd iterations prune the fc layers and retrain them with conv frozen, even
-    # iterations prune conv and retrain it with fc frozen (pruning/schedule.py).
-    alternate: bool = False
-
-
-@dataclass
-class AutoPruning(PruningConfig):
-    """pruning=auto: find the compression instead of replaying it. Each iteration chooses every layer's sensitivity
-    on the validation split (the largest of `levels` whose pruning of that layer alone, from its current mask,
-    loses at most `layer_budget` points of the current validation top-1), prunes by the paper's rule, retrains, and
-    goes on while the retrained model stays within `budget` points of the dense model's validation top-1. A model
-    past the budget is rolled back to the last one within it (model.pt at the end), and the search goes on from there
-    with smaller steps (`layer_budget` times `backoff`) until `patience` iterations in a row have been rolled back."""
-
-    name: str = "auto"
-    iterations: int = 10  # at most, rolled-back ones included; fewer when no layer can be pruned or patience runs out
-    budget: float = 0.3  # points of validation top-1 the final model may lose against the dense model
-    # Points one layer pruned alone, before retraining, may lose (null: the budget shared by the prunable layers).
-    # 2 was chosen on the validation split of Fashion-MNIST, LeNet-300-100 (README: the highest compression within
-    # the budget among 0.1, 1, 2 and 4).
-    layer_budget: float | None = 2.0
-    levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
-    # After a rolled-back iteration the layer budget is multiplied by this (a smaller step from the kept model), and
-    # divided by it, up to `layer_budget`, after a kept one: the step size follows what retraining can recover.
-    backoff: float = 0.5
-    # Rolled-back iterations in a row that end the search (1: stop at the first model past the budget).
-    patience: int = 3
+    name: str = MISSING
 
 
 @dataclass
@@ -247,9 +220,9 @@ class RunConfig:
 
 
 # The schemas each config group's choices are checked against: {group: {schema name: dataclass}}. A choice's YAML
-# lists its schema first in its defaults (`defaults: [mnist_like, _self_]`).
+# lists its schema first in its defaults (`defaults: [mnist_like, _self_]`). The `pruning` group's come from the
+# policy registry (pruning_cli/policies/registry.py).
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"mnist_like": MnistLikeDataset, "synthetic_data": SyntheticDataset, "image_folder": ImageFolderDataset},
     "task": {"prune_task": PruneTask, "sensitivity_task": SensitivityTask},
-    "pruning": {"auto_pruning": AutoPruning},
 }

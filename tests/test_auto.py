@@ -51,7 +51,7 @@ def test_an_iteration_past_the_budget_is_rolled_back_to_the_last_model_within_it
     dense = torch.load(tmp_path / "checkpoints" / "dense.pt", weights_only=True)["model"]
     final = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(torch.equal(final[key], dense[key]) for key in dense)
-    assert experiment.auto.stopped and experiment.auto.accepted == 0
+    assert experiment.stopped and experiment.kept_iteration == 0
 
 
 def test_the_search_goes_on_from_the_kept_model_with_smaller_steps_until_patience_runs_out(tmp_path):
@@ -60,7 +60,7 @@ def test_the_search_goes_on_from_the_kept_model_with_smaller_steps_until_patienc
     rows = list(zip(metrics.iteration, metrics.phase, strict=True))
     assert rows[1:] == [(i, phase) for i in (1, 2) for phase in ("prune", "retrain", "rollback")]
     assert (metrics.params_nonzero.iloc[[3, 6]] == metrics.params_total.iloc[0]).all()  # each back to dense
-    assert experiment.auto.stopped and experiment.auto.rollbacks == 2
+    assert experiment.stopped and experiment.pruning.progress.rollbacks == 2
     # The retry never repeats the step just rolled back (the same masks): at 50 points it still chose fc1, fc2 and
     # fc3 at 2 std, so the budget halved again until fc1 dropped out; then the second rollback halved it a third time.
     layers = pd.read_csv(tmp_path / "layers.csv")
@@ -68,7 +68,7 @@ def test_the_search_goes_on_from_the_kept_model_with_smaller_steps_until_patienc
         set(step.dropna(subset=["threshold"]).layer) for _, step in layers[layers.phase == "prune"].groupby("iteration")
     ]
     assert tried[0] == {"fc1", "fc2", "fc3"} and tried[1] and tried[1] < tried[0]
-    assert experiment.auto.layer_budget == pytest.approx(1.0 * 0.5**3)  # 100 points, halved three times
+    assert experiment.pruning.progress.layer_budget == pytest.approx(1.0 * 0.5**3)  # 100 points, halved three times
 
 
 def test_a_smaller_step_after_a_rollback_is_kept(tmp_path):
@@ -82,7 +82,7 @@ def test_a_smaller_step_after_a_rollback_is_kept(tmp_path):
     ]  # fmt: skip
     assert metrics.val_top1.iloc[2] < metrics.val_top1.iloc[0] - 0.01 <= metrics.val_top1.iloc[-1]
     assert metrics.params_nonzero.iloc[-1] < metrics.params_total.iloc[-1]
-    assert (experiment.auto.accepted, experiment.auto.rollbacks, experiment.auto.stopped) == (2, 0, False)
+    assert (experiment.kept_iteration, experiment.pruning.progress.rollbacks, experiment.stopped) == (2, 0, False)
     final = torch.load(tmp_path / "model.pt", weights_only=True)
     assert sum(int(torch.count_nonzero(value)) for value in final.values()) == metrics.params_nonzero.iloc[-1]
 
@@ -96,7 +96,7 @@ def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
 
     scrambled = pruning_run_in_process(tmp_path, *AUTO, transform_data=scramble)
     assert all(torch.equal(honest.masks[name], scrambled.masks[name]) for name in honest.masks)
-    assert (honest.auto.accepted, honest.auto.stopped) == (scrambled.auto.accepted, scrambled.auto.stopped)
+    assert (honest.kept_iteration, honest.stopped) == (scrambled.kept_iteration, scrambled.stopped)
     ours, theirs = pd.read_csv(out_dir / "layers.csv"), pd.read_csv(tmp_path / "layers.csv")
     pd.testing.assert_series_equal(ours.sensitivity, theirs.sensitivity)
 
@@ -105,7 +105,6 @@ def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
     ("overrides", "expected"),
     [
         (["dataset.val_split=0"], "pruning=auto chooses on held-out training data: set dataset.val_split=N"),
-        (["pruning.kept={fc1:0.1}"], "pruning=auto chooses every layer's sensitivity itself"),
         (["pruning.budget=-1"], "pruning.budget is -1.0 and pruning.layer_budget"),
         (["pruning.levels=[]"], "pruning.levels is empty"),
         (["pruning.backoff=0"], "pruning.backoff is 0.0 and pruning.patience 3: the backoff must be in (0, 1]"),
@@ -128,7 +127,7 @@ def test_quantization_after_a_rollback_quantizes_the_model_that_was_kept(tmp_pat
 
 
 def test_a_loss_of_exactly_the_budget_is_within_it():
-    plan = plan_run(compose_config(*AUTO, "pruning.budget=0.3")).auto
+    plan = plan_run(compose_config(*AUTO, "pruning.budget=0.3")).policy
     assert plan.within_budget(4475 / 5000, 4490 / 5000)  # 89.50% against 89.80%: 0.3 points, in floating point
     assert not plan.within_budget(4474 / 5000, 4490 / 5000)
 

@@ -42,6 +42,12 @@ class ModelSpec:
             modules = self.prunable(self.build(10))
         return {name: "conv" if isinstance(module, nn.Conv2d) else "fc" for name, module in modules.items()}
 
+    def layer_sizes(self, num_classes: int = 10) -> dict[str, int]:
+        """Weights per prunable layer, in forward order (built on the meta device: no memory)."""
+        with torch.device("meta"):
+            modules = self.prunable(self.build(num_classes))
+        return {name: module.weight.numel() for name, module in modules.items()}
+
     def output_positions(self, model: nn.Module) -> dict[str, int]:
         """Output positions per sample of each prunable layer (H x W for a conv, 1 for a linear layer)."""
         positions: dict[str, int] = {}

@@ -53,3 +53,16 @@ def pruning_schedule(kinds: Mapping[str, str], iterations: int, alternate: bool,
         pruned = {name: Turn(step, steps[kind]) for name, layer_kind in kinds.items() if layer_kind == kind}
         plan.append(Iteration(pruned, Freeze.conv if kind == FC else Freeze.fc))
     return plan
+
+
+def cubic_sparsity(step: int, start: int, end: int, frequency: int, final: float, initial: float = 0.0) -> float:
+    """Gradual magnitude pruning's sparsity after `step` training steps (Zhu and Gupta 2017):
+    s_t = s_f + (s_i - s_f) (1 - (t - t0) / (t1 - t0))^3, raised only every `frequency` steps from `start` (t0),
+    and `final` from `end` (t1) on. Most is pruned early, while the network is still plastic."""
+    if step < start:
+        return initial
+    if step >= end:
+        return final
+    last_raise = start + (step - start) // frequency * frequency
+    progress = (last_raise - start) / (end - start)
+    return final + (initial - final) * (1 - progress) ** 3

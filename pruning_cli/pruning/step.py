@@ -75,3 +75,17 @@ def _layer_mask(weight: Tensor, mask: Tensor, layer: LayerStep, std: float) -> t
         return top_fraction_mask(weight, fraction, mask)
     threshold = layer.target.sensitivity * std
     return threshold_mask(weight, threshold, mask), threshold
+
+
+def cut_records(
+    weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], new_masks: Mapping[str, Tensor]
+) -> dict[str, LayerPruned]:
+    """The record of a step that chose `new_masks` by some other rule than a per-layer threshold: per layer, the
+    std of its survivors before the step, the smallest magnitude it kept (the threshold the cut amounts to in that
+    layer), and its survivors after."""
+    records = {}
+    for name, weight in weights.items():
+        kept = weight.detach().abs()[new_masks[name]]
+        threshold = kept.min().item() if kept.numel() else float("inf")
+        records[name] = LayerPruned(surviving_std(weight, masks[name]), threshold, int(new_masks[name].sum()))
+    return records

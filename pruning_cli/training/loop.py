@@ -37,12 +37,37 @@ class MaskedWeights:
     """
 
     def __init__(self, weights: list[Tensor], masks: list[Tensor]) -> None:
+        self.reset(weights, masks)
+
+    def reset(self, weights: list[Tensor], masks: list[Tensor]) -> None:
+        """Gate `weights` by new `masks` from now on (a policy that prunes during training)."""
         pruned = [(weight, mask) for weight, mask in zip(weights, masks, strict=True) if not bool(mask.all())]
         self.weights = [weight for weight, _ in pruned]
         self.masks = [mask.to(weight.dtype) for weight, mask in pruned]
 
     def mask_weights(self) -> None:
         apply_masks_(self.weights, self.masks)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation (Hinton et al. 2015) from `teacher`: (1 - weight) CE + weight T^2 KL(teacher || student)
+    on the logits softened by the temperature T."""
+
+    teacher: nn.Module
+    weight: float
+    temperature: float
+
+    def loss(self, logits: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            taught = self.teacher(images)
+        soft = nn.functional.kl_div(
+            nn.functional.log_softmax(logits.float() / self.temperature, dim=1),
+            nn.functional.log_softmax(taught.float() / self.temperature, dim=1),
+            reduction="batchmean", log_target=True,
+        )  # fmt: skip
+        hard = nn.functional.cross_entropy(logits, labels)
+        return (1 - self.weight) * hard + self.weight * self.temperature**2 * soft
 
 
 class NonFiniteLoss(Exception):
@@ -94,20 +119,20 @@ def train_phase(
     stop_requested: Callable[[], bool] = lambda: False,
     shard: Shard = SINGLE_PROCESS,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    on_step: Callable[[int, int], None] | None = None,
+    distill: Distillation | None = None,
 ) -> float:
     """Run the remaining epochs of `phase` on `data`; return the mean training loss of the last epoch.
 
-    `progress` resumes a phase where it stopped; `on_epoch_end` receives the progress after every epoch (to
-    checkpoint it) and the epoch's statistics (to log them); `stop_requested` is polled between batches and
-    raises StopRequested when true; `autocast` gives the arithmetic of a step (the device policy's). With several
-    processes (`shard`), `model` is the DistributedDataParallel wrapper, each process trains on its part of every
-    global batch, and loss and image counts are summed.
+    `progress` resumes a phase where it stopped; `on_epoch_end` receives the progress and statistics of every epoch
+    (to checkpoint and log them); `stop_requested` is polled between batches (StopRequested when true); `autocast`
+    gives a step's arithmetic; `shard`: processes that share every batch (`model` is then DDP's wrapper).
+    `on_step(done, total)` runs after every optimizer step; `distill` adds a teacher's soft targets to the loss.
     """
     progress = progress or PhaseProgress()
     batches_per_epoch = min(data.num_batches(phase.batch_size, shard), phase.max_batches or math.inf)
-    step = _SgdStep(model, phase, batches_per_epoch, progress, masked, autocast)
-    epoch_loss = progress.train_loss
-    epochs = range(progress.epochs_done, phase.epochs)
+    step = _SgdStep(model, phase, batches_per_epoch, progress, masked, autocast, on_step, distill)
+    epoch_loss, epochs = progress.train_loss, range(progress.epochs_done, phase.epochs)
     for epoch in tqdm(epochs, desc=description, unit="epoch", disable=None, leave=False):
         model.train()
         started = time.perf_counter()
@@ -135,8 +160,10 @@ class _SgdStep:
     def __init__(
         self, model: nn.Module, phase: PhaseConfig, batches_per_epoch: int, progress: PhaseProgress,
         masked: MaskedWeights, autocast: Callable[[], AbstractContextManager],
+        on_step: Callable[[int, int], None] | None = None, distill: Distillation | None = None,
     ) -> None:  # fmt: skip
         self.model, self.masked, self.autocast = model, masked, autocast
+        self.on_step, self.distill = on_step, distill
         self.parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
         self.l1 = phase.weight_decay if phase.regularization is Regularization.l1 else 0.0
         decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
@@ -157,7 +184,12 @@ class _SgdStep:
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
         """Train on one batch; return its mean loss (on the device: no host sync)."""
         with self.autocast():
-            loss = nn.functional.cross_entropy(self.model(images), labels)
+            logits = self.model(images)
+            loss = (
+                self.distill.loss(logits, images, labels)
+                if self.distill
+                else nn.functional.cross_entropy(logits, labels)
+            )
         self.optimizer.zero_grad()  # set_to_none: backward writes fresh gradients instead of adding to zeros
         loss.backward()
         if self.l1:
@@ -167,6 +199,8 @@ class _SgdStep:
         self.masked.mask_weights()
         self.steps_done += 1
         self._set_lr()
+        if self.on_step is not None:
+            self.on_step(self.steps_done, self.total_steps)
         return loss.detach()
 
     def epoch(

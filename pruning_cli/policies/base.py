@@ -1,0 +1,127 @@
+"""The seam between a run and the way it prunes: what a pruning policy is asked, and what it may see.
+
+A run (pipeline.PruningRun) owns the phases, the checkpoints, resume and the CSVs; a policy owns the choice of
+masks. The run asks it, at each iteration, for the step's masks (`prune`), after each retraining for a verdict
+(keep, roll back to a named iteration, stop), and after each retraining step for masks to raise during training
+(`during_retraining`). The policy's state travels with the run's through `state_dict` / `load_state_dict`. A
+policy sees the run only through `RunView`, so a test can drive it with scripted weights and validation scores.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from torch import Tensor
+
+from pruning_cli.config import Freeze
+from pruning_cli.pruning.step import LayerPruned
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy knows of the run before it starts: the model's prunable layers, and the retraining."""
+
+    model: str
+    layer_kinds: dict[str, str]  # `conv` or `fc`, in forward order
+    layer_sizes: dict[str, int]  # weights per prunable layer (for a 10-class model: the checks before any work)
+    freeze: Freeze  # retrain.freeze
+    retrain_epochs: int
+    validation: bool  # whether the run holds out a validation split
+
+
+class RunView(Protocol):
+    """What a policy may see of a run while it goes: the prunable weights, their masks, and validation top-1."""
+
+    weights: Mapping[str, Tensor]
+    masks: Mapping[str, Tensor]
+
+    def validation_top1(self, masks: Mapping[str, Tensor] | None = None) -> float:
+        """Top-1 on the validation split of the model as it is, or with `masks` applied for the evaluation only;
+        the same number on every process."""
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    """One iteration's pruning: the new masks (every layer's) and a record per layer pruned."""
+
+    masks: dict[str, Tensor]
+    records: dict[str, LayerPruned]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What becomes of a retrained model: kept (`rollback_to` None) or replaced by the model of iteration
+    `rollback_to` (0: dense); `stop` ends the pruning there."""
+
+    rollback_to: int | None = None
+    stop: bool = False
+
+
+KEEP = Verdict()
+
+
+class PruningPolicy:
+    """A way to choose masks. Subclasses set `settings` (their config schema, a dataclass whose `name` is the
+    `pruning=` choice) and `schema` (its name in Hydra's ConfigStore), check the settings in `__init__` (ValueError
+    with a one-line message), and implement `prune`; the rest has defaults for a policy that neither searches nor
+    prunes during training."""
+
+    settings: ClassVar[type]
+    schema: ClassVar[str]
+
+    def __init__(self, settings: Any, context: PolicyContext) -> None:
+        self.config, self.context = settings, context
+
+    @property
+    def iterations(self) -> int:
+        """Prune -> retrain iterations, at most (a search may stop before)."""
+        return self.config.iterations
+
+    def prune(self, iteration: int, run: RunView) -> PruneStep | None:
+        """The masks of iteration `iteration` (1-based); None: nothing more to prune, the run stops pruning."""
+        raise NotImplementedError
+
+    def freeze(self, iteration: int) -> Freeze:
+        """The kind of layer the retraining of iteration `iteration` holds fixed (retrain.freeze by default)."""
+        return self.context.freeze
+
+    def verdict(self, iteration: int, run: RunView) -> Verdict:
+        """After retraining iteration `iteration`: keep the model, or roll back, and whether to go on."""
+        return KEEP
+
+    def during_retraining(self, iteration: int, step: int, steps: int, run: RunView) -> dict[str, Tensor] | None:
+        """Called after each of the `steps` optimizer steps of a retraining (`step` done so far): new masks to
+        apply now, or None (the default: masks change only between retrainings)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this policy (tensors and plain values)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+
+class NoPruning(PruningPolicy):
+    """The policy of a run that prunes nothing for good (a sensitivity analysis): no iteration."""
+
+    @property
+    def iterations(self) -> int:
+        return 0
+
+
+def check_target(target: float, context: PolicyContext) -> int:
+    """The weights a compression `target` keeps (round(prunable / target)); ValueError for a target no model can
+    reach: below 1, not finite, or keeping less than one weight."""
+    total = sum(context.layer_sizes.values())
+    if not 1 <= target <= total:
+        raise ValueError(
+            f"pruning.target is {target}; it must be a compression between 1 (dense) and {total:,} (one weight of "
+            f"the {total:,} prunable weights of model={context.model} left), e.g. pruning.target=12"
+        )
+    return round(total / target)
+
+
+def check_min_kept(min_kept: float) -> None:
+    if not 0 <= min_kept <= 1:
+        raise ValueError(f"pruning.min_kept is {min_kept}; it must be a fraction of each layer's weights in [0, 1]")

@@ -1,0 +1,43 @@
+"""Global magnitude pruning (`pruning=global`): one magnitude threshold across all prunable layers, walked
+geometrically to a compression target over `iterations` prune -> retrain steps, each layer keeping at least
+`min_kept` of its weights (Blalock et al. 2020 list it among the strongest simple baselines)."""
+
+from dataclasses import dataclass
+
+from pruning_cli.config import MISSING, PruningConfig
+from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_min_kept, check_target
+from pruning_cli.pruning.allocation import Allocation, allocate
+from pruning_cli.pruning.masks import scheduled_fraction
+from pruning_cli.pruning.step import cut_records
+
+
+@dataclass
+class GlobalPruning(PruningConfig):
+    name: str = "global"
+    # Compression of the prunable weights: how many times fewer remain after the last iteration (e.g. 12).
+    target: float = MISSING  # type: ignore[assignment]
+    iterations: int = 3  # each removes the same share of the survivors: kept^(i / iterations) at iteration i
+    # The fraction of each layer's weights that no cut removes (at least one weight), so that no layer is cut off.
+    min_kept: float = 0.01
+
+
+class GlobalMagnitude(PruningPolicy):
+    settings, schema = GlobalPruning, "global_pruning"
+    allocation = Allocation.global_
+
+    def __init__(self, settings: GlobalPruning, context: PolicyContext) -> None:
+        super().__init__(settings, context)
+        check_target(settings.target, context)
+        check_min_kept(settings.min_kept)
+        if settings.iterations < 1:
+            raise ValueError(f"pruning.iterations is {settings.iterations}; it must be >= 1")
+
+    def prune(self, iteration: int, run: RunView) -> PruneStep:
+        """The survivors of one cut at this iteration's point of the geometric walk to the target."""
+        total = sum(weight.numel() for weight in run.weights.values())
+        keep = round(total * scheduled_fraction(1 / self.config.target, iteration, self.config.iterations))
+        try:
+            masks = allocate(self.allocation, run.weights, run.masks, keep, self.config.min_kept)
+        except ValueError as error:
+            raise ValueError(f"{error}: lower pruning.min_kept or pruning.target") from error
+        return PruneStep(masks, cut_records(run.weights, run.masks, masks))

@@ -1,0 +1,19 @@
+"""LAMP (`pruning=lamp`, Lee et al. 2021): each weight scored by w_u^2 / sum_{v >= u} w_v^2 within its layer
+(weights sorted by magnitude), then one global cut on the scores; otherwise as `pruning=global`."""
+
+from dataclasses import dataclass
+
+from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
+from pruning_cli.pruning.allocation import Allocation
+
+
+@dataclass
+class LampPruning(GlobalPruning):
+    name: str = "lamp"
+    # LAMP's largest weight of each layer scores 1, so its cut never empties a layer: no floor is needed.
+    min_kept: float = 0.0
+
+
+class Lamp(GlobalMagnitude):
+    settings, schema = LampPruning, "lamp_pruning"
+    allocation = Allocation.lamp

@@ -1,0 +1,134 @@
+"""How many of its weights each layer keeps when one count is given for the whole network, and which ones.
+
+The field's standard answers, as pure functions on tensors: one cut over the magnitudes of every layer together
+(global magnitude pruning), one cut over LAMP's rescaled scores (Lee et al. 2021), or counts fixed per layer in
+advance (uniform, or proportional to a table such as the paper's). Every function keeps exactly the count asked
+for (when that many weights survive), breaks ties by position (layer order, then index in the weight), and only
+ever shrinks a mask.
+"""
+
+import math
+from collections.abc import Mapping
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+
+class Allocation(Enum):
+    """How one overall count is shared between the layers."""
+
+    global_ = "global"  # one cut over all magnitudes (with a per-layer floor)
+    lamp = "lamp"  # one cut over LAMP scores
+    uniform = "uniform"  # every layer keeps the same fraction
+    paper = "paper"  # the layers keep fractions in the proportions of a table (the paper's % kept)
+
+
+def allocate(
+    allocation: Allocation,
+    weights: Mapping[str, Tensor],
+    masks: Mapping[str, Tensor],
+    keep: int,
+    min_kept: float = 0.0,
+    proportions: Mapping[str, float] | None = None,
+) -> dict[str, Tensor]:
+    """Masks keeping `keep` weights in all, shared between the layers by `allocation`; `min_kept` is the floor of a
+    global cut, `proportions` (per layer) those of `paper`."""
+    if allocation in (Allocation.global_, Allocation.lamp):
+        score = magnitude_scores(weights) if allocation is Allocation.global_ else lamp_scores(weights, masks)
+        return global_cut(score, masks, keep, floor_counts(masks, min_kept) if min_kept else None)
+    sizes = {name: weight.numel() for name, weight in weights.items()}
+    shares = proportions if allocation is Allocation.paper else dict.fromkeys(sizes, 1.0)
+    return layer_cut(magnitude_scores(weights), masks, proportional_counts(sizes, shares, keep))
+
+
+def magnitude_scores(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """|w|: global magnitude pruning's score."""
+    return {name: weight.detach().abs() for name, weight in weights.items()}
+
+
+def lamp_scores(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """LAMP: with a layer's surviving weights sorted by magnitude ascending, w_1 <= ... <= w_n, the score of w_u is
+    w_u^2 / sum_{v >= u} w_v^2. The largest survivor of each layer scores 1, so one cut never empties a layer."""
+    scores = {}
+    for name, weight in weights.items():
+        squares = (weight.detach().float() * masks[name]).flatten() ** 2
+        ascending, order = torch.sort(squares, stable=True)
+        tail_sums = ascending.flip(0).cumsum(0).flip(0)
+        sorted_scores = torch.where(tail_sums > 0, ascending / tail_sums.clamp_min(torch.finfo(torch.float32).tiny), 0)
+        scores[name] = torch.empty_like(squares).scatter_(0, order, sorted_scores).view_as(weight)
+    return scores
+
+
+def floor_counts(masks: Mapping[str, Tensor], min_kept: float) -> dict[str, int]:
+    """The weights each layer keeps whatever the cut: `min_kept` of its weights (at least one), at most its
+    survivors."""
+    return {name: min(int(mask.sum()), max(1, math.ceil(min_kept * mask.numel()))) for name, mask in masks.items()}
+
+
+def global_cut(
+    scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], keep: int, floors: Mapping[str, int] | None = None
+) -> dict[str, Tensor]:
+    """Masks keeping the `keep` highest-scoring survivors over all layers, each layer at least its `floors[name]`
+    highest (a per-layer floor, so that no layer is cut off). ValueError when the floors alone exceed `keep`."""
+    floors = floors or {}
+    if sum(floors.values()) > keep:
+        raise ValueError(f"the per-layer floor keeps {sum(floors.values())} weights, more than the {keep} asked for")
+    flat = []
+    for name, score in scores.items():
+        alive = masks[name].flatten()
+        ranked = score.flatten().float().masked_fill(~alive, -math.inf)
+        reserved = _top_positions(ranked, floors.get(name, 0))
+        flat.append(ranked.index_fill(0, reserved, math.inf))  # the floor goes first in the global order
+    chosen = _top_positions(torch.cat(flat), min(keep, sum(int(mask.sum()) for mask in masks.values())))
+    return _split(chosen, masks)
+
+
+def layer_cut(
+    scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], counts: Mapping[str, int]
+) -> dict[str, Tensor]:
+    """Masks keeping, in each layer, its `counts[name]` highest-scoring survivors (all of them if fewer survive)."""
+    new_masks = {}
+    for name, score in scores.items():
+        alive = masks[name]
+        ranked = score.flatten().float().masked_fill(~alive.flatten(), -math.inf)
+        kept = torch.zeros_like(alive.flatten())
+        kept[_top_positions(ranked, min(counts[name], int(alive.sum())))] = True
+        new_masks[name] = kept.view_as(alive)
+    return new_masks
+
+
+def proportional_counts(sizes: Mapping[str, int], proportions: Mapping[str, float], keep: int) -> dict[str, int]:
+    """Per layer, how many weights to keep so that the counts sum to `keep` and stand in the given proportions of
+    each layer's size (capped at the layer's size; the capped remainder goes to the others). Equal proportions
+    give a uniform allocation; the paper's per-layer % kept gives its table scaled to another compression."""
+    total = sum(sizes.values())
+    if not 0 <= keep <= total:
+        raise ValueError(f"cannot keep {keep} of {total} weights")
+    low, high = 0.0, 1.0 / min(proportions[name] for name in sizes)  # the scale at which every layer is whole
+    for _ in range(100):  # bisection on the common scale c: sum_l min(n_l, c p_l n_l) = keep
+        middle = (low + high) / 2
+        low, high = (middle, high) if _kept_at(middle, sizes, proportions) < keep else (low, middle)
+    exact = {name: min(float(size), high * proportions[name] * size) for name, size in sizes.items()}
+    counts = {name: math.floor(value) for name, value in exact.items()}
+    by_remainder = sorted(sizes, key=lambda name: counts[name] - exact[name])  # largest remainder first, stable
+    for name in by_remainder[: keep - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def _kept_at(scale: float, sizes: Mapping[str, int], proportions: Mapping[str, float]) -> float:
+    return sum(min(float(size), scale * proportions[name] * size) for name, size in sizes.items())
+
+
+def _top_positions(scores: Tensor, count: int) -> Tensor:
+    """Positions of the `count` highest scores; equal scores in the order of their positions (a stable sort)."""
+    return torch.sort(scores, descending=True, stable=True).indices[:count]
+
+
+def _split(positions: Tensor, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Positions in the concatenation of the flattened masks, back to one mask per layer."""
+    flat = torch.zeros(sum(mask.numel() for mask in masks.values()), dtype=torch.bool, device=positions.device)
+    flat[positions] = True
+    pieces = flat.split([mask.numel() for mask in masks.values()])
+    return {name: piece.view_as(mask) for (name, mask), piece in zip(masks.items(), pieces, strict=True)}

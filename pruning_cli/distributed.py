@@ -86,6 +86,12 @@ class Shard:
             if carrier is not tensor:
                 tensor.copy_(carrier.bool())
 
+    def agreed(self, value: float, device: torch.device) -> float:
+        """Rank 0's `value` on every process (kernels chosen per GPU can tip a number at a threshold)."""
+        carrier = torch.tensor([value], dtype=torch.float64, device=device)
+        self.broadcast_([carrier])
+        return carrier.item()
+
     def check_identical(self, tensors: Sequence[Tensor], what: str) -> None:
         """Raise on every process if `tensors` differ between processes: checksums per tensor (sum, sum of
         magnitudes, sum of every 7th entry; one tensor-sized temporary at a time), gathered through the control

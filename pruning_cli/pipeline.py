@@ -2,14 +2,15 @@
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pruning_cli.artifacts import CsvLog, load_checkpoint, state_dict_mismatch
 from pruning_cli.config import PhaseConfig, RunConfig
@@ -21,11 +22,11 @@ from pruning_cli.models.pretrained import build_model
 from pruning_cli.plan import AnalysisPlan, RunPlan, plan_run
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
-from pruning_cli.quantize.kmeans import Codebook, quantize_layer
+from pruning_cli.pruning.step import LayerPruned
+from pruning_cli.quantize.kmeans import Codebook, quantize_layers
 from pruning_cli.quantize.shared import SharedGradients
 from pruning_cli.recorder import Recorder, weights_of
 from pruning_cli.records import (
-    CHECKPOINTS,
     DENSE_CHECKPOINT,
     METRICS,
     SENSITIVITY,
@@ -54,16 +55,11 @@ log = logging.getLogger(__name__)
 
 
 class PruningRun:
-    """One run's model, masks and progress, and the paper's phases over them: train, then prune -> retrain as its
-    pruning policy decides (policies/), then trained quantization if asked for.
-
-    After every epoch and every step the whole state, the policy's included, goes to `checkpoints/last.pt`
-    (atomically), so a run that is killed at any moment continues, when started again into the same directory, from
-    its last completed epoch, with the same numbers it would have produced uninterrupted.
-
-    With several processes (`shard`), every process runs every step on identical weights and masks; only rank 0
-    evaluates and writes, and all of them read `last.pt` to resume. The run is the `RunView` its policy sees.
-    """
+    """A run's model, masks and progress, and the phases over them: train, prune -> retrain as its pruning policy
+    decides (it is the policy's RunView), then trained quantization if asked for. After every epoch and step the
+    whole state, the policy's too, goes to `checkpoints/last.pt`: a killed run, started again into the same directory,
+    continues from its last completed epoch with the numbers it would have produced uninterrupted. With several
+    processes (`shard`), every process runs every step on identical weights and masks; only rank 0 writes."""
 
     def __init__(
         self, config: RunConfig, plan: RunPlan, data: ImageData, runtime: DevicePolicy, store: RunStore,
@@ -73,8 +69,7 @@ class PruningRun:
         self.runtime, self.store, self.pruning = runtime, store, plan.policy
         spec = plan.spec
         self.model = runtime.place(build_model(spec, config.model.name, data.num_classes, config.model.weights))
-        # Compiled once and reused by every phase (a fresh wrapper per phase would recompile each time); the
-        # compiled module shares the model's parameters, so masks and checkpoints see the same tensors.
+        # Compiled once for every phase (a wrapper per phase would recompile), sharing the model's parameters.
         self.train_model = torch.compile(self.model) if config.compile else self.model
         self.layers = spec.prunable(self.model)
         self.weights, self.masks = weights_of(self.layers), full_masks(weights_of(self.layers))
@@ -97,12 +92,11 @@ class PruningRun:
         """Phase 1, then phases 2 and 3 once per iteration, then trained quantization if asked for; the steps a
         resumed run has done are skipped."""
         self._run_step(0, "train", self.train_dense)
-        iterations = self.pruning.iterations
-        for iteration in range(1, iterations + 1):
+        for iteration in range(1, self.pruning.iterations + 1):
             self._run_step(2 * iteration - 1, "prune", partial(self.prune, iteration))
             self._run_step(2 * iteration, "retrain", partial(self.retrain, iteration))
         if self.plan.quantize_bits is not None:
-            self._run_step(2 * iterations + 1, "quantize", self.quantize)
+            self._run_step(2 * self.pruning.iterations + 1, "quantize", self.quantize)
         if self.stop_requested():  # also makes every process wait here for rank 0's last evaluation
             raise StopRequested
         self.shard.check_identical(list(self.model.parameters()), "final weights")
@@ -111,8 +105,9 @@ class PruningRun:
     def train_dense(self) -> None:
         """Phase 1: train the dense model, or load it from `train.checkpoint` and only evaluate it."""
         start, epochs, train_loss = time.perf_counter(), 0, float("nan")
-        if self.config.train.checkpoint:
-            self._load_dense(Path(self.config.train.checkpoint).expanduser())
+        if self.config.train.checkpoint:  # its exact zeros count as pruned (continuing from a pruned model)
+            load_trained(self.model, Path(self.config.train.checkpoint).expanduser(), self.config.model.name)
+            self.masks = {name: weight.detach() != 0 for name, weight in self.weights.items()}
         else:
             epochs, train_loss = self.config.train.epochs, self._train(self.config.train, "dense training")
         self.store.save_checkpoint("dense", self.model, 0, self.masks)
@@ -120,18 +115,11 @@ class PruningRun:
 
     def prune(self, iteration: int) -> None:
         """Phase 2: the masks the policy chooses for this iteration; none left to choose ends the pruning."""
-        start = time.perf_counter()
-        step = self.pruning.prune(iteration, self)
+        start, step = time.perf_counter(), self.pruning.prune(iteration, self)
         if step is None:
             self.stopped = True
             return
-        for name, layer in step.records.items():
-            if layer.capped:
-                log.warning(
-                    f"iteration {iteration}: pruning would remove every weight of {name} (threshold "
-                    f"{layer.threshold:.4g}); capped: each of its output units keeps its largest weight "
-                    f"({layer.kept} kept)"
-                )
+        warn_capped(iteration, step.records)
         self._set_masks(step.masks)
         self.shard.check_identical(list(self.weights.values()), "pruned weights")
         self._record(iteration, "prune", 0, start, float("nan"), step.records)
@@ -146,13 +134,11 @@ class PruningRun:
         self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
         self.store.save_checkpoint(f"iteration_{iteration}", self.model, iteration, self.masks)
         verdict = self.pruning.verdict(iteration, self)
-        self.kept_iteration = iteration if verdict.rollback_to is None else verdict.rollback_to
-        self.stopped = verdict.stop
+        self.kept_iteration, self.stopped = verdict.kept(iteration), verdict.stop
         if verdict.rollback_to is not None:
-            name = "dense" if verdict.rollback_to == 0 else f"iteration_{verdict.rollback_to}"
-            state, extras = load_checkpoint(self.store.out_dir / CHECKPOINTS / f"{name}.pt")
+            state, masks = self.store.load_iteration(verdict.rollback_to)
             self.model.load_state_dict(state)
-            self.masks = {layer: mask.to(self.runtime.device) for layer, mask in extras["masks"].items()}
+            self.masks = {layer: mask.to(self.runtime.device) for layer, mask in masks.items()}
             self._record(iteration, "rollback", 0, time.perf_counter(), float("nan"))
 
     def quantize(self) -> None:
@@ -160,36 +146,22 @@ class PruningRun:
         values are fine-tuned with the masks fixed. A resumed run has its clusters from its state."""
         start, settings, iteration = time.perf_counter(), self.config.quantize, self.current[1]
         if not self.codebooks:
-            for name, bits in self.plan.quantize_bits.items():
-                codebook = quantize_layer(self.weights[name], self.masks[name], bits, settings.kmeans_iterations)
-                self.codebooks[name] = codebook
-                with torch.no_grad():
-                    self.weights[name].copy_(codebook.weight())
+            bits = self.plan.quantize_bits
+            self.codebooks = quantize_layers(self.weights, self.masks, bits, settings.kmeans_iterations)
             # rank 0's clusters everywhere: k-means sums in a different order on each GPU (atomic adds)
-            books = self.codebooks.values()
-            self.shard.broadcast_([*self.weights.values(), *(book.assignments for book in books)])
+            self.shard.broadcast_([*self.weights.values(), *(book.assignments for book in self.codebooks.values())])
         self._rescale_dropout()  # the kept model's rates, also after a resume or a rollback
         with SharedGradients(self.weights, self.codebooks):
             train_loss = self._train(settings, "quantized fine-tuning") if settings.epochs else float("nan")
         self._record(iteration, "quantize", settings.epochs, start, train_loss, bits=self.plan.quantize_bits)
         self.store.save_checkpoint("quantized", self.model, iteration, self.masks)
 
-    @torch.no_grad()
     def validation_top1(self, masks: Mapping[str, Tensor] | None = None) -> float:
         """Validation top-1 of the model, or of the model with `masks` for this evaluation only (RunView); rank 0's
-        number on every process, so that all take the same decisions (kernels chosen per GPU can tip a number)."""
-        changed = [name for name in self.weights if masks is not None and masks[name] is not self.masks[name]]
-        kept = {name: self.weights[name].clone() for name in changed}
-        for name in changed:
-            self.weights[name].mul_(masks[name])
-        try:
+        number on every process, so that all take the same decisions."""
+        with masked_for_evaluation(self.weights, self.masks, masks):
             top1 = evaluate(self.model, self.data.val, self.config.dataset.eval_batch_size).top1
-        finally:
-            for name, weight in kept.items():
-                self.weights[name].copy_(weight)
-        carrier = torch.tensor([top1], dtype=torch.float64, device=self.runtime.device)
-        self.shard.broadcast_([carrier])
-        return carrier.item()
+        return self.shard.agreed(top1, self.runtime.device)
 
     def _set_masks(self, masks: Mapping[str, Tensor]) -> None:
         """Take new masks (rank 0's everywhere, whatever ties did elsewhere) and zero what they prune."""
@@ -198,11 +170,7 @@ class PruningRun:
         self._masked().mask_weights()
 
     def _rescale_dropout(self) -> None:
-        """Dropout in front of each pruned layer at the paper's D_r = D_o sqrt(C_r / C_o) for its current mask."""
-        for name, path in self.plan.spec.dropouts.items():
-            mask = self.masks[name]
-            dropout = self.model.get_submodule(path)
-            dropout.p = rescaled_dropout(self.dropout_rates[name], mask.numel(), int(mask.sum()))
+        rescale_dropouts(self.model, self.plan.spec.dropouts, self.dropout_rates, self.masks)
 
     def _run_step(self, index: int, phase: str, action: Callable[[], None]) -> None:
         """Run step `index` (0: dense training, then prune and retrain per iteration, then quantization) unless a
@@ -237,7 +205,8 @@ class PruningRun:
                 masked.reset(list(self.weights.values()), [self.masks[name] for name in self.weights])
                 self._rescale_dropout()
 
-        hooks = {"on_step": raise_masks, "distill": self._distillation()} if retraining else {}
+        distill = self._distillation() if retraining and self.config.retrain.distill.weight else None
+        hooks = {"on_step": raise_masks, "distill": distill} if retraining else {}
         try:
             return train_phase(
                 self.shard.wrap(self.train_model, self.runtime.device), self.data.train, phase, masked,
@@ -245,60 +214,37 @@ class PruningRun:
                 partial(self.runtime.autocast, phase.precision), **hooks,
             )  # fmt: skip
         except NonFiniteLoss as fault:
-            kept = f"; completed epochs are kept in {self.store.state_path}" if self.store.state_path.is_file() else ""
-            raise UserError(
-                f"training loss became NaN or infinite in iteration {iteration} ({description}), epoch {fault.epoch}: "
-                f"lower the learning rate or the weight decay and run again{kept}"
-            ) from fault
+            raise diverged(fault, iteration, description, self.store.state_path) from fault
 
     def _distillation(self) -> Distillation | None:
         """The dense model (checkpoints/dense.pt) as the teacher of a retraining, or None with distillation off."""
-        settings = self.config.retrain.distill
-        if not settings.weight:
-            return None
-        teacher = build_model(self.plan.spec, self.config.model.name, self.data.num_classes, None)
-        teacher.load_state_dict(load_checkpoint(self.store.out_dir / DENSE_CHECKPOINT)[0])
+        settings, name = self.config.retrain.distill, self.config.model.name
+        teacher = build_model(self.plan.spec, name, self.data.num_classes, None)
+        load_trained(teacher, self.store.out_dir / DENSE_CHECKPOINT, name)
         return Distillation(self.runtime.place(teacher).eval(), settings.weight, settings.temperature)
 
-    def _load_dense(self, path: Path) -> None:
-        """Load a trained model; its exact zeros count as pruned (continuing from a pruned model)."""
-        state, _ = load_checkpoint(path)
-        mismatch = state_dict_mismatch(self.model.state_dict(), state)
-        if mismatch:
-            raise UserError(f"checkpoint {path} does not fit model={self.config.model.name}: {mismatch}")
-        self.model.load_state_dict(state)
-        self.masks = {name: weight.detach() != 0 for name, weight in self.weights.items()}
-
     def _save_state(self) -> None:
-        codebooks = {
-            name: {"centroids": book.centroids, "assignments": book.assignments.to(torch.uint8)}
-            for name, book in self.codebooks.items()
-        }
+        codebooks = {name: book.state() for name, book in self.codebooks.items()}
         pruning = {"policy": self.pruning.state_dict(), "kept_iteration": self.kept_iteration, "stopped": self.stopped}
         self.store.save_state(
             {
                 "step": self.step, "phase": asdict(self.phase_progress), "model": self.model.state_dict(),
                 "masks": self.masks, "rows": self.recorder.rows(), "pruning": pruning, "codebooks": codebooks,
-                "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
-            }
+            },
+            self.generator,
         )  # fmt: skip
 
     def _restore(self) -> dict[str, int]:
         """Load `last.pt` into this run; return how many rows of each CSV it had written."""
-        state = self.store.load_state()
+        state = self.store.load_state(self.generator)
+        books = state["codebooks"]
         self.model.load_state_dict(state["model"])
         self.masks = {name: mask.to(self.runtime.device) for name, mask in state["masks"].items()}
         check_restored_masks(self.weights, self.masks, self.store.state_path)
         self.step, self.phase_progress = state["step"], PhaseProgress(**state["phase"])
         self.pruning.load_state_dict(state["pruning"]["policy"])
         self.kept_iteration, self.stopped = state["pruning"]["kept_iteration"], state["pruning"]["stopped"]
-        device = self.runtime.device
-        self.codebooks = {
-            name: Codebook(book["centroids"].to(device), book["assignments"].to(device).long())
-            for name, book in state.get("codebooks", {}).items()
-        }
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
+        self.codebooks = {name: Codebook.from_state(book, self.runtime.device) for name, book in books.items()}
         return state["rows"]
 
     def _record(
@@ -308,6 +254,60 @@ class PruningRun:
         check_masks(self.weights, self.masks, "the model")
         key = {"iteration": iteration, "phase": phase}
         self.recorder.phase(self.model, key, epochs, start, train_loss, pruned, bits)
+
+
+def rescale_dropouts(
+    model: nn.Module, dropouts: Mapping[str, str], rates: Mapping[str, float], masks: Mapping[str, Tensor]
+) -> None:
+    """Dropout in front of each pruned layer at the paper's D_r = D_o sqrt(C_r / C_o) for its current mask."""
+    for name, path in dropouts.items():
+        model.get_submodule(path).p = rescaled_dropout(rates[name], masks[name].numel(), int(masks[name].sum()))
+
+
+def diverged(fault: NonFiniteLoss, iteration: int, description: str, state_path: Path) -> UserError:
+    """The one-line error of a phase whose loss became NaN or infinite."""
+    kept = f"; completed epochs are kept in {state_path}" if state_path.is_file() else ""
+    return UserError(
+        f"training loss became NaN or infinite in iteration {iteration} ({description}), epoch {fault.epoch}: "
+        f"lower the learning rate or the weight decay and run again{kept}"
+    )
+
+
+def load_trained(model: nn.Module, path: Path, model_name: str) -> None:
+    """Load a trained model's weights from `path`, or a one-line error when they do not fit."""
+    state, _ = load_checkpoint(path)
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise UserError(f"checkpoint {path} does not fit model={model_name}: {mismatch}")
+    model.load_state_dict(state)
+
+
+@contextmanager
+def masked_for_evaluation(
+    weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], trial: Mapping[str, Tensor] | None
+) -> Iterator[None]:
+    """Within the block, the layers whose `trial` mask differs from their own are gated by it; restored after."""
+    changed = [name for name in weights if trial is not None and trial[name] is not masks[name]]
+    kept = {name: weights[name].detach().clone() for name in changed}
+    with torch.no_grad():
+        for name in changed:
+            weights[name].mul_(trial[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, weight in kept.items():
+                weights[name].copy_(weight)
+
+
+def warn_capped(iteration: int, records: Mapping[str, LayerPruned]) -> None:
+    """Say which layers a step would have emptied, and what the cap kept instead."""
+    for name, layer in records.items():
+        if layer.capped:
+            log.warning(
+                f"iteration {iteration}: pruning would remove every weight of {name} (threshold {layer.threshold:.4g});"
+                f" capped: each of its output units keeps its largest weight ({layer.kept} kept)"
+            )
 
 
 def check_no_validation_leak(path: Path, trained_on: TrainedOn, validating: TrainingData) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pruning_cli.artifacts import save_atomic
+from pruning_cli.artifacts import load_checkpoint, save_atomic
 from pruning_cli.errors import UserError
 from pruning_cli.pruning.masks import unmasked_layers
 from pruning_cli.records import CHECKPOINTS, MODEL_FILE, STATE_FILE, TrainedOn, as_records
@@ -28,15 +28,17 @@ class RunStore:
     def state_path(self) -> Path:
         return self.out_dir / STATE_FILE
 
-    def save_state(self, state: dict[str, Any]) -> None:
-        """Everything a resumed run needs, as of the end of the last completed epoch or step."""
+    def save_state(self, state: dict[str, Any], generator: torch.Generator) -> None:
+        """Everything a resumed run needs, as of the end of the last completed epoch or step: `state`, and where the
+        random number generators stand (torch's global one and the run's `generator`)."""
         if self.writes:
-            save_atomic(
-                {"fingerprint": self.fingerprint, "trained_on": as_records(self.trained_on), **state}, self.state_path
-            )
+            rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+            record = {"fingerprint": self.fingerprint, "trained_on": as_records(self.trained_on), "rng": rng}
+            save_atomic({**record, **state}, self.state_path)
 
-    def load_state(self) -> dict[str, Any]:
-        """The saved state of this very experiment, or a one-line error saying why it cannot resume."""
+    def load_state(self, generator: torch.Generator) -> dict[str, Any]:
+        """The saved state of this very experiment, its random number generators restored (torch's and
+        `generator`), or a one-line error saying why it cannot resume."""
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         except Exception as error:  # truncated or foreign file: the errors of zip and pickle vary
@@ -48,6 +50,8 @@ class RunStore:
                 f"{self.out_dir} holds a run with a different configuration; resume it with the same overrides, "
                 "give a new hydra.run.dir, or pass resume=false to start it over"
             )
+        torch.set_rng_state(state["rng"]["torch"])
+        generator.set_state(state["rng"]["generator"])
         return state
 
     def save_checkpoint(self, name: str, model: nn.Module, iteration: int, masks: Mapping[str, Tensor]) -> None:
@@ -56,6 +60,12 @@ class RunStore:
             payload = {"model": model.state_dict(), "masks": dict(masks), "iteration": iteration}
             payload["trained_on"] = as_records(self.trained_on)
             save_atomic(payload, self.out_dir / CHECKPOINTS / f"{name}.pt")
+
+    def load_iteration(self, iteration: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The model and masks a run kept after `iteration` (0: the dense model), from its checkpoint."""
+        name = "dense" if iteration == 0 else f"iteration_{iteration}"
+        state, extras = load_checkpoint(self.out_dir / CHECKPOINTS / f"{name}.pt")
+        return state, extras["masks"]
 
     def save_model(self, model: nn.Module, layer_paths: Mapping[str, str], masks: Mapping[str, Tensor]) -> Path:
         """The final pruned weights as a plain state_dict (zeros in place, the model's own keys), read back from

@@ -56,6 +56,10 @@ class Verdict:
     rollback_to: int | None = None
     stop: bool = False
 
+    def kept(self, iteration: int) -> int:
+        """The iteration whose model the run holds after this verdict on iteration `iteration`."""
+        return iteration if self.rollback_to is None else self.rollback_to
+
 
 KEEP = Verdict()
 

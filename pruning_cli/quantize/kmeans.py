@@ -7,6 +7,7 @@ evenly between the smallest and the largest weight) best: it keeps a few centroi
 matter most, where density-based starts put them all near zero.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,14 @@ class Codebook:
 
     def weight(self) -> Tensor:
         return self.centroids[self.assignments]
+
+    def state(self) -> dict[str, Tensor]:
+        """What a run's state file keeps of it (indices as bytes: at most 8 bits)."""
+        return {"centroids": self.centroids, "assignments": self.assignments.to(torch.uint8)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], device: torch.device) -> "Codebook":
+        return cls(state["centroids"].to(device), state["assignments"].to(device).long())
 
     def survivors(self) -> tuple[Tensor, Tensor]:
         """The flat positions of the weights that share a value (index > 0), and their indices."""
@@ -96,3 +105,15 @@ def cluster_gradient(gradient: Tensor, codebook_size: int, positions: Tensor, cl
     flat = gradient.new_zeros(gradient.numel())
     flat[positions] = sums[clusters]
     return torch.empty_like(gradient).copy_(flat.view(gradient.shape))  # in the gradient's memory format
+
+
+@torch.no_grad()
+def quantize_layers(
+    weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], bits: Mapping[str, int], iterations: int
+) -> dict[str, Codebook]:
+    """Cluster each layer of `bits` (`quantize_layer`) and set its weights to their shared values, in place."""
+    codebooks = {}
+    for name, layer_bits in bits.items():
+        codebooks[name] = quantize_layer(weights[name], masks[name], layer_bits, iterations)
+        weights[name].copy_(codebooks[name].weight())
+    return codebooks

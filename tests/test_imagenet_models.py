@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -29,7 +30,6 @@ from pruning_cli.paper import PAPER_KEPT
 from pruning_cli.plan import plan_run
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
-from pruning_cli.pruning.step import prune_step
 from pruning_cli.training.loop import MaskedWeights, train_phase
 
 NUM_CLASSES = 10
@@ -133,7 +133,8 @@ def test_vgg16_recipe_prunes_each_layer_to_the_papers_fraction_and_rescales_the_
     plan = plan_run(compose_config("experiment=vgg16_paper", "model.weights=null", "pruning.iterations=1"))
     model = imagenet_model("vgg16")
     weights = {name: layer.weight for name, layer in plan.spec.prunable(model).items()}
-    masks, pruned = prune_step(weights, full_masks(weights), plan.iterations[0].pruned)
+    step = plan.policy.prune(1, SimpleNamespace(weights=weights, masks=full_masks(weights)))  # the run as it sees it
+    masks, pruned = step.masks, step.records
     kept = {name: record.kept / weights[name].numel() for name, record in pruned.items()}
     paper = {layer: percent / 100 for layer, percent in PAPER_KEPT["vgg16"].items()}
     assert kept == pytest.approx(paper, abs=1e-3)  # a fraction of a layer's weights, rounded

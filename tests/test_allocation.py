@@ -1,0 +1,107 @@
+"""One count for the whole network, shared between layers: global magnitude, LAMP, uniform, proportional, and
+the cubic schedule of gradual pruning, on hand-made tensors checked against hand computations."""
+
+import pytest
+import torch
+
+from pruning_cli.pruning.allocation import (
+    Allocation,
+    allocate,
+    floor_counts,
+    global_cut,
+    lamp_scores,
+    magnitude_scores,
+    proportional_counts,
+)
+from pruning_cli.pruning.schedule import cubic_sparsity
+
+
+def _layers(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "conv": torch.randn(4, 3, 3, 3, generator=generator),
+        "fc1": torch.randn(20, 30, generator=generator) * 0.1,
+        "fc2": torch.randn(10, 20, generator=generator),
+    }
+
+
+def _full(weights):
+    return {name: torch.ones_like(weight, dtype=torch.bool) for name, weight in weights.items()}
+
+
+@pytest.mark.parametrize("keep", [1, 57, 300, 907])
+def test_the_global_cut_keeps_the_k_largest_magnitudes_across_layers(keep):
+    weights = _layers()
+    masks = global_cut(magnitude_scores(weights), _full(weights), keep)
+    everything = sorted(
+        (abs(value) for weight in weights.values() for value in weight.flatten().tolist()), reverse=True
+    )
+    kth = everything[keep - 1]  # by hand: the keep-th largest magnitude of all weights together
+    assert sum(int(mask.sum()) for mask in masks.values()) == keep
+    for name, weight in weights.items():
+        assert torch.equal(masks[name], weight.abs() >= kth)
+
+
+def test_ties_are_broken_by_position_so_the_count_is_exact():
+    weights = {"a": torch.ones(3), "b": torch.ones(4)}  # seven equal magnitudes
+    masks = global_cut(magnitude_scores(weights), _full(weights), 4)
+    assert masks["a"].tolist() == [True, True, True] and masks["b"].tolist() == [True, False, False, False]
+
+
+def test_a_pruned_weight_is_never_revived_even_when_it_is_large():
+    weights = {"a": torch.tensor([5.0, 1.0, 2.0])}
+    masks = global_cut(magnitude_scores(weights), {"a": torch.tensor([False, True, True])}, 2)
+    assert masks["a"].tolist() == [False, True, True]
+
+
+def test_the_per_layer_floor_keeps_a_layer_a_global_cut_would_cut_off():
+    weights = {"big": torch.arange(1.0, 101.0), "small": torch.full((50,), 0.01)}
+    cut_off = global_cut(magnitude_scores(weights), _full(weights), 10)
+    assert int(cut_off["small"].sum()) == 0  # without a floor, the small layer is gone
+    floors = floor_counts(_full(weights), 0.1)
+    assert floors == {"big": 10, "small": 5}
+    with pytest.raises(ValueError, match="the per-layer floor keeps 15 weights, more than the 10 asked for"):
+        global_cut(magnitude_scores(weights), _full(weights), 10, floors)
+    kept = global_cut(magnitude_scores(weights), _full(weights), 20, floors)
+    assert int(kept["small"].sum()) == 5 and int(kept["big"].sum()) == 15
+    assert kept["big"][-15:].all()  # the rest of the count goes to the largest magnitudes
+
+
+def test_lamp_scores_follow_the_formula():
+    weight = torch.tensor([3.0, -1.0, 2.0, 0.5])
+    # ascending magnitudes 0.5, 1, 2, 3; squares 0.25, 1, 4, 9; tail sums 14.25, 14, 13, 9
+    expected = torch.tensor([9 / 9, 1 / 14, 4 / 13, 0.25 / 14.25])
+    scores = lamp_scores({"w": weight}, {"w": torch.ones(4, dtype=torch.bool)})["w"]
+    assert torch.allclose(scores, expected)
+    alive = torch.tensor([True, False, True, True])  # a pruned weight leaves the tail sums
+    scores = lamp_scores({"w": weight}, {"w": alive})["w"]
+    assert scores[[0, 2, 3]].tolist() == pytest.approx([1.0, 4 / 13, 0.25 / 13.25])
+
+
+def test_lamp_never_cuts_off_a_layer():
+    weights = {"big": torch.arange(1.0, 101.0), "small": torch.full((50,), 0.01)}
+    masks = global_cut(lamp_scores(weights, _full(weights)), _full(weights), 2)
+    assert int(masks["big"].sum()) == 1 and int(masks["small"].sum()) == 1  # each layer's largest scores 1
+
+
+def test_proportional_counts_sum_exactly_and_cap_at_the_layer_size():
+    sizes = {"a": 1000, "b": 100, "c": 10}
+    counts = proportional_counts(sizes, {"a": 8, "b": 9, "c": 26}, 111)
+    assert sum(counts.values()) == 111 and all(counts[name] <= size for name, size in sizes.items())
+    assert counts["a"] / 1000 == pytest.approx(8 / 26 * counts["c"] / 10, abs=0.01)
+    capped = proportional_counts(sizes, {"a": 1, "b": 1, "c": 100}, 200)
+    assert capped["c"] == 10 and sum(capped.values()) == 200  # c whole; the remainder shared by a and b
+    assert proportional_counts(sizes, dict.fromkeys(sizes, 1.0), 555) == {"a": 500, "b": 50, "c": 5}
+
+
+@pytest.mark.parametrize("allocation", list(Allocation))
+def test_every_allocation_keeps_the_count_asked_for(allocation):
+    weights = _layers(1)
+    masks = allocate(allocation, weights, _full(weights), 123, 0.01, {"conv": 60, "fc1": 10, "fc2": 20})
+    assert sum(int(mask.sum()) for mask in masks.values()) == 123
+
+
+def test_the_cubic_schedule_prunes_most_early_and_only_every_frequency_steps():
+    schedule = [cubic_sparsity(step, 100, 1100, 100, 0.9) for step in (0, 100, 150, 199, 200, 600, 1099, 1100, 5000)]
+    # s_t = 0.9 + (0 - 0.9) (1 - (t - 100) / 1000)^3 at t = 100, 200, ..., held between raises
+    assert schedule == pytest.approx([0, 0, 0, 0, 0.9 * (1 - 0.9**3), 0.9 * (1 - 0.5**3), 0.9 * (1 - 0.1**3), 0.9, 0.9])

@@ -1,0 +1,207 @@
+"""Pruning policies against a small stand-in for the run (scripted weights and validation scores, milliseconds),
+then through the real run: the compression target reached exactly, state that survives a kill, bad settings."""
+
+import math
+import signal
+import subprocess
+from dataclasses import fields
+
+import pandas as pd
+import pytest
+import torch
+from runs import PRUNE_RUN, SMOKE, prune_run, run_in_process, without_wall_time
+from test_robustness import _wait_for_retraining
+
+from pruning_cli.cli import compose_config
+from pruning_cli.config import Freeze
+from pruning_cli.errors import UserError
+from pruning_cli.plan import plan_run
+from pruning_cli.policies import POLICIES, PolicyContext, Verdict, build_policy
+from pruning_cli.policies.budgeted import AutoPruning, BudgetedSearch
+from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
+from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning
+from pruning_cli.policies.lamp import Lamp, LampPruning
+
+SIZES = {"fc1": 600, "fc2": 300, "fc3": 100}
+
+
+class ScriptedRun:
+    """A stand-in for PruningRun as a policy sees it: fixed weights, masks the test sets, and a validation top-1
+    that a script computes from the masks (no model, no data)."""
+
+    def __init__(self, score=lambda masks: 0.9, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.weights = {name: torch.randn(size, generator=generator) for name, size in SIZES.items()}
+        self.masks = {name: torch.ones(size, dtype=torch.bool) for name, size in SIZES.items()}
+        self.score, self.evaluations = score, 0
+
+    def validation_top1(self, masks=None) -> float:
+        self.evaluations += 1
+        return self.score(self.masks if masks is None else masks)
+
+    def kept(self) -> int:
+        return sum(int(mask.sum()) for mask in self.masks.values())
+
+
+def _context(epochs: int = 4) -> PolicyContext:
+    return PolicyContext("lenet300", dict.fromkeys(SIZES, "fc"), dict(SIZES), Freeze.none, epochs, True)
+
+
+@pytest.mark.parametrize(("policy", "settings"), [(GlobalMagnitude, GlobalPruning), (Lamp, LampPruning)])
+def test_a_cut_policy_walks_geometrically_to_its_target_exactly(policy, settings):
+    run, chosen = ScriptedRun(), policy(settings(target=12.5, iterations=3), _context())
+    counts = []
+    for iteration in (1, 2, 3):
+        step = chosen.prune(iteration, run)
+        assert all(bool((step.masks[name] <= run.masks[name]).all()) for name in SIZES)  # masks only shrink
+        run.masks = step.masks
+        counts.append(run.kept())
+        assert chosen.verdict(iteration, run) == Verdict()  # no search: every retrained model is kept
+    assert counts == [round(1000 * 12.5 ** (-i / 3)) for i in (1, 2, 3)] and counts[-1] == 80
+    records = chosen.prune(3, run).records
+    assert records["fc1"].kept == int(run.masks["fc1"].sum()) and records["fc1"].threshold > 0
+
+
+def test_the_global_floor_keeps_every_layer():
+    run = ScriptedRun()
+    run.weights["fc3"] = run.weights["fc3"] * 1e-3  # the smallest layer would be cut off by one global threshold
+    bare = GlobalMagnitude(GlobalPruning(target=10, iterations=1, min_kept=0.0), _context()).prune(1, run)
+    floored = GlobalMagnitude(GlobalPruning(target=10, iterations=1, min_kept=0.05), _context()).prune(1, run)
+    assert int(bare.masks["fc3"].sum()) == 0 and int(floored.masks["fc3"].sum()) == 5
+    assert sum(int(mask.sum()) for mask in floored.masks.values()) == 100
+
+
+def test_gradual_raises_sparsity_on_the_cubic_schedule_and_ends_at_the_target():
+    settings = GradualPruning(target=10, allocation="lamp", start=1, end=3, frequency=10)
+    run, gradual = ScriptedRun(), GradualMagnitude(settings, _context(epochs=4))
+    run.masks = gradual.prune(1, run).masks
+    assert run.kept() == 1000  # nothing before the phase starts
+    steps, kept = 400, {}  # 100 steps an epoch: pruning from step 100 to step 300, every 10 steps
+    for step in range(1, steps + 1):
+        masks = gradual.during_retraining(1, step, steps, run)
+        if masks is not None:
+            run.masks, kept[step] = masks, sum(int(mask.sum()) for mask in masks.values())
+    assert list(kept) == list(range(110, 301, 10))  # the raise at step 100 is to sparsity 0: nothing to do
+    assert kept[110] == round(1000 * (1 - 0.9 * (1 - (1 - 10 / 200) ** 3)))
+    assert kept[300] == 100 and run.kept() == 100
+
+
+def test_the_search_rolls_back_past_the_budget_goes_on_smaller_and_stops_after_patience():
+    def score(masks) -> float:  # a point of top-1 lost per 10% of the weights pruned
+        return 0.9 - (1 - sum(int(mask.sum()) for mask in masks.values()) / 1000) / 10
+
+    run = ScriptedRun(score)
+    search = BudgetedSearch(AutoPruning(budget=3.0, layer_budget=100, levels=[0.25, 0.5], patience=2), _context())
+    verdicts = []
+    for iteration in range(1, 31):
+        step = search.prune(iteration, run)
+        if step is None:
+            break
+        kept_masks, run.masks = run.masks, step.masks
+        verdicts.append(search.verdict(iteration, run))
+        if verdicts[-1].rollback_to is not None:
+            run.masks = kept_masks  # what the run does: load the kept iteration's checkpoint
+        if verdicts[-1].stop:
+            break
+    assert verdicts[0] == Verdict(rollback_to=0)  # every layer at 0.5 std prunes ~38%: 3.8 points, past 3
+    assert Verdict() in verdicts and 700 <= run.kept() < 1000  # smaller steps kept, within 30% pruned
+    assert verdicts[-1].stop and verdicts[-1].rollback_to == search.progress.accepted
+    assert [verdict.rollback_to is not None for verdict in verdicts[-2:]] == [True, True]  # patience: 2 in a row
+
+
+def test_a_policys_state_survives_its_state_dict():
+    run = ScriptedRun(lambda masks: 0.9)
+    search = BudgetedSearch(AutoPruning(budget=1.0, levels=[0.5, 1.0]), _context())
+    run.masks = search.prune(1, run).masks
+    restored = BudgetedSearch(AutoPruning(budget=1.0, levels=[0.5, 1.0]), _context())
+    restored.load_state_dict(search.state_dict())
+    assert restored.progress == search.progress and restored.verdict(1, run) == search.verdict(1, run)
+
+
+def test_every_policy_has_a_yaml_and_composes_with_its_own_schema():
+    for name, policy in POLICIES.items():
+        target = ["pruning.target=4"] if "target" in {field.name for field in fields(policy.settings)} else []
+        config = compose_config(f"pruning={name}", *target)
+        assert type(config.pruning) is policy.settings and config.pruning.name == name
+
+
+@pytest.mark.parametrize("target", ["0", "-3", "0.5", "266201", "nan", "inf"])
+def test_a_bad_target_is_refused_in_one_line(target):
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config("pruning=global", f"pruning.target={target}"))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"pruning.target is {float(target)}; it must be a compression between 1 (dense) and ")
+    assert "266,200 (one weight of the 266,200 prunable weights of model=lenet300 left)" in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["pruning=gradual", "pruning.target=4", "pruning.allocation=random"], "pruning.allocation is random; choose"),
+        (["pruning=gradual", "pruning.target=4", "pruning.end=9"], "pruning.start=0.0, pruning.end=9.0 and pruning."),
+        (["pruning=global", "pruning.target=4", "pruning.min_kept=2"], "pruning.min_kept is 2.0; it must be a"),
+        (["pruning=lamp", "pruning.target=4", "retrain.distill.weight=2"], "retrain.distill.weight is 2.0 and"),
+    ],
+)
+def test_bad_policy_settings_are_refused_in_one_line(overrides, expected):
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config(*overrides))
+    assert str(refused.value).startswith(expected)
+
+
+def test_an_unknown_policy_name_is_refused():
+    with pytest.raises(ValueError, match="pruning.name=magic is no pruning policy; choose one of iterative, "):
+        build_policy(GlobalPruning(name="magic", target=2), _context())
+
+
+@pytest.mark.parametrize("policy", ["global", "lamp", "gradual"])
+def test_each_method_reaches_its_target_in_a_real_run(policy, tmp_path):
+    schedule = ["pruning.end=1"] if policy == "gradual" else ["pruning.iterations=2"]
+    metrics = run_in_process(tmp_path, *SMOKE, f"pruning={policy}", "pruning.target=8", *schedule)
+    layers = pd.read_csv(tmp_path / "layers.csv")
+    final = layers[(layers.iteration == metrics.iteration.max()) & (layers.phase == "retrain")]
+    assert final.weights_nonzero.sum() == round(final.weights_total.sum() / 8)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert sum(int(torch.count_nonzero(state[f"{name}.weight"])) for name in final.layer) == final.weights_nonzero.sum()
+    assert metrics.iloc[-1].phase == "retrain" and metrics.iloc[-1].top1 > 0.5
+
+
+def test_distillation_changes_retraining_and_needs_no_test_data(tmp_path):
+    plain = run_in_process(tmp_path / "plain", *SMOKE, "pruning=global", "pruning.target=4", "pruning.iterations=1")
+    taught = run_in_process(
+        tmp_path / "taught", *SMOKE, "pruning=global", "pruning.target=4", "pruning.iterations=1",
+        "retrain.distill.weight=0.5",
+    )  # fmt: skip
+    assert taught.iloc[:2].equals(plain.iloc[:2].assign(seconds=taught.seconds.iloc[:2]))  # same dense model and cut
+    assert taught.train_loss.iloc[-1] != plain.train_loss.iloc[-1]  # the teacher's soft targets enter the loss
+    assert math.isfinite(taught.top1.iloc[-1]) and taught.params_nonzero.iloc[-1] == plain.params_nonzero.iloc[-1]
+
+
+LONG = [
+    "dataset=synthetic", "dataset.num_train=2048", "dataset.num_test=512", "train.epochs=1", "retrain.epochs=3",
+    "train.batch_size=32", "retrain.batch_size=32",
+]  # fmt: skip
+GRADUAL = [*LONG, "pruning=gradual", "pruning.target=10", "pruning.end=2", "pruning.frequency=8"]
+AUTO = [*LONG, "pruning=auto", "dataset.val_split=256", "pruning.iterations=3", "pruning.budget=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overrides", "step"), [(GRADUAL, 2), (AUTO, 4)], ids=["gradual", "auto"])
+def test_a_run_killed_mid_policy_resumes_to_the_uninterrupted_csvs(overrides, step, tmp_path):
+    """Killed one epoch into a retraining (gradual: masks raised mid-schedule; auto: one iteration judged), then
+    resumed: the policy's state comes back with the run's, and the CSVs are those of an uninterrupted run."""
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    run_in_process(uninterrupted, *overrides)
+    killed.mkdir()
+    process = subprocess.Popen(
+        [PRUNE_RUN, *overrides, f"hydra.run.dir={killed}"], cwd=killed, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _wait_for_retraining(killed, process, step=step)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.pt").exists()
+    resumed = prune_run(*overrides, f"hydra.run.dir={killed}", cwd=killed)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("metrics.csv", "layers.csv", "epochs.csv"):
+        pd.testing.assert_frame_equal(without_wall_time(killed / name), without_wall_time(uninterrupted / name))

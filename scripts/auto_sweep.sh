@@ -8,7 +8,7 @@ set -u
 out=${1:?usage: scripts/auto_sweep.sh OUT_DIR [overrides...]}
 shift
 mkdir -p "$out"
-common=(dataset=fashion_mnist "device=${DEVICE:-auto}" pruning=auto pruning.kept=null pruning.iterations=40 "$@")
+common=(dataset=fashion_mnist "device=${DEVICE:-auto}" pruning=auto pruning.iterations=40 "$@")
 rewind300=(retrain.lr=0.1 retrain.weight_decay=1e-3)
 rewind5=(retrain.lr=0.05 retrain.weight_decay=5e-4)
 
@@ -32,14 +32,14 @@ launch() {
   fi
 }
 for budget in 0.5 1 2; do
-  lenet300=(experiment=lenet300_paper "pruning.layer_budget=$budget")
+  lenet300=(experiment=lenet300_training "pruning.layer_budget=$budget")
   launch "l300_lb${budget}_ft" "${lenet300[@]}"
   launch "l300_lb${budget}_ft10" "${lenet300[@]}" retrain.epochs=10
   launch "l300_lb${budget}_rw" "${lenet300[@]}" "${rewind300[@]}"
   launch "l300_lb${budget}_rw10" "${lenet300[@]}" "${rewind300[@]}" retrain.epochs=10
 done
 for budget in 1 2; do
-  lenet5=(experiment=lenet5_paper "pruning.layer_budget=$budget")
+  lenet5=(experiment=lenet5_training "pruning.layer_budget=$budget")
   launch "l5_lb${budget}_ft" "${lenet5[@]}"
   launch "l5_lb${budget}_rw" "${lenet5[@]}" "${rewind5[@]}"
 done

@@ -287,6 +287,36 @@ def test_method_labels_follow_the_config():
     assert label(train="l1", retrain="l2") == "L1/L2, iterative, retrain"
     assert label(name="sensitivity") == "L2, sensitivity analysis"
     assert method_label({"model": {"name": "lenet5"}})["method"] == "?, ?, retrain"
+    assert label(name="global", iterations=5) == "L2, global, retrain"  # a policy by its own name, not "iterative"
+    assert label(name="gradual", iterations=None) == "L2, gradual, retrain"
+    distilled = config(name="lamp")
+    distilled["retrain"]["distill"] = {"weight": 0.5, "temperature": 4.0}
+    assert method_label(distilled)["method"] == "L2, lamp, retrain, distilled"
+
+
+def test_methods_are_drawn_and_tabulated_side_by_side_with_their_spread_over_seeds(tmp_path, capsys):
+    """Two methods at two targets over two seeds each: one curve per method, one table row per (method, target)."""
+    for method in ("global", "lamp"):
+        for target, final in ((12, 22186), (24, 11093)):
+            for seed, top1 in ((0, 0.97), (1, 0.96)):
+                cfg = config(name=method, seed=seed)
+                cfg["pruning"]["target"] = target
+                drop = 0.01 * (target // 12) + (0.005 if method == "lamp" else 0)
+                metrics = (
+                    "0,train,2,266610,266610,1,0.98,0.999,0.1,0.05,10\n"
+                    f"1,retrain,1,266610,{final},{266610 / final},{top1 + 0.02 - drop},0.999,0.1,0.05,5\n"
+                )
+                write_run(tmp_path / "runs" / f"{method}_{target}_{seed}", cfg, metrics)
+    assert run([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    assert is_png(tmp_path / "report" / "methods_lenet300.png")
+    table = pd.read_csv(tmp_path / "report" / "methods_lenet300.csv")
+    assert table.method.tolist() == ["L2, global, retrain"] * 2 + ["L2, lamp, retrain"] * 2
+    assert table.n.tolist() == [2, 2, 2, 2] and table.compression.round(2).tolist() == [12.02, 24.03] * 2
+    # top-1 of seeds 0 and 1: 0.99 - drop and 0.98 - drop against a dense 0.98: lost drop - 1 and drop points
+    assert table.error_change_top1.round(3).tolist() == pytest.approx([0.5, 1.5, 1.0, 2.0])
+    assert table.error_change_top1_std.round(3).tolist() == pytest.approx([0.707] * 4, abs=1e-3)
+    text = (tmp_path / "report" / "methods_lenet300.md").read_text()
+    assert "| fashion_mnist | L2, lamp, retrain | 2 | 24.0x | +2.00 ± 0.71 |" in text
 
 
 def is_png(path: Path) -> bool:

@@ -8,11 +8,22 @@ import math
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.report.collect import Collection, collect
 from pruning_cli.report.plots import draw_all
-from pruning_cli.report.tables import CSV_FLOAT, layer_tables, layers_markdown, table1, table1_markdown, write_table
+from pruning_cli.report.tables import (
+    CSV_FLOAT,
+    layer_tables,
+    layers_markdown,
+    method_curves,
+    methods_markdown,
+    table1,
+    table1_markdown,
+    write_table,
+)
 
 PROG = "prune-report"
 
@@ -64,6 +75,11 @@ def make_report(dirs: list[Path], out_dir: Path, tolerance: float = 0.0) -> str:
         table = table1(collection.runs, tolerance)
         table1_text = table1_markdown(table, tolerance)
         written += write_table(table, table1_text, "table1", out_dir)
+    curves = method_curves(collection.runs)
+    for model in pd.unique(curves.model):
+        written += write_table(
+            curves[curves.model == model], methods_markdown(model, curves), f"methods_{model}", out_dir
+        )
     for model, frame in layer_tables(collection.layers, collection.metrics, collection.storage).items():
         written += write_table(frame, layers_markdown(model, frame), f"layers_{model}", out_dir)
     figures = draw_all(collection.runs, collection.metrics, collection.sensitivity, out_dir)

@@ -32,6 +32,8 @@ from pruning_cli.records import (
 from pruning_cli.sparse.export import export_state_dict, file_sizes, is_quantized
 
 TEXT_COLUMNS = ("phase", "layer")
+# The `pruning=` choices of the paper's rule, labelled as the paper's Fig. 5 does; any other policy by its name.
+PAPER_RULE = ("iterative", "oneshot")
 
 RUN_COLUMNS = (
     "run", "dir", "model", "dataset", "seed", "method", "setting", "regularization", "schedule", "retrain",
@@ -146,8 +148,8 @@ def method_label(config: dict[str, Any], metrics: pd.DataFrame | None = None) ->
         retrain = bool(((metrics.phase == "retrain") & (metrics.epochs.fillna(0) > 0)).any())
     else:
         retrain = True
-    if name in ("sensitivity", "auto"):
-        schedule = name  # auto: iterations chosen on the validation split, within a budget
+    if name not in PAPER_RULE and name is not None:
+        schedule = str(name)  # every other policy by its own name: auto, global, lamp, gradual, sensitivity, ...
     elif isinstance(iterations, int):
         schedule = "iterative" if iterations > 1 else "one-shot"
     else:
@@ -162,6 +164,7 @@ def method_label(config: dict[str, Any], metrics: pd.DataFrame | None = None) ->
         method = f"{regularization}, sensitivity analysis"
     else:
         method = f"{regularization}, {schedule}, {'retrain' if retrain else 'no retrain'}"
+        method += ", distilled" if (_select(config, "retrain.distill.weight") or 0) > 0 else ""
     return {
         "method": method,
         "regularization": regularization,
@@ -407,8 +410,9 @@ def _collect_run(gathered: _Gathered, run_id: str, run_dir: Path) -> None:
 def _collect_pruning(gathered: _Gathered, run_dir: Path, config: dict[str, Any], ids: dict[str, Any]) -> str | None:
     """Read a pruning run's metrics, storage and layers into `gathered`; the reason it is unusable, if it is."""
     try:
-        auto = _select(config, "pruning.name") == "auto"  # stops when its budget says so, not at an iteration count
-        metrics = _read_metrics(run_dir, None if auto else _select(config, "pruning.iterations"))
+        # The paper's rule runs all its iterations; other policies may stop sooner (a search) or have none.
+        iterations = _select(config, "pruning.iterations") if _select(config, "pruning.name") in PAPER_RULE else None
+        metrics = _read_metrics(run_dir, iterations)
     except _Unusable as problem:
         return str(problem)
     label = method_label(config, metrics)

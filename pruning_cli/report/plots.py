@@ -13,6 +13,7 @@ import pandas as pd
 
 from pruning_cli.paper import LATER_WORK, PAPER_TABLE1, network_name
 from pruning_cli.records import DENSE_CHECKPOINT, MODEL_FILE
+from pruning_cli.report.tables import method_curves
 
 DPI = 110
 MAX_LEGEND = 12  # beyond this many lines a legend hides the plot
@@ -142,6 +143,31 @@ def plot_frontier(runs: pd.DataFrame, model: str, path: Path) -> str | None:
     return None
 
 
+def plot_methods(curves: pd.DataFrame, model: str, path: Path) -> str | None:
+    """One accuracy-against-compression curve per method (tables.method_curves): mean over seeds, the std as error
+    bars, compression on a log scale."""
+    started = _begin(curves, model, "no finished pruning run")
+    if isinstance(started, str):
+        return started
+    data, plt, figure, axes = started
+    several_datasets = data.dataset.nunique() > 1
+    for (dataset, method), part in data.groupby(["dataset", "method"], sort=False):
+        label = f"{method} ({dataset})" if several_datasets else str(method)
+        spread = part.error_change_top1_std.fillna(0).to_numpy()
+        axes.errorbar(part.compression, part.error_change_top1, yerr=spread, marker="o", capsize=3, label=label)
+    axes.set_xscale("log")
+    for ticks in (axes.xaxis.set_major_formatter, axes.xaxis.set_minor_formatter):
+        ticks(plt.FuncFormatter(lambda value, _position: f"{value:g}x"))
+    axes.axhline(0, color="grey", linewidth=1)
+    axes.set_xlabel("compression (parameters before / after, log scale)")
+    axes.set_ylabel("accuracy loss (top-1, points; mean ± std over seeds)")
+    axes.set_title(f"Pruning methods: {_title(model, data.dataset)}")
+    axes.grid(alpha=0.3, which="both")
+    _legend(axes)
+    _save(figure, path)
+    return None
+
+
 def histogram_layer(model: str) -> tuple[str, str] | None:
     """The layer of Fig. 7: the model's first fully connected layer (paper name, module path), if the model is known."""
     from pruning_cli.models import MODELS
@@ -245,6 +271,7 @@ def draw_all(
         plots = [("sensitivity", plot_sensitivity, sensitivity)] if model in set(sensitivity.model) else []
         if model in set(runs.model):
             plots += [("tradeoff", plot_tradeoff, runs), ("frontier", plot_frontier, runs)]
+            plots += [("methods", plot_methods, method_curves(runs))]
             plots += [("histogram", plot_histogram, runs)]
             plots += [("iterations", plot_iterations, metrics)]
         for kind, plot, frame in plots:

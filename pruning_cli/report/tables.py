@@ -93,6 +93,38 @@ def _both(top1: float, top5: float, show_top5: bool, formatter: Callable[[float]
     return _pair(formatter(top1), formatter(top5) if show_top5 else None)
 
 
+# ---------------------------------------------------------------------------------------------------- methods
+
+
+def method_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """The points of each method's accuracy-against-compression curve: per (model, dataset, method, setting), the
+    compression and the top-1 lost against each run's own dense model (points), mean and std over seeds."""
+    table = _seed_means(runs)[[*GROUP, "n", "compression", "error_change_top1", "error_change_top1_std"]]
+    table.insert(0, "network", table.model.map(network_name))
+    return table.sort_values(["model", "dataset", "method", "compression"], kind="stable").reset_index(drop=True)
+
+
+def methods_markdown(model: str, table: pd.DataFrame) -> str:
+    """methods_<model>.md: every method at every compression it was run at, side by side."""
+    rows = table[table.model == model]
+    cells = pd.DataFrame(
+        {
+            "data set": rows.dataset,
+            "method": rows.method,
+            "seeds": rows.n,
+            "compression": [f"{value:.1f}x" for value in rows.compression],
+            "top-1 lost (points, mean ± std)": list(
+                map(fmt_points, rows.error_change_top1, rows.error_change_top1_std)
+            ),
+        }
+    )
+    note = (
+        "Compression: all parameters (biases included) before / after, mean over seeds. Top-1 lost: test error of "
+        "the pruned model minus that of the run's own dense model, in points (negative: it gained)."
+    )
+    return f"# {network_name(model)}: pruning methods side by side\n\n{note}\n\n{markdown_table(cells)}"
+
+
 # ---------------------------------------------------------------------------------------------------- Table 1
 
 

@@ -327,20 +327,55 @@ def check_no_validation_leak(path: Path, trained_on: TrainedOn, validating: Trai
             )
 
 
-def training_data(config: RunConfig, data: ImageData, analysis: bool) -> TrainedOn:
+def training_data(config: RunConfig, data: ImageData, plan: RunPlan) -> TrainedOn:
     """Every data set the run's weights will have been trained on: this run's training split, after those of the
-    `train.checkpoint` it starts from (unknown if that file does not say). A sensitivity analysis that starts from a
-    checkpoint refuses it here when it has seen the validation images, before anything is written."""
+    `train.checkpoint` it starts from (unknown if that file does not say). Refused here, before anything is written:
+    a checkpoint that does not fit the model, and, for a run that makes a choice on the validation split (a
+    sensitivity analysis, a policy that reads it), one that has seen those images."""
     images = len(data.train) + (len(data.val) if data.val is not None else 0)
     own = TrainingData(config.dataset.name, images, config.dataset.val_split, VALIDATION_SPLIT_SEED)
     if not config.train.checkpoint:
         return [own]
     path = Path(config.train.checkpoint).expanduser()
-    inherited = checkpoint_training_data(path, load_checkpoint(path)[1])
-    if analysis:  # which trains nothing more when it starts from a checkpoint
+    state, extras = load_checkpoint(path)
+    with torch.device("meta"):
+        mismatch = state_dict_mismatch(plan.spec.build(data.num_classes).state_dict(), state)
+    if mismatch:
+        raise UserError(f"checkpoint {path} does not fit model={config.model.name}: {mismatch}")
+    inherited = checkpoint_training_data(path, extras)
+    if plan.analysis is not None or plan.policy.reads_validation:
         check_no_validation_leak(path, inherited, own)
-        return inherited
-    return training_history(inherited, own)
+    # a sensitivity analysis trains nothing more when it starts from a checkpoint
+    return inherited if plan.analysis is not None else training_history(inherited, own)
+
+
+@contextmanager
+def open_run(
+    config: RunConfig,
+    out_dir: Path,
+    shard: Shard = SINGLE_PROCESS,
+    adjust_data: Callable[[ImageData], ImageData] = lambda data: data,
+    adjust_runtime: Callable[[DevicePolicy], DevicePolicy] = lambda runtime: runtime,
+) -> Iterator[PruningRun]:
+    """The run of `config` in `out_dir`, ready to execute, every check that can refuse it done before its first file
+    (`run.json` last): what `run` executes and the tests build (`adjust_*`: a test's altered data or device policy)."""
+    plan = plan_run(config, shard.world_size)
+    convolutional = "conv" in plan.spec.layer_kinds().values()
+    runtime = adjust_runtime(device_policy(config.device.name, config.deterministic, shard, convolutional))
+    runtime.apply()
+    torch.manual_seed(config.seed)
+    with process_group(shard, runtime.device) as shard:
+        with shard.main_first():  # a download into dataset.root happens once
+            data = adjust_data(load_data(config.dataset, plan.spec.input_shape, config.seed)).to(runtime.device)
+        trained_on = training_data(config, data, plan)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        store = RunStore(out_dir, fingerprint(config), trained_on, shard.is_main)
+        experiment = PruningRun(config, plan, data, runtime, store, shard)
+        if shard.is_main:
+            phases = {"train": config.train.precision, "retrain": config.retrain.precision}
+            phases |= {"quantize": config.quantize.precision} if plan.quantize_bits is not None else {}
+            write_run_record(out_dir, config, trained_on, runtime.describe(phases))
+        yield experiment
 
 
 def run(
@@ -351,32 +386,15 @@ def run(
 ) -> pd.DataFrame | None:
     """Run (or resume) the task into `out_dir`; return metrics.csv (None on ranks other than 0).
 
-    Bad input fails here, before any training.
+    Bad input fails here, before any training and before the run writes its first file.
     """
-    plan = plan_run(config, shard.world_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    convolutional = "conv" in plan.spec.layer_kinds().values()
-    runtime = device_policy(config.device.name, config.deterministic, shard, convolutional)
-    runtime.apply()
-    torch.manual_seed(config.seed)
-    with process_group(shard, runtime.device) as shard:
-        with shard.main_first():  # a download into dataset.root happens once
-            data = load_data(config.dataset, plan.spec.input_shape, config.seed).to(runtime.device)
-        trained_on = training_data(config, data, plan.analysis is not None)
-        experiment = PruningRun(
-            config, plan, data, runtime, RunStore(out_dir, fingerprint(config), trained_on, shard.is_main), shard
-        )
-        if shard.is_main:
-            phases = {"train": config.train.precision, "retrain": config.retrain.precision}
-            if plan.quantize_bits is not None:
-                phases["quantize"] = config.quantize.precision
-            write_run_record(out_dir, config, trained_on, runtime.describe(phases))
-        experiment.stop_requested = lambda: shard.any(stop_requested())
+    with open_run(config, out_dir, shard) as experiment:
+        experiment.stop_requested = lambda: experiment.shard.any(stop_requested())
         experiment.execute()
-    if not shard.is_main:
+    if not experiment.shard.is_main:
         return None
-    if plan.analysis is not None:
-        write_sensitivity(out_dir / SENSITIVITY.file, experiment, plan.analysis, data.val)
+    if experiment.plan.analysis is not None:
+        write_sensitivity(out_dir / SENSITIVITY.file, experiment, experiment.plan.analysis, experiment.data.val)
     return pd.read_csv(out_dir / METRICS.file)
 
 

@@ -9,16 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from pruning_cli.cli import compose_config
-from pruning_cli.data import ImageData, load_data
-from pruning_cli.distributed import SINGLE_PROCESS
-from pruning_cli.pipeline import PruningRun, run, training_data
-from pruning_cli.plan import plan_run
-from pruning_cli.records import fingerprint
-from pruning_cli.run_state import RunStore
-from pruning_cli.runtime import device_policy
+from pruning_cli.data import ImageData
+from pruning_cli.pipeline import PruningRun, open_run, run
+from pruning_cli.runtime import DevicePolicy
 
 PRUNE_RUN = str(Path(sys.executable).parent / "prune-run")
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -51,17 +46,14 @@ def pruning_run_in_process(
     channels_last: bool | None = None,
     transform_data: Callable[[ImageData], ImageData] = lambda data: data,
 ) -> PruningRun:
-    """The PruningRun of `prune-run OVERRIDES` on the CPU after all its steps, to look at its model; the memory
-    format is the device policy's unless `channels_last` says otherwise, and `transform_data` may alter the data."""
+    """The PruningRun of `prune-run OVERRIDES`, built as `run` builds it, after all its steps, to look at its model;
+    the memory format is the device policy's unless `channels_last` says otherwise, and `transform_data` may alter
+    the data."""
+
+    def adjust_runtime(runtime: DevicePolicy) -> DevicePolicy:
+        return runtime if channels_last is None else replace(runtime, channels_last=channels_last)
+
     config = compose_config(*overrides)
-    plan = plan_run(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)  # as `run` seeds before it loads the data and builds the model
-    data = transform_data(load_data(config.dataset, plan.spec.input_shape, config.seed))
-    store = RunStore(out_dir, fingerprint(config), training_data(config, data, analysis=False))
-    policy = device_policy("cpu", False, SINGLE_PROCESS, "conv" in plan.spec.layer_kinds().values())
-    if channels_last is not None:
-        policy = replace(policy, channels_last=channels_last)
-    experiment = PruningRun(config, plan, data, policy, store)
-    experiment.execute()
+    with open_run(config, out_dir, adjust_data=transform_data, adjust_runtime=adjust_runtime) as experiment:
+        experiment.execute()
     return experiment

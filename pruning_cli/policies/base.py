@@ -72,6 +72,8 @@ class PruningPolicy:
 
     settings: ClassVar[type]
     schema: ClassVar[str]
+    # Whether it makes choices on the validation split: the run then refuses a `train.checkpoint` that has seen it.
+    reads_validation: ClassVar[bool] = False
 
     def __init__(self, settings: Any, context: PolicyContext) -> None:
         self.config, self.context = settings, context

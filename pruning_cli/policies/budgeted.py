@@ -58,6 +58,7 @@ class AutoProgress:
 
 class BudgetedSearch(PruningPolicy):
     settings, schema = AutoPruning, "auto_pruning"
+    reads_validation = True
 
     def __init__(self, settings: AutoPruning, context: PolicyContext) -> None:
         super().__init__(settings, context)

@@ -66,22 +66,7 @@ def make_report(dirs: list[Path], out_dir: Path, tolerance: float = 0.0) -> str:
     except OSError as error:
         raise UserError(f"cannot create output directory {out_dir}: {error.strerror or error}") from error
 
-    written: list[Path] = []
-    runs_csv = out_dir / "runs.csv"
-    collection.runs.to_csv(runs_csv, index=False, float_format=CSV_FLOAT)
-    written.append(runs_csv)
-    table1_text = "Table 1: no finished pruning run (only sensitivity analyses)\n"
-    if not collection.runs.empty:
-        table = table1(collection.runs, tolerance)
-        table1_text = table1_markdown(table, tolerance)
-        written += write_table(table, table1_text, "table1", out_dir)
-    curves = method_curves(collection.runs)
-    for model in pd.unique(curves.model):
-        written += write_table(
-            curves[curves.model == model], methods_markdown(model, curves), f"methods_{model}", out_dir
-        )
-    for model, frame in layer_tables(collection.layers, collection.metrics, collection.storage).items():
-        written += write_table(frame, layers_markdown(model, frame), f"layers_{model}", out_dir)
+    written, table1_text = _write_tables(collection, out_dir, tolerance)
     figures = draw_all(collection.runs, collection.metrics, collection.sensitivity, out_dir)
     written += [path for path, reason in figures.items() if reason is None]
 
@@ -98,6 +83,25 @@ def make_report(dirs: list[Path], out_dir: Path, tolerance: float = 0.0) -> str:
     else:
         lines.append("skipped: none")
     return "\n".join(lines)
+
+
+def _write_tables(collection: Collection, out_dir: Path, tolerance: float) -> tuple[list[Path], str]:
+    """runs.csv, Table 1, the methods side by side and the per-layer tables; the files and Table 1's text."""
+    runs_csv = out_dir / "runs.csv"
+    collection.runs.to_csv(runs_csv, index=False, float_format=CSV_FLOAT)
+    written = [runs_csv]
+    table1_text = "Table 1: no finished pruning run (only sensitivity analyses)\n"
+    if not collection.runs.empty:
+        table = table1(collection.runs, tolerance)
+        table1_text = table1_markdown(table, tolerance)
+        written += write_table(table, table1_text, "table1", out_dir)
+    curves = method_curves(collection.runs)
+    for model in pd.unique(curves.model):
+        rows = curves[curves.model == model]
+        written += write_table(rows, methods_markdown(model, rows), f"methods_{model}", out_dir)
+    for model, frame in layer_tables(collection.layers, collection.metrics, collection.storage).items():
+        written += write_table(frame, layers_markdown(model, frame), f"layers_{model}", out_dir)
+    return written, table1_text
 
 
 def run(argv: list[str] | None = None) -> int:

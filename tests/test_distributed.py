@@ -81,6 +81,8 @@ def test_torchrun_stops_on_sigterm_resumes_and_matches_one_process(tmp_path):
     resumed = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, env=environment, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.count("top-1 change:") == 1  # only rank 0 prints the summary
+    output = resumed.stdout + resumed.stderr
+    assert "dense training epoch" not in output and "retraining 2 epoch 1/3" in output  # done work is skipped
     rows = pd.read_csv(tmp_path / "ddp" / "epochs.csv")[["iteration", "phase", "epoch"]]
     assert rows.values.tolist() == [[0, "train", 1]] + [
         [i, "retrain", e] for i in (1, 2) for e in (1, 2, 3)

@@ -1,5 +1,6 @@
 """Trained quantization: k-means weight sharing, centroid fine-tuning that keeps the sharing, the pipeline phase."""
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -127,7 +128,7 @@ def test_model_pt_holds_the_fine_tuned_shared_values(quantized_run):
         assert torch.equal(weight != 0, before[f"{layer}.weight"] != 0)
 
 
-def test_a_run_stopped_during_quantization_resumes_to_the_same_numbers(quantized_run, tmp_path):
+def test_a_run_stopped_during_quantization_resumes_to_the_same_numbers(quantized_run, tmp_path, caplog):
     def in_quantization() -> bool:
         epochs = tmp_path / "epochs.csv"
         return epochs.is_file() and "quantize" in epochs.read_text()
@@ -135,7 +136,11 @@ def test_a_run_stopped_during_quantization_resumes_to_the_same_numbers(quantized
     with pytest.raises(StopRequested):
         run(compose_config(*QUANTIZED), tmp_path, stop_requested=in_quantization)
     assert pd.read_csv(tmp_path / "epochs.csv").phase.tolist()[-1] == "quantize"  # stopped after its first epoch
-    run(compose_config(*QUANTIZED), tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pruning_cli.recorder"):
+        run(compose_config(*QUANTIZED), tmp_path)
+    trained = [record.getMessage().split(":")[0] for record in caplog.records if " epoch " in record.getMessage()]
+    assert trained == ["quantized fine-tuning epoch 2/2"]  # the resumed run trains only what was left
     for name in ("metrics.csv", "layers.csv", "epochs.csv"):
         pd.testing.assert_frame_equal(without_wall_time(tmp_path / name), without_wall_time(quantized_run / name))
     resumed, uninterrupted = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path, quantized_run))

@@ -1,5 +1,6 @@
 """Runs that survive being killed, stop cleanly on signals and faults, and repeat exactly."""
 
+import re
 import shutil
 import signal
 import subprocess
@@ -63,9 +64,12 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_csvs(uninterru
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert len(pd.read_csv(tmp_path / "metrics.csv")) < 5 and not (tmp_path / "model.pt").exists()
+    done = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["phase"]["epochs_done"]
 
     resumed = prune_run(*LONG, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    trained = re.findall(r"\] - (.+?) epoch (\d+)/\d+:", resumed.stdout + resumed.stderr)
+    assert trained == [("retraining 2", str(epoch)) for epoch in range(done + 1, 4)]  # only the epochs left
     for name in ("metrics.csv", "layers.csv", "epochs.csv"):
         pd.testing.assert_frame_equal(without_wall_time(tmp_path / name), without_wall_time(uninterrupted / name))
     final = torch.load(tmp_path / "model.pt", weights_only=True)

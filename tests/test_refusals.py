@@ -1,0 +1,75 @@
+"""Every refusal comes before the run writes its first file: the run directory is left as it was."""
+
+import pytest
+import torch
+from runs import SMOKE, prune_run, run_in_process
+
+from pruning_cli.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Dense LeNet-300-100 models trained on every training image (no validation split) and with 128 held out,
+    a LeNet-5 model, and a damaged file."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    run_in_process(root / "all_images", *SMOKE, "pruning.iterations=0")
+    run_in_process(root / "held_out", *SMOKE, "pruning.iterations=0", "dataset.val_split=128")
+    run_in_process(root / "lenet5", *SMOKE, "model=lenet5", "pruning.iterations=0", "train.epochs=0")
+    (root / "damaged.pt").write_bytes(torch.load.__doc__.encode()[:100])
+    return root
+
+
+AUTO = ["pruning=auto", "dataset.val_split=128"]
+REFUSALS = {
+    "a bad setting": ([*SMOKE, "pruning=global", "pruning.target=0"], "pruning.target is 0.0; it must be"),
+    "a checkpoint of another model": (
+        [*SMOKE, "train.checkpoint={root}/lenet5/model.pt"],
+        "checkpoint {root}/lenet5/model.pt does not fit model=",
+    ),
+    "a damaged checkpoint": (
+        [*SMOKE, "train.checkpoint={root}/damaged.pt"],
+        "checkpoint {root}/damaged.pt cannot be read (UnpicklingError)",
+    ),
+    "a search on images the checkpoint was trained on": (
+        [*SMOKE, *AUTO, "train.checkpoint={root}/all_images/model.pt"],
+        "checkpoint {root}/all_images/model.pt was trained on synthetic with dataset.val_split=0, so it has seen",
+    ),
+    "a sensitivity analysis on images the checkpoint was trained on": (
+        [*SMOKE, "task=sensitivity", "dataset.val_split=128", "train.checkpoint={root}/all_images/model.pt"],
+        "checkpoint {root}/all_images/model.pt was trained on synthetic with dataset.val_split=0",
+    ),
+    "a missing data folder": (
+        ["dataset=fashion_mnist", "dataset.root={root}/nowhere", "dataset.download=false", "dataset.system_dir=null"],
+        "FashionMNIST not found in {root}/nowhere/FashionMNIST/raw (files missing)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refused_run_leaves_its_directory_as_it_was(case, checkpoints, tmp_path):
+    overrides, message = REFUSALS[case]
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine")
+    with pytest.raises(UserError) as refused:
+        run_in_process(out_dir, *(override.format(root=checkpoints) for override in overrides))
+    assert str(refused.value).startswith(message.format(root=checkpoints)) and "\n" not in str(refused.value)
+    assert [path.name for path in out_dir.iterdir()] == ["notes.txt"]
+
+
+def test_a_search_from_a_checkpoint_with_its_own_split_is_allowed(checkpoints, tmp_path):
+    overrides = [*SMOKE, *AUTO, f"train.checkpoint={checkpoints}/held_out/model.pt", "pruning.iterations=1"]
+    metrics = run_in_process(tmp_path, *overrides)
+    assert metrics.phase.tolist()[0] == "train" and metrics.val_top1.notna().all()
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_leaking_search_with_exit_2_and_writes_no_file_of_its_own(checkpoints, tmp_path):
+    """The case measured on main before: a search from a model trained on its own validation images ran to exit 0."""
+    checkpoint = checkpoints / "all_images" / "model.pt"
+    refused = prune_run(
+        *SMOKE, *AUTO, f"train.checkpoint={checkpoint}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"prune-run: error: checkpoint {checkpoint} was trained")
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".hydra", "prune-run.log"]  # Hydra's own

@@ -1,12 +1,15 @@
 """Typed schemas of the run configuration, and every default of it, stated once.
 
 Hydra validates every YAML file and override against these dataclasses (a misspelt key, a wrong type, or a key of
-another data set kind or task fails at compose time), and the CLI hands the core instances of them: the core never
-sees an omegaconf object. The YAML files of `configs/` only choose between them and pin recipes.
+another data set kind or task fails at compose time), every number is checked against the range its field states
+(`ranges.ranged`; plan.py refuses one outside it before any work), and the CLI hands the core instances of them:
+the core never sees an omegaconf object. The YAML files of `configs/` only choose between them and pin recipes.
 """
 
 from dataclasses import dataclass, field
 from enum import Enum
+
+from pruning_cli.ranges import ANY, AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, ranged
 
 MISSING = "???"  # omegaconf's marker for a value the composed config must set
 
@@ -64,8 +67,8 @@ class DatasetConfig:
 
     name: str = MISSING
     # Training images held out as a validation split (fixed seed); the choices made on data are made there.
-    val_split: int = 0
-    eval_batch_size: int = 1000
+    val_split: int = ranged(NON_NEGATIVE, 0)
+    eval_batch_size: int = ranged(AT_LEAST_ONE, 1000)
 
 
 @dataclass
@@ -82,9 +85,9 @@ class MnistLikeDataset(DatasetConfig):
 class SyntheticDataset(DatasetConfig):
     """Generated class prototypes plus noise: deterministic, no files (smoke runs and tests)."""
 
-    num_train: int = 2048
-    num_test: int = 512
-    num_classes: int = 10
+    num_train: int = ranged(AT_LEAST_ONE, 2048)
+    num_test: int = ranged(AT_LEAST_ONE, 512)
+    num_classes: int = ranged(Range(2), 10)
 
 
 @dataclass
@@ -92,24 +95,24 @@ class ImageFolderDataset(DatasetConfig):
     """A local ImageNet, `<root>/{train,val}/<class>/*.JPEG`, decoded by DataLoader worker processes."""
 
     root: str = IMAGENET_ROOT
-    num_workers: int = 8
-    eval_batch_size: int = 250
+    num_workers: int = ranged(NON_NEGATIVE, 8)
+    eval_batch_size: int = ranged(AT_LEAST_ONE, 250)
 
 
 @dataclass
 class PhaseConfig:
     """One training phase: dense training or retraining after a pruning step."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = ranged(NON_NEGATIVE, 10)
+    batch_size: int = ranged(AT_LEAST_ONE, 128)
+    lr: float = ranged(POSITIVE, 0.05)
+    momentum: float = ranged(Range(0, 1, high_open=True), 0.9)
+    weight_decay: float = ranged(NON_NEGATIVE, 5e-4)
     regularization: Regularization = Regularization.l2
     # Cosine decay of the learning rate to zero over the phase, per step; false keeps it constant.
     cosine: bool = True
     # At most this many batches per epoch (null: the whole training split), for smoke runs at ImageNet scale.
-    max_batches: int | None = None
+    max_batches: int | None = ranged(AT_LEAST_ONE, None)
     # Arithmetic of the forward and backward passes; auto: bf16 autocast where runtime.py measured it faster.
     precision: Precision = Precision.auto
 
@@ -128,16 +131,16 @@ class DistillConfig:
     """Knowledge distillation while retraining (Hinton et al. 2015), the dense model as teacher: the loss is
     (1 - weight) CE(labels) + weight T^2 KL(softmax(teacher / T) || softmax(student / T)), T the temperature."""
 
-    weight: float = 0.0  # 0: off
-    temperature: float = 4.0
+    weight: float = ranged(FRACTION, 0.0)  # 0: off
+    temperature: float = ranged(POSITIVE, 4.0)
 
 
 @dataclass
 class RetrainConfig(PhaseConfig):
     """Phase 3, after each pruning step; the paper retrains LeNets at 1/10 of the dense learning rate."""
 
-    epochs: int = 4
-    lr: float = 0.005
+    epochs: int = ranged(NON_NEGATIVE, 4)
+    lr: float = ranged(POSITIVE, 0.005)
     # Layers that get no update while retraining (not in the optimizer, so no weight decay either).
     freeze: Freeze = Freeze.none
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -150,15 +153,15 @@ class QuantizeConfig(PhaseConfig):
     the shared values are fine-tuned, each by the summed gradient of its weights, with the masks fixed."""
 
     enabled: bool = False  # quantize=kmeans turns it on
-    conv_bits: int = 8  # Deep Compression: 8 bits (255 shared values) for conv layers
-    fc_bits: int = 5  # and 5 bits (31 shared values) for fc layers
-    kmeans_iterations: int = 30
-    epochs: int = 2
+    conv_bits: int = ranged(Range(1, 8), 8)  # Deep Compression: 8 bits (255 shared values) for conv layers
+    fc_bits: int = ranged(Range(1, 8), 5)  # and 5 bits (31 shared values) for fc layers
+    kmeans_iterations: int = ranged(AT_LEAST_ONE, 30)
+    epochs: int = ranged(NON_NEGATIVE, 2)
     # A shared value's gradient sums those of all its weights (hundreds to thousands of them in a LeNet fc layer),
     # so its step is that many weights' steps: the learning rate is correspondingly small. Chosen on the validation
     # split (README, "Trained quantization").
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: float = ranged(POSITIVE, 1e-4)
+    weight_decay: float = ranged(NON_NEGATIVE, 0.0)
 
 
 @dataclass
@@ -190,8 +193,8 @@ class SensitivityTask(TaskConfig):
     name: str = "sensitivity"
     layer: str | None = None  # null: every prunable layer, in one process
     # A non-null `level` replaces `levels` by that one value (one point per job in a Hydra multirun).
-    level: float | None = None
-    levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+    level: float | None = ranged(NON_NEGATIVE, None)
+    levels: list[float] = ranged(NON_NEGATIVE, default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     level_kind: LevelKind = LevelKind.sensitivity
 
 
@@ -210,7 +213,7 @@ class RunConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
-    seed: int = 0
+    seed: int = ranged(ANY, 0)
     # Continue the run found in the output directory (checkpoints/last.pt) instead of starting it over.
     resume: bool = True
     # Deterministic kernels (matters on GPU; CPU runs are repeatable without it).

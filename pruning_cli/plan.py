@@ -7,12 +7,12 @@ and the core receives plain values and the pruning policy, its settings checked.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pruning_cli.config import DistillConfig, LevelKind, PhaseConfig, QuantizeConfig, RunConfig, SensitivityTask
+from pruning_cli.config import LevelKind, PhaseConfig, QuantizeConfig, RunConfig, SensitivityTask
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.policies import PolicyContext, PruningPolicy, build_policy
 from pruning_cli.policies.base import NoPruning
-from pruning_cli.quantize.kmeans import shared_values
+from pruning_cli.ranges import range_problems
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,11 @@ class RunPlan:
 
 def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
     """The plan of `config`, or a UserError naming the first bad setting and how to fix it."""
+    for problem in range_problems(config):
+        raise UserError(problem)
     spec = get_model_spec(config.model.name)
     check_phase("train", config.train, processes)
     check_phase("retrain", config.retrain, processes)
-    check_distill(config.retrain.distill)
     context = PolicyContext(
         config.model.name, spec.layer_kinds(), spec.layer_sizes(), config.retrain.freeze, config.retrain.epochs,
         config.dataset.val_split > 0,
@@ -62,23 +63,7 @@ def quantize_plan(quantize: QuantizeConfig, spec: ModelSpec, processes: int) -> 
         return None
     check_phase("quantize", quantize, processes)
     bits = {"conv": quantize.conv_bits, "fc": quantize.fc_bits}
-    for kind, value in bits.items():
-        try:
-            shared_values(value)
-        except ValueError:
-            raise UserError(f"quantize.{kind}_bits is {value}; it must be 1..8 (2^bits - 1 shared values)") from None
-    if quantize.kmeans_iterations < 1:
-        raise UserError(f"quantize.kmeans_iterations is {quantize.kmeans_iterations}; it must be >= 1")
     return {name: bits[kind] for name, kind in spec.layer_kinds().items()}
-
-
-def check_distill(distill: DistillConfig) -> None:
-    """Refuse a distillation no loss can use."""
-    if not 0 <= distill.weight <= 1 or not distill.temperature > 0:
-        raise UserError(
-            f"retrain.distill.weight is {distill.weight} and retrain.distill.temperature {distill.temperature}: the "
-            "weight must be in [0, 1] (0: off) and the temperature > 0 (e.g. 4)"
-        )
 
 
 def analysis_plan(task: SensitivityTask, layer_names: list[str]) -> AnalysisPlan:
@@ -96,24 +81,15 @@ def check_levels(levels: Sequence[float], kind: LevelKind, option: str) -> None:
     """Refuse levels no pruning step could use."""
     if not levels:
         raise UserError(f"{option} is empty; give at least one level, e.g. {option}=[0.5,1.0]")
-    for level in levels:
-        if kind is LevelKind.sensitivity and level < 0:
-            raise UserError(f"sensitivity level {level} is negative; levels must be >= 0 (threshold = level x std)")
+    for level in levels:  # each is >= 0 by its schema; a kept fraction must also keep something and at most all
         if kind is LevelKind.kept and not 0 < level <= 1:
             raise UserError(f"kept level {level} is outside (0, 1]; it is the fraction of the layer's weights kept")
 
 
 def check_phase(name: str, phase: PhaseConfig, processes: int = 1) -> None:
-    """Refuse settings no training phase can run with."""
-    for key, value, low in (("epochs", phase.epochs, 0), ("batch_size", phase.batch_size, 1)):
-        if value < low:
-            raise UserError(f"{name}.{key} is {value}; it must be >= {low}")
+    """Refuse a batch that the processes cannot share (each setting's own range is its schema's)."""
     if phase.batch_size % processes:
         raise UserError(
             f"{name}.batch_size is {phase.batch_size}, which {processes} processes cannot share evenly; it is the "
             f"global batch: make it a multiple of {processes}"
         )
-    if phase.lr <= 0:
-        raise UserError(f"{name}.lr is {phase.lr}; it must be > 0")
-    if phase.max_batches is not None and phase.max_batches < 1:
-        raise UserError(f"{name}.max_batches is {phase.max_batches}; it must be >= 1, or null for whole epochs")

@@ -105,10 +105,10 @@ def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
     ("overrides", "expected"),
     [
         (["dataset.val_split=0"], "pruning=auto chooses on held-out training data: set dataset.val_split=N"),
-        (["pruning.budget=-1"], "pruning.budget is -1.0 and pruning.layer_budget"),
+        (["pruning.budget=-1"], "pruning.budget is -1.0; it must be >= 0, e.g. pruning.budget=0.3, its default"),
         (["pruning.levels=[]"], "pruning.levels is empty"),
-        (["pruning.backoff=0"], "pruning.backoff is 0.0 and pruning.patience 3: the backoff must be in (0, 1]"),
-        (["pruning.patience=0"], "pruning.backoff is 0.5 and pruning.patience 0: the backoff must be in (0, 1]"),
+        (["pruning.backoff=0"], "pruning.backoff is 0.0; it must be in (0, 1], e.g. pruning.backoff=0.5"),
+        (["pruning.patience=0"], "pruning.patience is 0; it must be >= 1, e.g. pruning.patience=3, its default"),
     ],
 )
 def test_bad_auto_settings_are_one_line(overrides, expected):

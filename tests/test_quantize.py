@@ -150,8 +150,8 @@ def test_a_run_stopped_during_quantization_resumes_to_the_same_numbers(quantized
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("quantize.fc_bits=0", "quantize.fc_bits is 0; it must be 1..8"),
-        ("quantize.conv_bits=9", "quantize.conv_bits is 9; it must be 1..8"),
+        ("quantize.fc_bits=0", "quantize.fc_bits is 0; it must be in [1, 8], e.g. quantize.fc_bits=5, its default"),
+        ("quantize.conv_bits=9", "quantize.conv_bits is 9; it must be in [1, 8], e.g. quantize.conv_bits=8"),
         ("quantize.lr=0", "quantize.lr is 0.0; it must be > 0"),
         ("quantize.kmeans_iterations=0", "quantize.kmeans_iterations is 0; it must be >= 1"),
     ],

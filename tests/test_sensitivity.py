@@ -92,7 +92,7 @@ def test_in_process_and_multirun_give_the_same_points(dense_checkpoint, tmp_path
     ("overrides", "expected"),
     [
         (["task.layer=conv9"], "task.layer=conv9 is not a prunable layer of this model; choose one of fc1, fc2, fc3"),
-        (["task.levels=[-1]"], "sensitivity level -1.0 is negative"),
+        (["task.levels=[-1]"], "task.levels is [-1.0]; it must be >= 0 (each of its values)"),
         (["task.level_kind=kept", "task.levels=[1.5]"], "kept level 1.5 is outside (0, 1]"),
         (
             ["dataset.val_split=0"],

@@ -126,8 +126,3 @@ def check_target(target: float, context: PolicyContext) -> int:
             f"the {total:,} prunable weights of model={context.model} left), e.g. pruning.target=12"
         )
     return round(total / target)
-
-
-def check_min_kept(min_kept: float) -> None:
-    if not 0 <= min_kept <= 1:
-        raise ValueError(f"pruning.min_kept is {min_kept}; it must be a fraction of each layer's weights in [0, 1]")

@@ -10,6 +10,7 @@ from pruning_cli.config import PruningConfig, StdSource
 from pruning_cli.policies.base import KEEP, PolicyContext, PruneStep, PruningPolicy, RunView, Verdict
 from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
 from pruning_cli.pruning.targets import LayerTarget
+from pruning_cli.ranges import AT_LEAST_ONE, NON_NEGATIVE, SHARE, ranged
 
 log = logging.getLogger(__name__)
 # How often the layer budget is halved looking for a step other than the one just rolled back.
@@ -26,18 +27,20 @@ class AutoPruning(PruningConfig):
     with smaller steps (`layer_budget` times `backoff`) until `patience` iterations in a row have been rolled back."""
 
     name: str = "auto"
-    iterations: int = 10  # at most, rolled-back ones included; fewer when no layer can be pruned or patience runs out
-    budget: float = 0.3  # points of validation top-1 the final model may lose against the dense model
+    # At most, rolled-back ones included; fewer when no layer can be pruned or patience runs out
+    iterations: int = ranged(AT_LEAST_ONE, 10)
+    # Points of validation top-1 the final model may lose against the dense model
+    budget: float = ranged(NON_NEGATIVE, 0.3)
     # Points one layer pruned alone, before retraining, may lose (null: the budget shared by the prunable layers).
     # 2 was chosen on the validation split of Fashion-MNIST, LeNet-300-100 (docs/results.md: the highest
     # compression within the budget among 0.1, 1, 2 and 4).
-    layer_budget: float | None = 2.0
-    levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+    layer_budget: float | None = ranged(NON_NEGATIVE, 2.0)
+    levels: list[float] = ranged(NON_NEGATIVE, default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     # After a rolled-back iteration the layer budget is multiplied by this (a smaller step from the kept model), and
     # divided by it, up to `layer_budget`, after a kept one: the step size follows what retraining can recover.
-    backoff: float = 0.5
+    backoff: float = ranged(SHARE, 0.5)
     # Rolled-back iterations in a row that end the search (1: stop at the first model past the budget).
-    patience: int = 3
+    patience: int = ranged(AT_LEAST_ONE, 3)
     std: StdSource = StdSource.surviving  # of the threshold, as in the paper's rule (pruning=iterative)
 
 
@@ -142,23 +145,8 @@ class BudgetedSearch(PruningPolicy):
 
 
 def check_auto(settings: AutoPruning, context: PolicyContext) -> None:
-    """The choices of `pruning=auto`, checked: a validation split to make them on, levels, budgets."""
+    """What `pruning=auto` needs beyond its settings' ranges: a validation split to choose on, and levels."""
     if not context.validation:
         raise ValueError("pruning=auto chooses on held-out training data: set dataset.val_split=N (e.g. 5000)")
-    if settings.iterations < 1:
-        raise ValueError(f"pruning.iterations is {settings.iterations}; pruning=auto needs at least 1")
-    layer_budget = settings.budget if settings.layer_budget is None else settings.layer_budget
-    if settings.budget < 0 or layer_budget < 0:
-        raise ValueError(
-            f"pruning.budget is {settings.budget} and pruning.layer_budget {layer_budget}; both must be >= 0 points"
-        )
-    if not 0 < settings.backoff <= 1 or settings.patience < 1:
-        raise ValueError(
-            f"pruning.backoff is {settings.backoff} and pruning.patience {settings.patience}: the backoff must be in "
-            "(0, 1] (e.g. 0.5) and the patience at least 1 (1 stops at the first iteration past the budget)"
-        )
     if not settings.levels:
         raise ValueError("pruning.levels is empty; give at least one level, e.g. pruning.levels=[0.5,1.0]")
-    if min(settings.levels) < 0:
-        raise ValueError(f"sensitivity level {min(settings.levels)} is negative; levels must be >= 0 (threshold = "
-                         "level x std)")  # fmt: skip

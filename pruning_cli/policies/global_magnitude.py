@@ -5,20 +5,22 @@ geometrically to a compression target over `iterations` prune -> retrain steps, 
 from dataclasses import dataclass
 
 from pruning_cli.config import MISSING, PruningConfig
-from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_min_kept, check_target
+from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_target
 from pruning_cli.pruning.allocation import Allocation, allocate
 from pruning_cli.pruning.masks import scheduled_fraction
 from pruning_cli.pruning.step import cut_records
+from pruning_cli.ranges import AT_LEAST_ONE, FRACTION, ranged
 
 
 @dataclass
 class GlobalPruning(PruningConfig):
     name: str = "global"
     # Compression of the prunable weights: how many times fewer remain after the last iteration (e.g. 12).
-    target: float = MISSING  # type: ignore[assignment]
-    iterations: int = 3  # each removes the same share of the survivors: kept^(i / iterations) at iteration i
+    target: float = ranged(AT_LEAST_ONE, MISSING)
+    # Each removes the same share of the survivors: kept^(i / iterations) at iteration i
+    iterations: int = ranged(AT_LEAST_ONE, 3)
     # The fraction of each layer's weights that no cut removes (at least one weight), so that no layer is cut off.
-    min_kept: float = 0.01
+    min_kept: float = ranged(FRACTION, 0.01)
 
 
 class GlobalMagnitude(PruningPolicy):
@@ -28,9 +30,6 @@ class GlobalMagnitude(PruningPolicy):
     def __init__(self, settings: GlobalPruning, context: PolicyContext) -> None:
         super().__init__(settings, context)
         check_target(settings.target, context)
-        check_min_kept(settings.min_kept)
-        if settings.iterations < 1:
-            raise ValueError(f"pruning.iterations is {settings.iterations}; it must be >= 1")
 
     def prune(self, iteration: int, run: RunView) -> PruneStep:
         """The survivors of one cut at this iteration's point of the geometric walk to the target."""

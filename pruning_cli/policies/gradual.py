@@ -9,23 +9,25 @@ from torch import Tensor
 
 from pruning_cli.config import MISSING, PruningConfig
 from pruning_cli.paper import PAPER_KEPT
-from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_min_kept, check_target
+from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_target
 from pruning_cli.pruning.allocation import Allocation, allocate
 from pruning_cli.pruning.schedule import cubic_sparsity
+from pruning_cli.ranges import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, ranged
 
 
 @dataclass
 class GradualPruning(PruningConfig):
     name: str = "gradual"
     # Compression of the prunable weights at the end of the schedule (e.g. 12).
-    target: float = MISSING  # type: ignore[assignment]
+    target: float = ranged(AT_LEAST_ONE, MISSING)
     # How each raise is shared between the layers: global (one magnitude cut), lamp, uniform, or paper (the
     # paper's per-layer % kept, scaled to the target).
     allocation: str = "global"
-    start: float = 0.0  # epoch of the retraining phase where pruning starts
-    end: float = 3.0  # epoch where it reaches the target; the rest of the phase fine-tunes at the final masks
-    frequency: int = 100  # optimizer steps between two raises
-    min_kept: float = 0.01  # per-layer floor of a global cut (fraction of each layer's weights)
+    start: float = ranged(NON_NEGATIVE, 0.0)  # epoch of the retraining phase where pruning starts
+    # Epoch where it reaches the target; the rest of the phase fine-tunes at the final masks
+    end: float = ranged(POSITIVE, 3.0)
+    frequency: int = ranged(AT_LEAST_ONE, 100)  # optimizer steps between two raises
+    min_kept: float = ranged(FRACTION, 0.01)  # per-layer floor of a global cut (fraction of each layer's weights)
 
 
 class GradualMagnitude(PruningPolicy):
@@ -34,7 +36,6 @@ class GradualMagnitude(PruningPolicy):
     def __init__(self, settings: GradualPruning, context: PolicyContext) -> None:
         super().__init__(settings, context)
         check_target(settings.target, context)
-        check_min_kept(settings.min_kept)
         choices = ", ".join(kind.value for kind in Allocation)
         try:
             self.allocation = Allocation(settings.allocation)
@@ -43,11 +44,11 @@ class GradualMagnitude(PruningPolicy):
         self.proportions = PAPER_KEPT.get(context.model) if self.allocation is Allocation.paper else None
         if self.allocation is Allocation.paper and self.proportions is None:
             raise ValueError(f"pruning.allocation=paper needs the paper's table, which has no model={context.model}")
-        if not 0 <= settings.start < settings.end <= context.retrain_epochs or settings.frequency < 1:
+        if not settings.start < settings.end <= context.retrain_epochs:
             raise ValueError(
-                f"pruning.start={settings.start}, pruning.end={settings.end} and pruning.frequency="
-                f"{settings.frequency}: need 0 <= start < end <= retrain.epochs ({context.retrain_epochs}) and a "
-                "frequency of at least 1 step"
+                f"pruning.start is {settings.start} and pruning.end {settings.end}: pruning must start before it ends, "
+                f"within the retraining phase (retrain.epochs={context.retrain_epochs}); e.g. pruning.end="
+                f"{context.retrain_epochs * 3 / 4:g}"
             )
         self.sparsity = 0.0  # the sparsity of the masks applied so far
 

@@ -5,13 +5,14 @@ from dataclasses import dataclass
 
 from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
 from pruning_cli.pruning.allocation import Allocation
+from pruning_cli.ranges import FRACTION, ranged
 
 
 @dataclass
 class LampPruning(GlobalPruning):
     name: str = "lamp"
     # LAMP's largest weight of each layer scores 1, so its cut never empties a layer: no floor is needed.
-    min_kept: float = 0.0
+    min_kept: float = ranged(FRACTION, 0.0)
 
 
 class Lamp(GlobalMagnitude):

@@ -9,6 +9,7 @@ from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, R
 from pruning_cli.pruning.schedule import pruning_schedule
 from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
 from pruning_cli.pruning.targets import resolve_targets
+from pruning_cli.ranges import NON_NEGATIVE, ranged
 
 
 @dataclass
@@ -16,9 +17,9 @@ class PaperRulePruning(PruningConfig):
     """`pruning=iterative` (3 iterations) and `pruning=oneshot` (1)."""
 
     name: str = "iterative"
-    iterations: int = 3
+    iterations: int = ranged(NON_NEGATIVE, 3)
     # Threshold = sensitivity x std for every prunable layer; null leaves unnamed layers dense.
-    sensitivity: float | None = 1.0
+    sensitivity: float | None = ranged(NON_NEGATIVE, 1.0)
     # Per-layer overrides, {layer: sensitivity}. Untyped and null by default so that `pruning.kept={fc1:0.08}`
     # replaces the node (Hydra would merge a dict into a typed dict node and refuse its new keys); the CLI
     # checks names and values instead.
@@ -38,8 +39,6 @@ class PaperRule(PruningPolicy):
 
     def __init__(self, settings: PaperRulePruning, context: PolicyContext) -> None:
         super().__init__(settings, context)
-        if settings.iterations < 0:
-            raise ValueError(f"pruning.iterations is {settings.iterations}; it must be >= 0")
         layers = list(context.layer_kinds)
         targets = resolve_targets(layers, settings.sensitivity, settings.layer_sensitivity, settings.kept)
         schedule = pruning_schedule(context.layer_kinds, settings.iterations, settings.alternate, context.freeze)

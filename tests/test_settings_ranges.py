@@ -1,0 +1,126 @@
+"""Every numeric setting states its range in its schema, and one check refuses any value outside it, NaN and
+infinity included, in one line before any work. The cases come from the schemas themselves: a setting added later
+is covered without editing this file."""
+
+import math
+import typing
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+
+import pytest
+from runs import SMOKE, prune_run
+
+from pruning_cli.cli import compose_config, config_dir
+from pruning_cli.config import GROUP_SCHEMAS, RunConfig
+from pruning_cli.errors import UserError
+from pruning_cli.plan import plan_run
+from pruning_cli.policies import schemas as policy_schemas
+from pruning_cli.ranges import RANGE, Range
+
+GROUPS = ("dataset", "task", "pruning", "quantize")
+NEEDS = {"global": ["pruning.target=4"], "lamp": ["pruning.target=4"], "gradual": ["pruning.target=4"]}
+
+
+def _schemas() -> set[type]:
+    """Every dataclass a composed config can hold: the run's, those nested in it, each group's and each policy's."""
+    found, todo = set(), [RunConfig, *(s for group in GROUP_SCHEMAS.values() for s in group.values())]
+    todo += list(policy_schemas().values())
+    while todo:
+        schema = todo.pop()
+        if schema in found:
+            continue
+        found.add(schema)
+        todo += [hint for hint in typing.get_type_hints(schema).values() if is_dataclass(hint)]
+    return found
+
+
+def _numeric(hint: object) -> bool:
+    """int, float, an optional one, or a list of them (bool is not a number here)."""
+    arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
+    return hint in (int, float) or any(_numeric(argument) for argument in arguments)
+
+
+def test_every_numeric_setting_of_every_schema_states_its_range():
+    missing = [
+        f"{schema.__name__}.{spec.name}"
+        for schema in _schemas()
+        for spec in fields(schema)
+        if _numeric(typing.get_type_hints(schema)[spec.name]) and RANGE not in spec.metadata
+    ]
+    assert missing == []
+
+
+def _outside(rule: Range) -> float:
+    return rule.low - (0 if rule.low_open else 1) if math.isfinite(rule.low) else rule.high + 1
+
+
+def _cases() -> dict[str, list[str]]:
+    """{override that must be refused: the overrides it is composed with}, one per ranged setting of every choice of
+    every group: a value just outside its range and, for floats, NaN."""
+    cases: dict[str, list[str]] = {}
+    for group in GROUPS:
+        for choice in sorted(path.stem for path in (Path(config_dir()) / group).glob("*.yaml")):
+            base = [f"{group}={choice}", *NEEDS.get(choice, [])]
+            for key, spec, value in _ranged(compose_config(*base)):
+                rule = spec.metadata[RANGE]
+                if math.isfinite(rule.low) or math.isfinite(rule.high):  # else only NaN and infinity are outside
+                    bad = _outside(rule)
+                    bad_text = f"[{bad}]" if isinstance(value, list) else str(int(bad) if _is_int(spec) else bad)
+                    cases.setdefault(f"{key}={bad_text}", base)
+                if not _is_int(spec):
+                    cases.setdefault(f"{key}={'[nan]' if isinstance(value, list) else 'nan'}", base)
+    return cases
+
+
+def _is_int(spec) -> bool:
+    return "int" in str(spec.type) and "float" not in str(spec.type)
+
+
+def _ranged(settings, prefix: str = ""):
+    for spec in fields(settings):
+        value = getattr(settings, spec.name)
+        if is_dataclass(value):
+            yield from _ranged(value, f"{prefix}{spec.name}.")
+        elif RANGE in spec.metadata:
+            yield f"{prefix}{spec.name}", spec, value
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("override", list(CASES))
+def test_a_value_outside_its_range_is_refused_in_one_line_before_any_work(override):
+    key = override.split("=")[0]
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config(*CASES[override], override))
+    message = str(refused.value)
+    assert message.startswith(f"{key} is ") and "; it must be " in message and "\n" not in message
+
+
+def test_the_cases_cover_every_group_and_nan():
+    keys = {override.split("=")[0].split(".")[0] for override in CASES}
+    assert {"train", "retrain", "quantize", "dataset", "pruning", "task"} <= keys
+    assert "train.lr=nan" in CASES and "pruning.budget=nan" in CASES and "retrain.distill.temperature=0" in CASES
+    assert len(CASES) > 60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["retrain.weight_decay=-1"],
+            "retrain.weight_decay is -1.0; it must be >= 0, e.g. retrain.weight_decay=0.0005",
+        ),
+        (["dataset.eval_batch_size=0"], "dataset.eval_batch_size is 0; it must be >= 1, e.g. dataset.eval_batch_size="),
+        (["pruning=auto", "pruning.budget=nan"], "pruning.budget is nan; it must be >= 0, e.g. pruning.budget=0.3"),
+        (["pruning.sensitivity=inf"], "pruning.sensitivity is inf; it must be >= 0, e.g. pruning.sensitivity=1.0"),
+        (["train.lr=nan"], "train.lr is nan; it must be > 0, e.g. train.lr=0.05, its default"),
+    ],
+)
+def test_the_cli_refuses_each_measured_case_with_exit_2_and_no_work(overrides, message, tmp_path):
+    refused = prune_run(*SMOKE, *overrides, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"prune-run: error: {message}")
+    assert not (tmp_path / "run.json").exists() and not (tmp_path / "metrics.csv").exists()

@@ -2,6 +2,8 @@
 infinity included, in one line before any work. The cases come from the schemas themselves: a setting added later
 is covered without editing this file."""
 
+import copy
+import functools
 import math
 import typing
 from dataclasses import fields, is_dataclass
@@ -88,11 +90,28 @@ def _ranged(settings, prefix: str = ""):
 CASES = _cases()
 
 
+@functools.cache
+def _composed(*overrides: str) -> RunConfig:
+    return compose_config(*overrides)
+
+
+def _with(config: RunConfig, override: str) -> RunConfig:
+    """A copy of `config` with `key=value` set as Hydra would parse it (a number, or a list of one)."""
+    key, text = override.split("=")
+    *path, name = key.split(".")
+    config = copy.deepcopy(config)
+    node = functools.reduce(getattr, path, config)
+    value = float(text.strip("[]"))
+    value = value if "." in text or "nan" in text or not text.strip("[]-").isdigit() else int(value)
+    setattr(node, name, [value] if text.startswith("[") else value)
+    return config
+
+
 @pytest.mark.parametrize("override", list(CASES))
 def test_a_value_outside_its_range_is_refused_in_one_line_before_any_work(override):
     key = override.split("=")[0]
     with pytest.raises(UserError) as refused:
-        plan_run(compose_config(*CASES[override], override))
+        plan_run(_with(_composed(*CASES[override]), override))
     message = str(refused.value)
     assert message.startswith(f"{key} is ") and "; it must be " in message and "\n" not in message
 

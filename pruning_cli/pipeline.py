@@ -334,6 +334,12 @@ def training_data(config: RunConfig, data: ImageData, plan: RunPlan) -> TrainedO
     sensitivity analysis, a policy that reads it), one that has seen those images."""
     images = len(data.train) + (len(data.val) if data.val is not None else 0)
     own = TrainingData(config.dataset.name, images, config.dataset.val_split, VALIDATION_SPLIT_SEED)
+    chooses = plan.analysis is not None or plan.policy.reads_validation
+    if config.model.weights and chooses and not config.train.checkpoint:
+        log.warning(
+            f"model.weights={config.model.weights} were trained on all of their data set's training images, so the "
+            f"{config.dataset.val_split} held out here were seen in training: validation accuracy is optimistic"
+        )
     if not config.train.checkpoint:
         return [own]
     path = Path(config.train.checkpoint).expanduser()
@@ -343,7 +349,7 @@ def training_data(config: RunConfig, data: ImageData, plan: RunPlan) -> TrainedO
     if mismatch:
         raise UserError(f"checkpoint {path} does not fit model={config.model.name}: {mismatch}")
     inherited = checkpoint_training_data(path, extras)
-    if plan.analysis is not None or plan.policy.reads_validation:
+    if chooses:
         check_no_validation_leak(path, inherited, own)
     # a sensitivity analysis trains nothing more when it starts from a checkpoint
     return inherited if plan.analysis is not None else training_history(inherited, own)

@@ -107,7 +107,8 @@ def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
         (["dataset.val_split=0"], "pruning=auto chooses on held-out training data: set dataset.val_split=N"),
         (["pruning.budget=-1"], "pruning.budget is -1.0; it must be >= 0, e.g. pruning.budget=0.3, its default"),
         (["pruning.levels=[]"], "pruning.levels is empty"),
-        (["pruning.backoff=0"], "pruning.backoff is 0.0; it must be in (0, 1], e.g. pruning.backoff=0.5"),
+        (["pruning.backoff=0"], "pruning.backoff is 0.0; it must be in (0, 1), e.g. pruning.backoff=0.5"),
+        (["pruning.backoff=1"], "pruning.backoff is 1.0; it must be in (0, 1)"),  # a rolled-back step never changes
         (["pruning.patience=0"], "pruning.patience is 0; it must be >= 1, e.g. pruning.patience=3, its default"),
     ],
 )

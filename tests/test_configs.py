@@ -96,6 +96,7 @@ def test_a_key_that_does_not_apply_is_refused_at_compose_time(overrides, expecte
     [
         (["pruning.sensitivity=-0.5"], "pruning.sensitivity is -0.5; it must be >= 0, e.g. pruning.sensitivity=1.0"),
         (["pruning.layer_sensitivity={fc1:-0.5}"], "sensitivity of layer fc1 is -0.5; it must be >= 0"),
+        (["pruning.layer_sensitivity={fc1:nan}"], "sensitivity of layer fc1 is nan; it must be >= 0"),
         (["pruning.kept={fc1:1.5}"], "kept fraction of layer fc1 is 1.5; it must be in (0, 1]"),
         (["pruning.kept={fc1:0}"], "kept fraction of layer fc1 is 0.0; it must be in (0, 1]"),
         (["train.epochs=-1"], "train.epochs is -1; it must be >= 0"),

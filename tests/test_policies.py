@@ -149,6 +149,11 @@ def test_a_bad_target_is_refused_in_one_line(target):
             "pruning.start is 0.0 and pruning.end 9.0: pruning ",
         ),
         (["pruning=global", "pruning.target=4", "pruning.min_kept=2"], "pruning.min_kept is 2.0; it must be in [0, 1]"),
+        (
+            ["pruning=global", "pruning.target=200"],  # the default floor, 1% of each layer, keeps 2,662 weights
+            "pruning.min_kept=0.01 keeps at least 2,662 weights of model=lenet300, more than the 1,331 that pruning.",
+        ),
+        (["pruning=gradual", "pruning.target=50", "pruning.min_kept=0.05"], "pruning.min_kept=0.05 keeps at least"),
         (["pruning=lamp", "pruning.target=4", "retrain.distill.weight=2"], "retrain.distill.weight is 2.0; it must be"),
     ],
 )

@@ -248,6 +248,17 @@ def test_a_key_an_older_run_lacks_counts_as_its_default(tmp_path):
     assert sorted(table1(found.runs).n.tolist()) == [1, 2]
 
 
+def test_a_pruning_key_an_older_run_lacks_counts_as_its_policys_default(tmp_path):
+    """The pruning keys' defaults are those of each run's own policy (the run's schema holds only `name`)."""
+    metrics = sweep_metrics((0.98, 0.999), (0.981, 0.9995))
+    write_run(tmp_path / "old", config(seed=1), metrics)  # written before pruning.alternate existed
+    newer = config(seed=2)
+    newer["pruning"] = {**newer["pruning"], "alternate": False, "std": "surviving"}
+    write_run(tmp_path / "new", newer, metrics)
+    found = collect([tmp_path])
+    assert found.runs.setting.tolist() == ["", ""] and table1(found.runs).n.tolist() == [2]
+
+
 def test_layer_table_of_the_final_model_beside_the_paper(collection):
     tables = layer_tables(collection.layers, collection.metrics)
     assert list(tables) == ["lenet300"]

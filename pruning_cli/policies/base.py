@@ -7,6 +7,7 @@ masks. The run asks it, at each iteration, for the step's masks (`prune`), after
 policy sees the run only through `RunView`, so a test can drive it with scripted weights and validation scores.
 """
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -114,6 +115,16 @@ class NoPruning(PruningPolicy):
     @property
     def iterations(self) -> int:
         return 0
+
+
+def check_floors(keep: int, min_kept: float, context: PolicyContext) -> None:
+    """ValueError when the per-layer floor alone keeps more weights than the target allows."""
+    floors = sum(max(1, math.ceil(min_kept * size)) for size in context.layer_sizes.values()) if min_kept else 0
+    if floors > keep:
+        raise ValueError(
+            f"pruning.min_kept={min_kept} keeps at least {floors:,} weights of model={context.model}, more than the "
+            f"{keep:,} that pruning.target leaves: lower pruning.min_kept or pruning.target"
+        )
 
 
 def check_target(target: float, context: PolicyContext) -> int:

@@ -10,7 +10,7 @@ from pruning_cli.config import PruningConfig, StdSource
 from pruning_cli.policies.base import KEEP, PolicyContext, PruneStep, PruningPolicy, RunView, Verdict
 from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
 from pruning_cli.pruning.targets import LayerTarget
-from pruning_cli.ranges import AT_LEAST_ONE, NON_NEGATIVE, SHARE, ranged
+from pruning_cli.ranges import AT_LEAST_ONE, NON_NEGATIVE, Range, ranged
 
 log = logging.getLogger(__name__)
 # How often the layer budget is halved looking for a step other than the one just rolled back.
@@ -38,7 +38,7 @@ class AutoPruning(PruningConfig):
     levels: list[float] = ranged(NON_NEGATIVE, default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     # After a rolled-back iteration the layer budget is multiplied by this (a smaller step from the kept model), and
     # divided by it, up to `layer_budget`, after a kept one: the step size follows what retraining can recover.
-    backoff: float = ranged(SHARE, 0.5)
+    backoff: float = ranged(Range(0, 1, low_open=True, high_open=True), 0.5)
     # Rolled-back iterations in a row that end the search (1: stop at the first model past the budget).
     patience: int = ranged(AT_LEAST_ONE, 3)
     std: StdSource = StdSource.surviving  # of the threshold, as in the paper's rule (pruning=iterative)
@@ -112,8 +112,9 @@ class BudgetedSearch(PruningPolicy):
             alive = int(run.masks[name].sum())
             for level in self.levels:
                 step = {name: LayerStep(LayerTarget(sensitivity=level))}
-                masks, records = prune_step(run.weights, run.masks, step)
-                if records[name].kept < alive and run.validation_top1(masks) >= baseline - allowance:
+                masks, records = prune_step(run.weights, run.masks, step, self.progress.dense_std or None)
+                top1 = run.validation_top1(masks)  # on every level: under torchrun every process evaluates alike
+                if records[name].kept < alive and top1 >= baseline - allowance:
                     chosen[name] = level
         return chosen
 

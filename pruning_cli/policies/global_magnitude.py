@@ -5,7 +5,8 @@ geometrically to a compression target over `iterations` prune -> retrain steps, 
 from dataclasses import dataclass
 
 from pruning_cli.config import MISSING, PruningConfig
-from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_target
+from pruning_cli.errors import UserError
+from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_floors, check_target
 from pruning_cli.pruning.allocation import Allocation, allocate
 from pruning_cli.pruning.masks import scheduled_fraction
 from pruning_cli.pruning.step import cut_records
@@ -29,14 +30,14 @@ class GlobalMagnitude(PruningPolicy):
 
     def __init__(self, settings: GlobalPruning, context: PolicyContext) -> None:
         super().__init__(settings, context)
-        check_target(settings.target, context)
+        check_floors(check_target(settings.target, context), settings.min_kept, context)
 
     def prune(self, iteration: int, run: RunView) -> PruneStep:
         """The survivors of one cut at this iteration's point of the geometric walk to the target."""
         total = sum(weight.numel() for weight in run.weights.values())
         keep = round(total * scheduled_fraction(1 / self.config.target, iteration, self.config.iterations))
-        try:
+        try:  # checked before any work for the model's 10-class sizes; here for its real ones
             masks = allocate(self.allocation, run.weights, run.masks, keep, self.config.min_kept)
         except ValueError as error:
-            raise ValueError(f"{error}: lower pruning.min_kept or pruning.target") from error
+            raise UserError(f"{error}: lower pruning.min_kept or pruning.target") from error
         return PruneStep(masks, cut_records(run.weights, run.masks, masks))

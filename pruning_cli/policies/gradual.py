@@ -8,8 +8,9 @@ from typing import Any
 from torch import Tensor
 
 from pruning_cli.config import MISSING, PruningConfig
+from pruning_cli.errors import UserError
 from pruning_cli.paper import PAPER_KEPT
-from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_target
+from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_floors, check_target
 from pruning_cli.pruning.allocation import Allocation, allocate
 from pruning_cli.pruning.schedule import cubic_sparsity
 from pruning_cli.ranges import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, ranged
@@ -35,12 +36,14 @@ class GradualMagnitude(PruningPolicy):
 
     def __init__(self, settings: GradualPruning, context: PolicyContext) -> None:
         super().__init__(settings, context)
-        check_target(settings.target, context)
+        keep = check_target(settings.target, context)
         choices = ", ".join(kind.value for kind in Allocation)
         try:
             self.allocation = Allocation(settings.allocation)
         except ValueError:
             raise ValueError(f"pruning.allocation is {settings.allocation}; choose one of {choices}") from None
+        if self.allocation in (Allocation.global_, Allocation.lamp):
+            check_floors(keep, settings.min_kept, context)
         self.proportions = PAPER_KEPT.get(context.model) if self.allocation is Allocation.paper else None
         if self.allocation is Allocation.paper and self.proportions is None:
             raise ValueError(f"pruning.allocation=paper needs the paper's table, which has no model={context.model}")
@@ -71,7 +74,10 @@ class GradualMagnitude(PruningPolicy):
         self.sparsity = sparsity
         total = sum(weight.numel() for weight in run.weights.values())
         keep = round(total * (1 - sparsity))
-        return allocate(self.allocation, run.weights, run.masks, keep, self.config.min_kept, self.proportions)
+        try:
+            return allocate(self.allocation, run.weights, run.masks, keep, self.config.min_kept, self.proportions)
+        except ValueError as error:
+            raise UserError(f"{error}: lower pruning.min_kept or pruning.target") from error
 
     def state_dict(self) -> dict[str, Any]:
         return {"sparsity": self.sparsity}

@@ -1,5 +1,6 @@
 """Per-layer pruning targets: a sensitivity (threshold = s x std) or a final fraction of weights kept."""
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ def resolve_targets(
     if sensitivity is not None:
         sensitivities = {name: sensitivities.get(name, sensitivity) for name in layer_names if name not in kept}
     for name, value in sensitivities.items():
-        if value < 0:
+        if not math.isfinite(value) or value < 0:
             raise ValueError(f"sensitivity of layer {name} is {value}; it must be >= 0 (threshold = sensitivity x std)")
     for name, value in kept.items():
         if not 0 < value <= 1:

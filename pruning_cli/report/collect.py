@@ -16,6 +16,7 @@ import pandas as pd
 from pruning_cli.artifacts import load_model_state
 from pruning_cli.config import RunConfig
 from pruning_cli.errors import UserError
+from pruning_cli.policies import POLICIES
 from pruning_cli.records import (
     LAYERS,
     METRICS,
@@ -179,7 +180,11 @@ def flat_config(config: dict[str, Any]) -> dict[str, str]:
 
     A key an older run's config lacks (added to the schema since) counts as its default, not as a difference.
     """
-    flat = {**flatten(config_tree(RunConfig())), **flatten(config)}
+    defaults = config_tree(RunConfig())
+    policy = POLICIES.get(_select(config, "pruning.name"))
+    if policy is not None:  # the pruning keys' defaults are those of the run's own policy
+        defaults["pruning"] = config_tree(policy.settings())
+    flat = {**flatten(defaults), **flatten(config)}
     return {key: _text(value) for key, value in experiment_settings(flat, repeats=False).items()}
 
 

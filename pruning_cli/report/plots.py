@@ -130,16 +130,8 @@ def plot_frontier(runs: pd.DataFrame, model: str, path: Path) -> str | None:
     for work, compressions in LATER_WORK.items():
         if model in compressions:
             axes.scatter([compressions[model]], [0.0], marker="D", s=60, color="grey", label=f"{work} (no loss)")
-    axes.set_xscale("log")
-    for ticks in (axes.xaxis.set_major_formatter, axes.xaxis.set_minor_formatter):
-        ticks(plt.FuncFormatter(lambda value, _position: f"{value:g}x"))
-    axes.axhline(0, color="grey", linewidth=1)
-    axes.set_xlabel("compression (parameters before / after, log scale)")
-    axes.set_ylabel("accuracy loss (top-1, points)")
-    axes.set_title(f"Compression frontier: {_title(model, data.dataset)}")
-    axes.grid(alpha=0.3, which="both")
-    _legend(axes)
-    _save(figure, path)
+    title = f"Compression frontier: {_title(model, data.dataset)}"
+    _finish_compression_axes(plt, figure, axes, "accuracy loss (top-1, points)", title, path)
     return None
 
 
@@ -155,17 +147,23 @@ def plot_methods(curves: pd.DataFrame, model: str, path: Path) -> str | None:
         label = f"{method} ({dataset})" if several_datasets else str(method)
         spread = part.error_change_top1_std.fillna(0).to_numpy()
         axes.errorbar(part.compression, part.error_change_top1, yerr=spread, marker="o", capsize=3, label=label)
+    ylabel = "accuracy loss (top-1, points; mean ± std over seeds)"
+    _finish_compression_axes(plt, figure, axes, ylabel, f"Pruning methods: {_title(model, data.dataset)}", path)
+    return None
+
+
+def _finish_compression_axes(plt: Any, figure: Any, axes: Any, ylabel: str, title: str, path: Path) -> None:
+    """Compression on a log axis (ticks as 12x, 24x ...), the zero line, labels, legend; then save the figure."""
     axes.set_xscale("log")
     for ticks in (axes.xaxis.set_major_formatter, axes.xaxis.set_minor_formatter):
         ticks(plt.FuncFormatter(lambda value, _position: f"{value:g}x"))
     axes.axhline(0, color="grey", linewidth=1)
     axes.set_xlabel("compression (parameters before / after, log scale)")
-    axes.set_ylabel("accuracy loss (top-1, points; mean ± std over seeds)")
-    axes.set_title(f"Pruning methods: {_title(model, data.dataset)}")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(alpha=0.3, which="both")
     _legend(axes)
     _save(figure, path)
-    return None
 
 
 def histogram_layer(model: str) -> tuple[str, str] | None:

@@ -49,28 +49,3 @@ def layer_sensitivity(
 
 def _evaluate(model: nn.Module, data: TensorSplit, batch_size: int) -> dict[str, float]:
     return asdict(evaluate(model, data, batch_size))
-
-
-def choose_sensitivities(
-    model: nn.Module,
-    weights: Mapping[str, Tensor],
-    masks: Mapping[str, Tensor],
-    data: TensorSplit,
-    levels: Sequence[float],
-    allowance: float,
-    batch_size: int,
-) -> dict[str, float]:
-    """Per layer, the largest of `levels` whose pruning of that layer alone, from its current mask, removes a weight
-    and keeps top-1 on `data` within `allowance` (a fraction) of the model's own; layers no level suits are left out.
-
-    A sensitivity analysis on the validation split (pruning=auto's choice of each layer's quality parameter).
-    """
-    rows = layer_sensitivity(model, weights, masks, data, levels, LevelKind.sensitivity, batch_size)
-    baseline = next(rows)["top1"]
-    chosen: dict[str, float] = {}
-    points = ((name, level) for name in weights for level in levels)
-    for (name, level), row in zip(points, rows, strict=True):
-        removes = round(row["kept"] * weights[name].numel()) < int(masks[name].sum())
-        if removes and row["top1"] >= baseline - allowance:
-            chosen[name] = max(level, chosen.get(name, level))
-    return chosen

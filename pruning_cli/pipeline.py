@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch._dynamo.utils import counters
 
 from pruning_cli.artifacts import CsvLog, load_checkpoint, state_dict_mismatch
 from pruning_cli.config import PhaseConfig, RunConfig
@@ -18,6 +19,7 @@ from pruning_cli.data import ImageData, TensorSplit, load_data
 from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED
 from pruning_cli.distributed import SINGLE_PROCESS, Shard, process_group
 from pruning_cli.errors import UserError
+from pruning_cli.models import ModelSpec
 from pruning_cli.models.pretrained import build_model
 from pruning_cli.plan import AnalysisPlan, RunPlan, plan_run
 from pruning_cli.pruning.dropout import rescaled_dropout
@@ -40,6 +42,7 @@ from pruning_cli.records import (
 from pruning_cli.run_state import RunStore, check_masks, check_restored_masks
 from pruning_cli.runtime import DevicePolicy, device_policy
 from pruning_cli.sensitivity import layer_sensitivity
+from pruning_cli.training.dropout import use_rate_dropouts
 from pruning_cli.training.freeze import frozen
 from pruning_cli.training.loop import (
     Distillation,
@@ -55,11 +58,10 @@ log = logging.getLogger(__name__)
 
 
 class PruningRun:
-    """A run's model, masks and progress, and the phases over them: train, prune -> retrain as its pruning policy
-    decides (it is the policy's RunView), then trained quantization if asked for. After every epoch and step the
-    whole state, the policy's too, goes to `checkpoints/last.pt`: a killed run, started again into the same directory,
-    continues from its last completed epoch with the numbers it would have produced uninterrupted. With several
-    processes (`shard`), every process runs every step on identical weights and masks; only rank 0 writes."""
+    """A run's model, masks and progress, and its phases: train, prune -> retrain as its pruning policy decides (the
+    run is the policy's RunView), then trained quantization if asked for. After every epoch and step the state, the
+    policy's too, goes to `checkpoints/last.pt`: a killed run started again continues from its last epoch with the
+    numbers of an uninterrupted one. Under torchrun every process steps on identical weights; rank 0 writes."""
 
     def __init__(
         self, config: RunConfig, plan: RunPlan, data: ImageData, runtime: DevicePolicy, store: RunStore,
@@ -68,7 +70,7 @@ class PruningRun:
         self.config, self.plan, self.data, self.shard = config, plan, data, shard
         self.runtime, self.store, self.pruning = runtime, store, plan.policy
         spec = plan.spec
-        self.model = runtime.place(build_model(spec, config.model.name, data.num_classes, config.model.weights))
+        self.model = runtime.place(run_model(spec, config, data.num_classes))
         # Compiled once for every phase (a wrapper per phase would recompile), sharing the model's parameters.
         self.train_model = torch.compile(self.model) if config.compile else self.model
         self.layers = spec.prunable(self.model)
@@ -76,8 +78,8 @@ class PruningRun:
         self.dropout_rates = {name: self.model.get_submodule(path).p for name, path in spec.dropouts.items()}
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step, self.phase_progress, self.current = 0, PhaseProgress(), ("train", 0)
-        self.kept_iteration, self.stopped = 0, False  # the iteration model.pt will hold; no more pruning
-        self.codebooks: dict[str, Codebook] = {}  # trained quantization: each layer's clusters (phase 4)
+        # The iteration model.pt will hold; whether pruning has stopped; trained quantization's clusters per layer.
+        self.kept_iteration, self.stopped, self.codebooks = 0, False, dict[str, Codebook]()
         self.stop_requested: Callable[[], bool] = lambda: False
         rows = self._restore() if config.resume and store.state_path.is_file() else None
         where = torch.tensor([self.step, self.phase_progress.epochs_done])
@@ -101,6 +103,7 @@ class PruningRun:
             raise StopRequested
         self.shard.check_identical(list(self.model.parameters()), "final weights")
         self.store.save_model(self.model, self.plan.spec.layers, self.masks)
+        log_compilations(self.config.compile)
 
     def train_dense(self) -> None:
         """Phase 1: train the dense model, or load it from `train.checkpoint` and only evaluate it."""
@@ -254,6 +257,21 @@ class PruningRun:
         check_masks(self.weights, self.masks, "the model")
         key = {"iteration": iteration, "phase": phase}
         self.recorder.phase(self.model, key, epochs, start, train_loss, pruned, bits)
+
+
+def log_compilations(compiled: bool) -> None:
+    """With compile=true, how many graphs torch.compile built over the run (one per phase kind at most)."""
+    if compiled:
+        log.info(f"torch.compile built {counters['stats']['unique_graphs']} graph(s) in this process")
+
+
+def run_model(spec: ModelSpec, config: RunConfig, num_classes: int) -> nn.Module:
+    """The run's model; compiled, its dropouts hold their rates as tensors, so that a rescaled rate does not
+    recompile the training step."""
+    model = build_model(spec, config.model.name, num_classes, config.model.weights)
+    if config.compile:
+        use_rate_dropouts(model, list(spec.dropouts.values()))
+    return model
 
 
 def rescale_dropouts(

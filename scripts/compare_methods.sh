@@ -57,7 +57,7 @@ from pathlib import Path
 import pandas as pd
 root, target = Path(sys.argv[1]), sys.argv[2]
 scores = {
-    method.name: pd.Series([pd.read_csv(run / "metrics.csv").val_top1.iloc[-1] for run in (method / target).glob("seed_*")]).mean()
+    method.name: pd.Series([pd.read_csv(run / "metrics.csv").val_top1.iloc[-1] for run in (method / target).glob("seed_*") if run.is_dir()]).mean()
     for method in root.iterdir() if (method / target).is_dir() and "_distill" not in method.name
 }
 print(max(scores, key=scores.get))

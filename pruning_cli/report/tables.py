@@ -122,7 +122,7 @@ def methods_markdown(model: str, table: pd.DataFrame) -> str:
         "Compression: all parameters (biases included) before / after, mean over seeds. Top-1 lost: test error of "
         "the pruned model minus that of the run's own dense model, in points (negative: it gained)."
     )
-    return f"# {network_name(model)}: pruning methods side by side\n\n{note}\n\n{markdown_table(cells)}"
+    return f"# {network_name(model)}: pruning methods side by side\n\n{note}\n\n{markdown_table(cells)}\n"
 
 
 # ---------------------------------------------------------------------------------------------------- Table 1

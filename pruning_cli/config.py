@@ -68,6 +68,9 @@ class DatasetConfig:
     name: str = MISSING
     # Training images held out as a validation split (fixed seed); the choices made on data are made there.
     val_split: int = ranged(NON_NEGATIVE, 0)
+    # Training images held out after the validation split as a confirmation split: no choice reads it; the run
+    # reports every model on it beside the validation and test columns (does a budget chosen on validation hold?).
+    confirm_split: int = ranged(NON_NEGATIVE, 0)
     eval_batch_size: int = ranged(AT_LEAST_ONE, 1000)
 
 

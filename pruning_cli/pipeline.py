@@ -340,9 +340,14 @@ def check_no_validation_leak(path: Path, trained_on: TrainedOn, validating: Trai
         if seen.overlaps_validation_of(validating):
             raise UserError(
                 f"checkpoint {path} was trained on {seen.dataset} with dataset.val_split={seen.val_split}, so it has "
-                f"seen images of this run's validation split (dataset.val_split={validating.val_split}): train the "
-                f"dense model with dataset.val_split={validating.val_split} (or more), or leave out train.checkpoint"
+                f"seen images of this run's validation split (dataset.val_split={validating.val_split}"
+                f"{_and_confirm(validating)}): train the dense model with dataset.val_split={validating.val_split}"
+                f"{_and_confirm(validating)} (or more), or leave out train.checkpoint"
             )
+
+
+def _and_confirm(data: TrainingData) -> str:
+    return f" dataset.confirm_split={data.confirm_split}" if data.confirm_split else ""
 
 
 def training_data(config: RunConfig, data: ImageData, plan: RunPlan) -> TrainedOn:
@@ -350,9 +355,10 @@ def training_data(config: RunConfig, data: ImageData, plan: RunPlan) -> TrainedO
     `train.checkpoint` it starts from (unknown if that file does not say). Refused here, before anything is written:
     a checkpoint that does not fit the model, and, for a run that makes a choice on the validation split (a
     sensitivity analysis, a policy that reads it), one that has seen those images."""
-    images = len(data.train) + (len(data.val) if data.val is not None else 0)
-    own = TrainingData(config.dataset.name, images, config.dataset.val_split, VALIDATION_SPLIT_SEED)
-    chooses = plan.analysis is not None or plan.policy.reads_validation
+    images = sum(len(split) for split in (data.train, data.val, data.confirm) if split is not None)
+    held_out = config.dataset.val_split, VALIDATION_SPLIT_SEED, config.dataset.confirm_split
+    own = TrainingData(config.dataset.name, images, *held_out)
+    chooses = plan.analysis is not None or plan.policy.reads_validation or config.dataset.confirm_split > 0
     if config.model.weights and chooses and not config.train.checkpoint:
         log.warning(
             f"model.weights={config.model.weights} were trained on all of their data set's training images, so the "

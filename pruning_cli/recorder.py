@@ -82,9 +82,10 @@ class Recorder:
         with InputDensity(self.layers) as density:
             evaluation = evaluate(model, self.data.test, self.eval_batch_size)
         validation = {}
-        if self.data.val is not None:
-            on_val = evaluate(model, self.data.val, self.eval_batch_size)
-            validation = {"val_top1": on_val.top1, "val_loss": on_val.loss}
+        for prefix, split in (("val", self.data.val), ("confirm", self.data.confirm)):
+            if split is not None:
+                held_out = evaluate(model, split, self.eval_batch_size)
+                validation |= {f"{prefix}_top1": held_out.top1, f"{prefix}_loss": held_out.loss}
         parameters = list(model.parameters())
         total, nonzero = sum(parameter.numel() for parameter in parameters), count_nonzero(parameters)
         metrics = {

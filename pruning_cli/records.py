@@ -35,7 +35,7 @@ class CsvSchema:
 METRICS = CsvSchema(
     "metrics.csv",
     ("iteration", "phase", "epochs", "params_total", "params_nonzero", "compression", "top1", "top5", "loss",
-     "val_top1", "val_loss", "train_loss", "seconds"),
+     "val_top1", "val_loss", "confirm_top1", "confirm_loss", "train_loss", "seconds"),
     ("iteration", "phase", "params_total", "params_nonzero", "top1"),
 )  # fmt: skip
 LAYERS = CsvSchema(
@@ -85,13 +85,14 @@ class TrainingData:
     images: int
     val_split: int
     split_seed: int
+    confirm_split: int = 0  # held out after the validation images, from the same draw
 
     def overlaps_validation_of(self, other: "TrainingData") -> bool:
-        """True when these weights were trained on some image that `other` holds out for validation."""
+        """True when these weights were trained on some image that `other` holds out (validation or confirmation)."""
         if (self.dataset, self.images) != (other.dataset, other.images):
             return False  # another data set (or another size of a generated one): other images
-        held_out_here = self.val_split if self.split_seed == other.split_seed else 0
-        return held_out_here < other.val_split
+        held_out_here = self.val_split + self.confirm_split if self.split_seed == other.split_seed else 0
+        return held_out_here < other.val_split + other.confirm_split
 
 
 TrainedOn = list[TrainingData] | None  # every data set a model's weights were trained on; None: not known

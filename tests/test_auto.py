@@ -139,3 +139,24 @@ def test_validation_accuracy_is_an_exact_fraction_of_the_images():
     predicted = torch.where(torch.arange(5000) < 4475, labels, (labels + 1) % 10)
     images = nn.functional.one_hot(predicted, 10).float()
     assert evaluate(nn.Identity(), TensorSplit(images, labels)).top1 == 0.895
+
+
+def test_a_confirmation_split_is_reported_and_poisoning_its_labels_changes_no_decision(auto_run, tmp_path):
+    """dataset.confirm_split holds out images after the validation ones: every row reports them, no choice reads
+    them (scrambled, the search takes the same steps), and the validation images stay those of a run without it."""
+    _, without = auto_run
+    confirmed = [*AUTO, "dataset.confirm_split=128"]
+    honest = pruning_run_in_process(tmp_path / "honest", *confirmed)
+
+    def poison(data: ImageData) -> ImageData:
+        labels = (data.confirm.labels + 1) % data.num_classes
+        return replace(data, confirm=TensorSplit(data.confirm.images, labels))
+
+    poisoned = pruning_run_in_process(tmp_path / "poisoned", *confirmed, transform_data=poison)
+    assert all(torch.equal(honest.masks[name], poisoned.masks[name]) for name in honest.masks)
+    ours, theirs = (pd.read_csv(tmp_path / run / "metrics.csv") for run in ("honest", "poisoned"))
+    assert ours.confirm_top1.notna().all() and (theirs.confirm_top1 < 0.2).all()  # every label wrong there
+    pd.testing.assert_frame_equal(ours.drop(columns=["confirm_top1", "confirm_loss", "seconds"]),
+                                  theirs.drop(columns=["confirm_top1", "confirm_loss", "seconds"]))  # fmt: skip
+    assert torch.equal(honest.data.val.images, without.data.val.images)  # the validation images stay the same
+    assert len(honest.data.train) == len(without.data.train) - 128

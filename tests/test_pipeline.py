@@ -27,9 +27,10 @@ def test_metrics_csv_has_a_row_per_iteration_and_phase(lenet5_run):
     metrics = pd.read_csv(lenet5_run / "metrics.csv")
     assert list(metrics.columns) == [
         "iteration", "phase", "epochs", "params_total", "params_nonzero", "compression", "top1", "top5", "loss",
-        "val_top1", "val_loss", "train_loss", "seconds",
+        "val_top1", "val_loss", "confirm_top1", "confirm_loss", "train_loss", "seconds",
     ]  # fmt: skip
     assert metrics.val_top1.isna().all() and metrics.val_loss.isna().all()  # no validation split held out
+    assert metrics.confirm_top1.isna().all()  # nor a confirmation split
     assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [
         (0, "train"), (1, "prune"), (1, "retrain"), (2, "prune"), (2, "retrain"),
     ]  # fmt: skip
@@ -83,7 +84,9 @@ def test_model_pt_is_a_plain_state_dict_whose_zeros_match_the_count(lenet5_run):
     checkpoint = torch.load(lenet5_run / "checkpoints" / "iteration_2.pt", weights_only=True)
     for name, mask in checkpoint["masks"].items():
         assert torch.all(checkpoint["model"][f"{name}.weight"][~mask] == 0)
-    assert checkpoint["trained_on"] == [{"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0}]
+    assert checkpoint["trained_on"] == [
+        {"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0, "confirm_split": 0}
+    ]
 
 
 def test_run_json_records_the_config_and_the_training_data(lenet5_run):
@@ -91,7 +94,9 @@ def test_run_json_records_the_config_and_the_training_data(lenet5_run):
     assert record["config"]["model"]["name"] == "lenet5" and record["config"]["task"] == {"name": "prune"}
     assert record["config"]["pruning"]["kept"] == {"conv1": 0.66, "conv2": 0.12, "fc1": 0.075, "fc2": 0.19}
     assert record["config"]["retrain"]["regularization"] == "l2"
-    assert record["trained_on"] == [{"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0}]
+    assert record["trained_on"] == [
+        {"dataset": "synthetic", "images": 512, "val_split": 0, "split_seed": 0, "confirm_split": 0}
+    ]
     arithmetic = "bf16" if cpu_has_amx() else "fp32"  # precision=auto: the device policy's choice, recorded
     assert record["runtime"] == {
         "device": "cpu", "memory_format": "channels_last", "arithmetic": {"train": arithmetic, "retrain": arithmetic}

@@ -73,3 +73,12 @@ def test_the_cli_refuses_a_leaking_search_with_exit_2_and_writes_no_file_of_its_
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith(f"prune-run: error: checkpoint {checkpoint} was trained")
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".hydra", "prune-run.log"]  # Hydra's own
+
+
+def test_a_checkpoint_that_saw_the_confirmation_images_is_refused(checkpoints, tmp_path):
+    """Trained with 128 images held out for validation, the model saw those that a confirmation split takes next."""
+    overrides = [*SMOKE, *AUTO, "dataset.confirm_split=64", f"train.checkpoint={checkpoints}/held_out/model.pt"]
+    with pytest.raises(UserError) as refused:
+        run_in_process(tmp_path, *overrides)
+    assert "dataset.val_split=128 dataset.confirm_split=64): train the dense model with" in str(refused.value)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

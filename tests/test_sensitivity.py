@@ -98,7 +98,7 @@ def test_in_process_and_multirun_give_the_same_points(dense_checkpoint, tmp_path
             ["dataset.val_split=0"],
             "a sensitivity analysis evaluates on held-out training data: set dataset.val_split=N",
         ),
-        (["dataset.val_split=512"], "dataset.val_split is 512; it must be >= 0 and leave training data"),
+        (["dataset.val_split=512"], "dataset.val_split is 512 and dataset.confirm_split 0; together they must leave"),
     ],
 )
 def test_bad_analysis_settings_are_one_line(tmp_path, overrides, expected):

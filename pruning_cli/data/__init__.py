@@ -26,9 +26,9 @@ def load_data(config: DatasetConfig, input_shape: tuple[int, int, int], seed: in
         data = load_mnist_like(config.name, Path(config.root), config.download, system_dir)
     else:
         raise ValueError(f"unknown data set {config.name!r}")  # Hydra's choice list rejects this before we get here
-    if not 0 <= config.val_split < len(data.train):
+    if not config.val_split + config.confirm_split < len(data.train):
         raise UserError(
-            f"dataset.val_split is {config.val_split}; it must be >= 0 and leave training data "
-            f"({config.name} has {len(data.train)} training images)"
+            f"dataset.val_split is {config.val_split} and dataset.confirm_split {config.confirm_split}; together "
+            f"they must leave training data ({config.name} has {len(data.train)} training images)"
         )
-    return hold_out_validation(data, config.val_split)
+    return hold_out_validation(data, config.val_split, config.confirm_split)

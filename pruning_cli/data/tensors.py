@@ -63,18 +63,23 @@ class ImageData:
     num_classes: int
     # Held out from the training data for choices made on data (sensitivity analysis); never the test set.
     val: TensorSplit | None = None
+    # Held out after it, read by no choice: where a user without a test set learns whether a choice holds.
+    confirm: TensorSplit | None = None
 
     def to(self, device: torch.device | str) -> "ImageData":
-        val = None if self.val is None else self.val.to(device)
-        return ImageData(self.train.to(device), self.test.to(device), self.num_classes, val)
+        val, confirm = (None if split is None else split.to(device) for split in (self.val, self.confirm))
+        return ImageData(self.train.to(device), self.test.to(device), self.num_classes, val, confirm)
 
 
 VALIDATION_SPLIT_SEED = 0  # the same images are held out whatever the run's seed, so runs stay comparable
 
 
-def hold_out_validation(data: ImageData, size: int) -> ImageData:
-    """Move `size` training images, drawn at random (fixed seed), into a validation split."""
-    if size == 0:
+def hold_out_validation(data: ImageData, size: int, confirm: int = 0) -> ImageData:
+    """Move `size` training images, drawn at random (fixed seed), into a validation split, and the next `confirm`
+    of the same draw into a confirmation split (the validation images stay those of a run without one)."""
+    if size + confirm == 0:
         return data
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
-    return ImageData(data.train.subset(order[size:]), data.test, data.num_classes, data.train.subset(order[:size]))
+    val = data.train.subset(order[:size]) if size else None
+    confirmation = data.train.subset(order[size : size + confirm]) if confirm else None
+    return ImageData(data.train.subset(order[size + confirm :]), data.test, data.num_classes, val, confirmation)

@@ -40,7 +40,8 @@ RUN_COLUMNS = (
     "run", "dir", "model", "dataset", "seed", "method", "setting", "regularization", "schedule", "retrain",
     "iterations",
     "dense_top1", "dense_top5", "final_top1", "final_top5", "error_change_top1", "error_change_top5",
-    "dense_val_top1", "final_val_top1", "quantized_top1", "quantized_change_top1",
+    "dense_val_top1", "final_val_top1", "dense_confirm_top1", "final_confirm_top1", "quantized_top1",
+    "quantized_change_top1",
     "params_total", "params_nonzero", "compression", "dense_bytes", "csr_bytes", "compact_bytes", "quantized_bytes",
     "deep_bytes", "seconds",
 )  # fmt: skip
@@ -325,6 +326,9 @@ def _run_row(
         # on the held-out validation split (runs with dataset.val_split): what a choice between runs may read
         "dense_val_top1": dense.val_top1,
         "final_val_top1": final.val_top1,
+        # on the confirmation split (dataset.confirm_split), which no choice reads: does the choice hold?
+        "dense_confirm_top1": dense.get("confirm_top1"),
+        "final_confirm_top1": final.get("confirm_top1"),
         # trained quantization (quantize=kmeans) of the pruned model: its top-1, and the points it lost
         "quantized_top1": quantized_top1,
         "quantized_change_top1": round(100 * (final.top1 - quantized_top1), 9),

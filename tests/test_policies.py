@@ -218,3 +218,13 @@ def test_a_run_killed_mid_policy_resumes_to_the_uninterrupted_csvs(overrides, st
     assert resumed.returncode == 0, resumed.stderr
     for name in ("metrics.csv", "layers.csv", "epochs.csv"):
         pd.testing.assert_frame_equal(without_wall_time(killed / name), without_wall_time(uninterrupted / name))
+
+
+def test_the_search_evaluates_every_level_of_every_layer_whatever_it_removes():
+    """Under torchrun each evaluation is a broadcast: every process must make as many, whatever its own arithmetic
+    says a level removes. So the choice evaluates each level of each layer, once, after the baseline."""
+    run = ScriptedRun()
+    run.weights["fc3"] = torch.ones(100)  # no level removes a weight here: all equal, |w| >= level x std (0)
+    search = BudgetedSearch(AutoPruning(budget=1.0, layer_budget=100, levels=[0.5, 1.0, 1.5]), _context())
+    search.prune(1, run)
+    assert run.evaluations == 1 + 1 + 3 * 3  # the dense model, the baseline, 3 layers x 3 levels

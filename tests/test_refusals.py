@@ -82,3 +82,12 @@ def test_a_checkpoint_that_saw_the_confirmation_images_is_refused(checkpoints, t
         run_in_process(tmp_path, *overrides)
     assert "dataset.val_split=128 dataset.confirm_split=64): train the dense model with" in str(refused.value)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_pretrained_weights_with_a_choice_on_validation_are_warned_about(caplog, tmp_path):
+    """torchvision's weights were trained on every ImageNet training image: a split held out from them is not
+    unseen. The warning comes before the model is built (here refused: 1,000-class weights for 10 classes)."""
+    overrides = ["experiment=alexnet_auto", "dataset=synthetic_imagenet", "dataset.val_split=16"]
+    with caplog.at_level("WARNING"), pytest.raises(UserError, match="are for 1000 ImageNet classes"):
+        run_in_process(tmp_path, *overrides)
+    assert "model.weights=IMAGENET1K_V1 were trained on all of their data set's training images" in caplog.text

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA path end to end and GPU throughput (README, "Measured on a GPU"): AlexNet in fp32, bf16 and bf16 with
+# The CUDA path end to end and GPU throughput (docs/results.md, "GPU"): AlexNet in fp32, bf16 and bf16 with
 # torch.compile, VGG-16 in bf16, on generated images, then the export and the masked-training benchmark.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (logs in OUT_DIR, default outputs/gpu_check; needs a CUDA GPU)
 set -u

@@ -1,5 +1,5 @@
 """A second reader of `prune-export`'s binary files (`model_compact.bin`, `model_quantized.bin`, `model_deep.bin`),
-written from README.md's layout alone ("Sparse storage and inference") and importing nothing from `pruning_cli`:
+written from docs/formats.md alone and importing nothing from `pruning_cli`:
 a file that this reader and `pruning_cli.sparse` both decode to the same weights follows the documented format,
 not merely the writer's own idea of it."""
 

@@ -1,4 +1,4 @@
-"""The compact, quantized and Huffman-coded files against a second reader written from README.md's layout alone
+"""The compact, quantized and Huffman-coded files against a second reader written from docs/formats.md alone
 (tests/independent_reader.py), and stored files of each format and version that both readers must decode exactly:
 a reader that only agrees with its own writer cannot tell a format change from a round trip."""
 
@@ -63,7 +63,7 @@ def needs_fillers(weight: torch.Tensor, bits: int) -> bool:
 
 
 def test_the_compact_file_of_a_pruned_model_decodes_to_its_weights(pruned_run: Path) -> None:
-    """Version 1 as README describes it: 8-bit gaps in conv layers, 5-bit ones with fillers in fc layers."""
+    """Version 1 as docs/formats.md describes it: 8-bit gaps in conv layers, 5-bit ones with fillers in fc layers."""
     assert not (pruned_run / "model_quantized.bin").exists()  # not quantized: --format all writes compact only
     expected = torch.load(pruned_run / "model.pt", weights_only=True)
     assert needs_fillers(expected["fc1.weight"], bits=5)
@@ -72,7 +72,7 @@ def test_the_compact_file_of_a_pruned_model_decodes_to_its_weights(pruned_run: P
 
 @pytest.mark.parametrize("name", ["model_quantized.bin", "model_deep.bin"])
 def test_the_quantized_files_of_a_quantized_model_decode_to_its_weights(quantized_run: Path, name: str) -> None:
-    """Version 2 as README describes it: codebook indices, fixed-width or Huffman-coded with canonical codes."""
+    """Version 2 as docs/formats.md describes it: codebook indices, fixed-width or Huffman-coded with canonical codes."""
     expected = torch.load(quantized_run / "model.pt", weights_only=True)
     assert_exactly(read_file(quantized_run / name), expected)
 

@@ -3,7 +3,6 @@ retraining phase in which the sparsity is raised every `frequency` steps on a cu
 epoch `end`, each raise shared between the layers by `allocation`, then fine-tuning at the final masks."""
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
@@ -53,7 +52,6 @@ class GradualMagnitude(PruningPolicy):
                 f"within the retraining phase (retrain.epochs={context.retrain_epochs}); e.g. pruning.end="
                 f"{context.retrain_epochs * 3 / 4:g}"
             )
-        self.sparsity = 0.0  # the sparsity of the masks applied so far
 
     @property
     def iterations(self) -> int:
@@ -64,23 +62,17 @@ class GradualMagnitude(PruningPolicy):
         return PruneStep(dict(run.masks), {})
 
     def during_retraining(self, iteration: int, step: int, steps: int, run: RunView) -> dict[str, Tensor] | None:
-        """Masks at the schedule's sparsity after `step` of `steps`, when it has risen since the last raise."""
+        """Masks at the schedule's sparsity after `step` of `steps`, when that keeps fewer weights than survive now
+        (the masks themselves say where the schedule stands: nothing to save for a resumed run)."""
         per_epoch = steps / self.context.retrain_epochs
         start, end = round(self.config.start * per_epoch), round(self.config.end * per_epoch)
         final = 1 - 1 / self.config.target
         sparsity = cubic_sparsity(step, start, max(end, start + 1), self.config.frequency, final)
-        if sparsity <= self.sparsity:
-            return None
-        self.sparsity = sparsity
         total = sum(weight.numel() for weight in run.weights.values())
         keep = round(total * (1 - sparsity))
+        if keep >= sum(int(mask.sum()) for mask in run.masks.values()):
+            return None
         try:
             return allocate(self.allocation, run.weights, run.masks, keep, self.config.min_kept, self.proportions)
         except ValueError as error:
             raise UserError(f"{error}: lower pruning.min_kept or pruning.target") from error
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sparsity": self.sparsity}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sparsity = state["sparsity"]

@@ -74,7 +74,8 @@ def format_summary(metrics: pd.DataFrame, out_dir: Path, analysis: bool = False)
                 *(("quantized", row) for _, row in quantized.iterrows()),
             )
         ),
-        f"top-1 change: {100 * (final.top1 - dense.top1):+.2f} points; outputs in {out_dir}",
+        f"top-1 change: {100 * (final.top1 - dense.top1):+.2f} points{held_out_changes(dense, final)}; outputs in "
+        f"{out_dir}",
     ]
     if len(quantized):
         change = 100 * (quantized.top1.iloc[-1] - final.top1)
@@ -82,6 +83,13 @@ def format_summary(metrics: pd.DataFrame, out_dir: Path, analysis: bool = False)
             f"quantization: {change:+.2f} points against the pruned model; prune-export --format deep writes it"
         )
     return "\n".join(lines)
+
+
+def held_out_changes(dense: pd.Series, final: pd.Series) -> str:
+    """The same change on the validation and confirmation splits, where the run holds them out."""
+    splits = (("validation", "val_top1"), ("confirmation", "confirm_top1"))
+    changes = [f"{name} {100 * (final[key] - dense[key]):+.2f}" for name, key in splits if pd.notna(final.get(key))]
+    return f" ({', '.join(changes)})" if changes else ""
 
 
 class StopSignal:

@@ -50,7 +50,7 @@ from pruning_cli.training.loop import (
     NonFiniteLoss,
     PhaseProgress,
     StopRequested,
-    evaluate,
+    correct_predictions,
     train_phase,
 )
 
@@ -159,12 +159,12 @@ class PruningRun:
         self._record(iteration, "quantize", settings.epochs, start, train_loss, bits=self.plan.quantize_bits)
         self.store.save_checkpoint("quantized", self.model, iteration, self.masks)
 
-    def validation_top1(self, masks: Mapping[str, Tensor] | None = None) -> float:
-        """Validation top-1 of the model, or of the model with `masks` for this evaluation only (RunView); rank 0's
-        number on every process, so that all take the same decisions."""
-        with masked_for_evaluation(self.weights, self.masks, masks):
-            top1 = evaluate(self.model, self.data.val, self.config.dataset.eval_batch_size).top1
-        return self.shard.agreed(top1, self.runtime.device)
+    def validation_correct(self) -> Tensor:
+        """Which validation images the model gets right (RunView); rank 0's on every process, so that all take the
+        same decisions."""
+        correct = correct_predictions(self.model, self.data.val, self.config.dataset.eval_batch_size)
+        self.shard.broadcast_([correct])
+        return correct.cpu()
 
     def _set_masks(self, masks: Mapping[str, Tensor]) -> None:
         """Take new masks (rank 0's everywhere, whatever ties did elsewhere) and zero what they prune."""
@@ -298,24 +298,6 @@ def load_trained(model: nn.Module, path: Path, model_name: str) -> None:
     if mismatch:
         raise UserError(f"checkpoint {path} does not fit model={model_name}: {mismatch}")
     model.load_state_dict(state)
-
-
-@contextmanager
-def masked_for_evaluation(
-    weights: Mapping[str, Tensor], masks: Mapping[str, Tensor], trial: Mapping[str, Tensor] | None
-) -> Iterator[None]:
-    """Within the block, the layers whose `trial` mask differs from their own are gated by it; restored after."""
-    changed = [name for name in weights if trial is not None and trial[name] is not masks[name]]
-    kept = {name: weights[name].detach().clone() for name in changed}
-    with torch.no_grad():
-        for name in changed:
-            weights[name].mul_(trial[name])
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, weight in kept.items():
-                weights[name].copy_(weight)
 
 
 def warn_capped(iteration: int, records: Mapping[str, LayerPruned]) -> None:

@@ -79,6 +79,17 @@ def test_the_summary_of_an_analysis_points_to_its_csv_instead_of_a_compression(t
     assert "compression" in format_summary(metrics, tmp_path).splitlines()[0]
 
 
+def test_the_summary_gives_the_change_on_the_held_out_splits_beside_the_test_one(tmp_path):
+    row = {"top5": 0.99, "params_nonzero": 100, "compression": 1.0, "confirm_top1": float("nan")}
+    metrics = pd.DataFrame([
+        {**row, "phase": "train", "top1": 0.9, "val_top1": 0.91, "confirm_top1": 0.89},
+        {**row, "phase": "retrain", "top1": 0.8975, "val_top1": 0.9088, "confirm_top1": 0.8866},
+    ])  # fmt: skip
+    assert "top-1 change: -0.25 points (validation -0.12, confirmation -0.34); " in format_summary(metrics, tmp_path)
+    without = metrics.assign(val_top1=float("nan"), confirm_top1=float("nan"))
+    assert "top-1 change: -0.25 points; outputs in " in format_summary(without, tmp_path)
+
+
 def test_hydra_errors_lose_omegaconfs_node_details_and_the_search_path():
     with pytest.raises(ConfigCompositionException) as refused:
         compose_config("pruning=none_such")

@@ -104,11 +104,11 @@ def test_torchrun_stops_on_sigterm_resumes_and_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_takes_rank_0s_pruning_auto_decisions_as_one_process_does(tmp_path):
-    """pruning=auto under torchrun: every process keeps, rolls back and stops on rank 0's validation numbers and
-    sensitivities (broadcast), and the rows and kept model are one process's."""
+    """pruning=auto under torchrun: every process keeps, rolls back and stops on rank 0's validation predictions
+    (broadcast), and the rows and kept model are one process's."""
     overrides = [
-        *SMOKE, "train.epochs=1", "pruning=auto", "dataset.val_split=128", "pruning.iterations=3", "pruning.budget=1",
-        "pruning.layer_budget=100", "pruning.levels=[0.25,2.0]", "pruning.backoff=0.001", "retrain.epochs=0",
+        *SMOKE, "train.epochs=1", "pruning=auto", "dataset.val_split=128", "pruning.candidates=3", "pruning.budget=0",
+        "pruning.first=100", "pruning.min_kept=0", "pruning.end=1", "pruning.frequency=4",
     ]  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     command = [*torchrun, "pruning_cli.cli", *overrides, f"hydra.run.dir={tmp_path / 'ddp'}"]

@@ -72,7 +72,7 @@ def test_the_compact_file_of_a_pruned_model_decodes_to_its_weights(pruned_run: P
 
 @pytest.mark.parametrize("name", ["model_quantized.bin", "model_deep.bin"])
 def test_the_quantized_files_of_a_quantized_model_decode_to_its_weights(quantized_run: Path, name: str) -> None:
-    """Version 2 as docs/formats.md describes it: codebook indices, fixed-width or Huffman-coded with canonical codes."""
+    """Version 2 as docs/formats.md describes it: codebook indices, fixed-width or Huffman-coded (canonical codes)."""
     expected = torch.load(quantized_run / "model.pt", weights_only=True)
     assert_exactly(read_file(quantized_run / name), expected)
 

@@ -4,7 +4,7 @@ then through the real run: the compression target reached exactly, state that su
 import math
 import signal
 import subprocess
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pandas as pd
 import pytest
@@ -17,34 +17,35 @@ from pruning_cli.config import Freeze
 from pruning_cli.errors import UserError
 from pruning_cli.plan import plan_run
 from pruning_cli.policies import POLICIES, PolicyContext, Verdict, build_policy
-from pruning_cli.policies.budgeted import AutoPruning, BudgetedSearch
+from pruning_cli.policies.budgeted import AutoPruning, BudgetedSearch, Restart
 from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
 from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning
 from pruning_cli.policies.lamp import Lamp, LampPruning
+from pruning_cli.pruning.paired import PairedDrop
 
 SIZES = {"fc1": 600, "fc2": 300, "fc3": 100}
 
 
 class ScriptedRun:
-    """A stand-in for PruningRun as a policy sees it: fixed weights, masks the test sets, and a validation top-1
-    that a script computes from the masks (no model, no data)."""
+    """A stand-in for PruningRun as a policy sees it: fixed weights, masks the test sets, and validation predictions
+    that a script makes from the masks (no model, no data)."""
 
-    def __init__(self, score=lambda masks: 0.9, seed: int = 0) -> None:
+    def __init__(self, correct=lambda masks: torch.ones(10, dtype=torch.bool), sizes=SIZES, seed: int = 0) -> None:
         generator = torch.Generator().manual_seed(seed)
-        self.weights = {name: torch.randn(size, generator=generator) for name, size in SIZES.items()}
-        self.masks = {name: torch.ones(size, dtype=torch.bool) for name, size in SIZES.items()}
-        self.score, self.evaluations = score, 0
+        self.weights = {name: torch.randn(size, generator=generator) for name, size in sizes.items()}
+        self.masks = {name: torch.ones(size, dtype=torch.bool) for name, size in sizes.items()}
+        self.correct, self.evaluations = correct, 0
 
-    def validation_top1(self, masks=None) -> float:
+    def validation_correct(self):
         self.evaluations += 1
-        return self.score(self.masks if masks is None else masks)
+        return self.correct(self.masks)
 
     def kept(self) -> int:
         return sum(int(mask.sum()) for mask in self.masks.values())
 
 
-def _context(epochs: int = 4) -> PolicyContext:
-    return PolicyContext("lenet300", dict.fromkeys(SIZES, "fc"), dict(SIZES), Freeze.none, epochs, True)
+def _context(epochs: int = 4, sizes=SIZES) -> PolicyContext:
+    return PolicyContext("lenet300", dict.fromkeys(sizes, "fc"), dict(sizes), Freeze.none, epochs, True)
 
 
 @pytest.mark.parametrize(("policy", "settings"), [(GlobalMagnitude, GlobalPruning), (Lamp, LampPruning)])
@@ -88,36 +89,103 @@ def test_gradual_raises_sparsity_on_the_cubic_schedule_and_ends_at_the_target():
     assert kept[290] == 100 and run.kept() == 100
 
 
-def test_the_search_rolls_back_past_the_budget_goes_on_smaller_and_stops_after_patience():
-    def score(masks) -> float:  # a point of top-1 lost per 10% of the weights pruned
-        return 0.9 - (1 - sum(int(mask.sum()) for mask in masks.values()) / 1000) / 10
+BIG = {"fc1": 60_000, "fc2": 30_000, "fc3": 10_000}  # fine enough for a compression to 3 significant digits
+IMAGES = 10_000
 
-    run = ScriptedRun(score)
-    search = BudgetedSearch(AutoPruning(budget=3.0, layer_budget=100, levels=[0.25, 0.5], patience=2), _context())
-    verdicts = []
-    for iteration in range(1, 31):
+
+def _lost(compression: float) -> int:
+    """The scripted frontier: nothing lost up to 16x, then 0.2% of the images per doubling."""
+    return round(IMAGES * 0.002 * max(0.0, math.log2(compression / 16)))
+
+
+def _predictions(masks) -> torch.Tensor:
+    """The dense model gets the first 9,000 images right; a pruned one also gets 100 of the others right, and
+    loses 100 of those plus its compression's share: 200 disagreements at least, as real models have."""
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    right = torch.arange(IMAGES) < 9000
+    if kept < sum(BIG.values()):
+        right[: 100 + _lost(sum(BIG.values()) / kept)], right[9000:9100] = False, True
+    return right
+
+
+def _within(compression: float, settings: AutoPruning) -> bool:
+    """The test's own verdict: the scripted predictions at `compression`, bounded as the search must."""
+    drop = PairedDrop(IMAGES, 100 + _lost(compression), 100)
+    return drop.upper_bound(settings.confidence) <= settings.budget / 100
+
+
+def _search(search: BudgetedSearch, run: ScriptedRun, steps: int = 40, swap_at=None) -> list[tuple[float, Verdict]]:
+    """Drive a search as PruningRun does: each candidate's masks fall during its retraining, then its verdict;
+    a rollback restores the masks of the iteration named. At `swap_at` (iteration, step) the search is replaced by
+    a new one given its state_dict, as a resumed run's is."""
+    held, tried = {0: dict(run.masks)}, []
+    for iteration in range(1, search.iterations + 1):
         step = search.prune(iteration, run)
         if step is None:
             break
-        kept_masks, run.masks = run.masks, step.masks
-        verdicts.append(search.verdict(iteration, run))
-        if verdicts[-1].rollback_to is not None:
-            run.masks = kept_masks  # what the run does: load the kept iteration's checkpoint
-        if verdicts[-1].stop:
+        run.masks = step.masks
+        for done in range(1, steps + 1):
+            if (iteration, done) == swap_at:
+                state, search = search.state_dict(), BudgetedSearch(search.config, search.context)
+                search.load_state_dict(state)
+            raised = search.during_retraining(iteration, done, steps, run)
+            run.masks = run.masks if raised is None else raised
+        held[iteration] = dict(run.masks)
+        verdict = search.verdict(iteration, run)
+        tried.append((sum(BIG.values()) / run.kept(), verdict))
+        if verdict.rollback_to is not None:
+            run.masks = held[verdict.rollback_to]
+        if verdict.stop:
             break
-    assert verdicts[0] == Verdict(rollback_to=0)  # every layer at 0.5 std prunes ~38%: 3.8 points, past 3
-    assert Verdict() in verdicts and 700 <= run.kept() < 1000  # smaller steps kept, within 30% pruned
-    assert verdicts[-1].stop and verdicts[-1].rollback_to == search.progress.accepted
-    assert [verdict.rollback_to is not None for verdict in verdicts[-2:]] == [True, True]  # patience: 2 in a row
+    return tried
 
 
-def test_a_policys_state_survives_its_state_dict():
-    run = ScriptedRun(lambda masks: 0.9)
-    search = BudgetedSearch(AutoPruning(budget=1.0, levels=[0.5, 1.0]), _context())
-    run.masks = search.prune(1, run).masks
-    restored = BudgetedSearch(AutoPruning(budget=1.0, levels=[0.5, 1.0]), _context())
-    restored.load_state_dict(search.state_dict())
-    assert restored.progress == search.progress and restored.verdict(1, run) == search.verdict(1, run)
+SEARCH = AutoPruning(budget=0.3, confidence=0.8, candidates=8, end=3, frequency=10)
+
+
+def test_the_search_pins_the_frontier_of_a_scripted_curve_in_the_candidates_it_is_given():
+    """8x, 16x within the budget, 32x past it, then five bisections: the highest compression within the budget, to
+    a 32nd of an octave, in exactly 8 candidates, each judged as the test judges it alone."""
+    run = ScriptedRun(_predictions, BIG)
+    search = BudgetedSearch(SEARCH, _context(sizes=BIG))
+    tried = _search(search, run)
+    compressions = [round(compression, 2) for compression, _ in tried]
+    assert len(tried) == 8 and compressions[:3] == [8, 16, 32]
+    assert [verdict.rollback_to is None for _, verdict in tried] == [_within(c, SEARCH) for c, _ in tried]
+    passed = max(c for c, verdict in tried if verdict.rollback_to is None)
+    failed = min(c for c, verdict in tried if verdict.rollback_to is not None)
+    assert failed / passed == pytest.approx(2 ** (1 / 32), rel=1e-3)  # bisected in log-compression
+    assert _within(passed, SEARCH) and not _within(failed, SEARCH)  # the scripted frontier lies between them
+    assert run.kept() == round(sum(BIG.values()) / search.progress.passed)  # the run holds the highest within
+    assert tried[-1][1].stop and search.progress.kept == max(i for i, (_, v) in enumerate(tried, 1) if v == Verdict())
+
+
+def test_from_the_dense_model_each_candidate_restarts_and_the_run_ends_on_the_best():
+    settings = replace(SEARCH, restart=Restart.dense, candidates=5)
+    run = ScriptedRun(_predictions, BIG)
+    tried = _search(BudgetedSearch(settings, _context(sizes=BIG)), run)
+    assert [verdict.rollback_to for _, verdict in tried[:-1]] == [0, 0, 0, 0]  # every next one from dense
+    assert tried[-1][1].stop and run.kept() == round(sum(BIG.values()) / max(
+        c for c, _ in tried if _within(c, settings)))  # fmt: skip
+
+
+def test_a_candidates_verdict_does_not_depend_on_what_was_tried_before():
+    """The fifth candidate of a search (after four others) and the same compression tried first: one verdict."""
+    run = ScriptedRun(_predictions, BIG)
+    tried = _search(BudgetedSearch(replace(SEARCH, candidates=5), _context(sizes=BIG)), run)
+    fifth, verdict = tried[-1]
+    alone = _search(BudgetedSearch(replace(SEARCH, candidates=1, first=fifth), _context(sizes=BIG)), ScriptedRun(
+        _predictions, BIG))  # fmt: skip
+    assert alone[0][0] == pytest.approx(fifth, rel=1e-4)
+    assert (alone[0][1].rollback_to is None) == (verdict.rollback_to is None)
+
+
+def test_a_search_stopped_mid_way_continues_from_its_state_dict():
+    """Replaced by a new policy given its state in the middle of the fifth candidate's retraining (a resumed run),
+    the search tries the same compressions and reaches the same verdicts."""
+    uninterrupted = _search(BudgetedSearch(SEARCH, _context(sizes=BIG)), ScriptedRun(_predictions, BIG))
+    resumed = _search(BudgetedSearch(SEARCH, _context(sizes=BIG)), ScriptedRun(_predictions, BIG), swap_at=(5, 17))
+    assert resumed == uninterrupted and len(resumed) == 8
 
 
 def test_every_policy_has_a_yaml_and_composes_with_its_own_schema():
@@ -198,7 +266,7 @@ LONG = [
     "train.batch_size=32", "retrain.batch_size=32",
 ]  # fmt: skip
 GRADUAL = [*LONG, "pruning=gradual", "pruning.target=10", "pruning.end=2", "pruning.frequency=8"]
-AUTO = [*LONG, "pruning=auto", "dataset.val_split=256", "pruning.iterations=3", "pruning.budget=2"]
+AUTO = [*LONG, "pruning=auto", "dataset.val_split=256", "pruning.candidates=3", "pruning.end=2", "pruning.frequency=8"]
 
 
 @pytest.mark.slow
@@ -220,13 +288,3 @@ def test_a_run_killed_mid_policy_resumes_to_the_uninterrupted_csvs(overrides, st
     assert resumed.returncode == 0, resumed.stderr
     for name in ("metrics.csv", "layers.csv", "epochs.csv"):
         pd.testing.assert_frame_equal(without_wall_time(killed / name), without_wall_time(uninterrupted / name))
-
-
-def test_the_search_evaluates_every_level_of_every_layer_whatever_it_removes():
-    """Under torchrun each evaluation is a broadcast: every process must make as many, whatever its own arithmetic
-    says a level removes. So the choice evaluates each level of each layer, once, after the baseline."""
-    run = ScriptedRun()
-    run.weights["fc3"] = torch.ones(100)  # no level removes a weight here: all equal, |w| >= level x std (0)
-    search = BudgetedSearch(AutoPruning(budget=1.0, layer_budget=100, levels=[0.5, 1.0, 1.5]), _context())
-    search.prune(1, run)
-    assert run.evaluations == 1 + 1 + 3 * 3  # the dense model, the baseline, 3 layers x 3 levels

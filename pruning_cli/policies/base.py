@@ -4,7 +4,7 @@ A run (pipeline.PruningRun) owns the phases, the checkpoints, resume and the CSV
 masks. The run asks it, at each iteration, for the step's masks (`prune`), after each retraining for a verdict
 (keep, roll back to a named iteration, stop), and after each retraining step for masks to raise during training
 (`during_retraining`). The policy's state travels with the run's through `state_dict` / `load_state_dict`. A
-policy sees the run only through `RunView`, so a test can drive it with scripted weights and validation scores.
+policy sees the run only through `RunView`, so a test can drive it with scripted weights and predictions.
 """
 
 import math
@@ -31,14 +31,15 @@ class PolicyContext:
 
 
 class RunView(Protocol):
-    """What a policy may see of a run while it goes: the prunable weights, their masks, and validation top-1."""
+    """What a policy may see of a run while it goes: the prunable weights, their masks, and which validation images
+    the model gets right."""
 
     weights: Mapping[str, Tensor]
     masks: Mapping[str, Tensor]
 
-    def validation_top1(self, masks: Mapping[str, Tensor] | None = None) -> float:
-        """Top-1 on the validation split of the model as it is, or with `masks` applied for the evaluation only;
-        the same number on every process."""
+    def validation_correct(self) -> Tensor:
+        """Per validation image, whether the model's top-1 prediction is right (bool, on the CPU); rank 0's on
+        every process, so that all take the same decisions."""
 
 
 @dataclass(frozen=True)

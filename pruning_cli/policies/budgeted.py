@@ -1,62 +1,82 @@
-"""Budgeted pruning (`pruning=auto`): each iteration chooses every layer's sensitivity on the validation split,
-prunes by the paper's rule, retrains, and keeps the result while validation top-1 stays within the budget."""
+"""Budgeted pruning (`pruning=auto`): the highest compression whose top-1 drop against the dense model, on the
+validation split, stays within the budget at the stated confidence.
+
+The search moves one number, the overall compression. It grows it geometrically until a candidate is past the
+budget, then bisects (in log-compression) between the highest candidate within it and the lowest past it. Each
+candidate is one retraining phase of gradual magnitude pruning (policies/gradual.py) from the last model kept (or
+from the dense one) to its compression, and is judged alone: the paired upper bound of its drop on the validation
+images (pruning/paired.py), whatever was tried before it. Accuracy against log-compression is close to monotone,
+so a stated number of candidates pins the frontier down to a stated resolution; the curve is in metrics.csv.
+"""
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
-from pruning_cli.config import PruningConfig, StdSource
-from pruning_cli.policies.base import KEEP, PolicyContext, PruneStep, PruningPolicy, RunView, Verdict
-from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
-from pruning_cli.pruning.targets import LayerTarget
+from torch import Tensor
+
+from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, Verdict
+from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning, GradualSchedule
+from pruning_cli.pruning.allocation import Allocation
+from pruning_cli.pruning.paired import PairedDrop
 from pruning_cli.ranges import AT_LEAST_ONE, NON_NEGATIVE, Range, ranged
 
 log = logging.getLogger(__name__)
-# How often the layer budget is halved looking for a step other than the one just rolled back.
-MAX_SHRINKS = 10
+ABOVE_ONE = Range(1, low_open=True)
+
+
+class Restart(Enum):
+    """Where each candidate's retraining starts from."""
+
+    kept = "kept"  # the last model within the budget (the dense one until one is): its training accumulates
+    dense = "dense"  # the dense model every time: each candidate is a function of its compression alone
 
 
 @dataclass
-class AutoPruning(PruningConfig):
-    """pruning=auto: find the compression instead of replaying it. Each iteration chooses every layer's sensitivity
-    on the validation split (the largest of `levels` whose pruning of that layer alone, from its current mask,
-    loses at most `layer_budget` points of the current validation top-1), prunes by the paper's rule, retrains, and
-    goes on while the retrained model stays within `budget` points of the dense model's validation top-1. A model
-    past the budget is rolled back to the last one within it (model.pt at the end), and the search goes on from there
-    with smaller steps (`layer_budget` times `backoff`) until `patience` iterations in a row have been rolled back."""
+class AutoPruning(GradualSchedule):
+    """pruning=auto. The schedule fields (allocation, start, end, frequency, min_kept) shape each candidate's
+    gradual pruning within its retraining phase; the others, the search."""
 
     name: str = "auto"
-    # At most, rolled-back ones included; fewer when no layer can be pruned or patience runs out
-    iterations: int = ranged(AT_LEAST_ONE, 10)
-    # Points of validation top-1 the final model may lose against the dense model
+    # Points of validation top-1 the kept model may lose against the dense model.
     budget: float = ranged(NON_NEGATIVE, 0.3)
-    # Points one layer pruned alone, before retraining, may lose (null: the budget shared by the prunable layers).
-    # 2 was chosen on the validation split of Fashion-MNIST, LeNet-300-100 (docs/results.md: the highest
-    # compression within the budget among 0.1, 1, 2 and 4).
-    layer_budget: float | None = ranged(NON_NEGATIVE, 2.0)
-    levels: list[float] = ranged(NON_NEGATIVE, default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
-    # After a rolled-back iteration the layer budget is multiplied by this (a smaller step from the kept model), and
-    # divided by it, up to `layer_budget`, after a kept one: the step size follows what retraining can recover.
-    backoff: float = ranged(Range(0, 1, low_open=True, high_open=True), 0.5)
-    # Rolled-back iterations in a row that end the search (1: stop at the first model past the budget).
-    patience: int = ranged(AT_LEAST_ONE, 3)
-    std: StdSource = StdSource.surviving  # of the threshold, as in the paper's rule (pruning=iterative)
+    # One-sided: a candidate is kept when its drop is within the budget with this probability. 0.5 trusts the
+    # drop seen; 0.8 asks the drop plus 0.84 standard errors to fit (docs/results.md, "Budgeted pruning").
+    confidence: float = ranged(Range(0.5, 1, high_open=True), 0.8)
+    candidates: int = ranged(AT_LEAST_ONE, 8)  # compressions tried, one retraining phase each
+    first: float = ranged(ABOVE_ONE, 8.0)  # the first candidate's compression
+    growth: float = ranged(ABOVE_ONE, 2.0)  # each next one's, over the last within the budget, until one is past
+    restart: Restart = Restart.kept
 
 
 @dataclass
-class AutoProgress:
-    """Where the search stands: the last iteration within the budget (0: dense), the dense model's validation top-1
-    that the budget is counted from, the iterations rolled back since the last one kept, the layer budget of the
-    next step (a fraction), the steps tried and rejected, and the dense std (std: dense)."""
+class SearchProgress:
+    """Where the search stands: the dense model's per-image correctness on the validation split, the highest
+    compression within the budget (1: dense) and the iteration holding it, the lowest past it, and the candidate of
+    the current iteration (None: none left) with the sparsity its schedule starts from."""
 
-    accepted: int = 0
-    dense_val_top1: float = math.nan
-    rollbacks: int = 0
-    layer_budget: float = math.nan
-    trying: dict[str, float] = field(default_factory=dict)  # this iteration's sensitivities
-    rejected: dict[str, float] = field(default_factory=dict)  # those of the step just rolled back
-    dense_std: dict[str, float] = field(default_factory=dict)
+    dense_correct: Tensor | None = None
+    passed: float = 1.0
+    kept: int = 0
+    failed: float = math.inf
+    candidate: float | None = None
+    initial: float = 0.0
+
+
+def next_compression(passed: float, failed: float, first: float, growth: float, ceiling: float, total: int):
+    """The compression to try next: `first`, then `growth` times the highest within the budget until one is past it
+    (at most `ceiling`), then the geometric midpoint of the two; None when no count of the `total` weights lies
+    strictly between the bracket's ends (the search has pinned the frontier to one weight)."""
+    if math.isinf(failed):
+        candidate = min(first if passed == 1 else passed * growth, ceiling)
+    else:
+        candidate = math.sqrt(passed * failed)
+    keep = round(total / candidate)
+    if keep >= round(total / passed) or keep <= round(total / failed):
+        return None
+    return candidate
 
 
 class BudgetedSearch(PruningPolicy):
@@ -65,89 +85,79 @@ class BudgetedSearch(PruningPolicy):
 
     def __init__(self, settings: AutoPruning, context: PolicyContext) -> None:
         super().__init__(settings, context)
-        check_auto(settings, context)
-        # null: the layers share the budget (pruned together, their losses add up before retraining recovers them).
-        shared = settings.budget / len(context.layer_kinds)
-        self.layer_budget = (shared if settings.layer_budget is None else settings.layer_budget) / 100
-        self.budget, self.levels = settings.budget / 100, sorted(settings.levels)
-        self.progress = AutoProgress()
+        if not context.validation:
+            raise ValueError("pruning=auto chooses on held-out training data: set dataset.val_split=N (e.g. 5000)")
+        self.candidate(1.0, 0.0)  # the schedule's settings, checked before any work
+        self.total = sum(context.layer_sizes.values())
+        floors = self.floors()
+        self.ceiling = self.total / floors if floors else float(self.total)
+        self.progress, self.gradual = SearchProgress(), None
 
-    def within_budget(self, top1: float, dense_top1: float) -> bool:
-        """Whether `top1` loses at most the budget against `dense_top1`; a loss of exactly the budget is within it
-        (0.898 - 0.003 is 0.8950000000000001 in floating point, above an accuracy of 4,475 / 5,000)."""
-        return top1 >= dense_top1 - self.budget - 1e-9
+    @property
+    def iterations(self) -> int:
+        return self.config.candidates
+
+    def floors(self) -> int:
+        """Weights the per-layer floor of a global or LAMP cut keeps whatever the compression."""
+        if Allocation(self.config.allocation) not in (Allocation.global_, Allocation.lamp) or not self.config.min_kept:
+            return 0
+        return sum(max(1, math.ceil(self.config.min_kept * size)) for size in self.context.layer_sizes.values())
+
+    def candidate(self, compression: float, initial: float) -> GradualMagnitude:
+        """Gradual pruning to `compression` within one retraining phase, from sparsity `initial`."""
+        schedule = {name: getattr(self.config, name) for name in GradualSchedule.__dataclass_fields__}
+        return GradualMagnitude(GradualPruning(**{**schedule, "name": "gradual", "target": compression}),
+                                self.context, initial)  # fmt: skip
+
+    def _next(self) -> float | None:
+        progress, settings = self.progress, self.config
+        return next_compression(
+            progress.passed, progress.failed, settings.first, settings.growth, self.ceiling, self.total
+        )
 
     def prune(self, iteration: int, run: RunView) -> PruneStep | None:
-        """Each layer's sensitivity for this iteration, chosen on the validation split; None when no layer can be
-        pruned within the budget. The step just rolled back is never tried again: from the same model it makes the
-        same masks, and retraining them again would only fish for a luckier validation score; the layer budget
-        shrinks until the choice differs."""
+        """Start this iteration's candidate from the model the run holds; the masks fall during retraining."""
         progress = self.progress
-        if math.isnan(progress.dense_val_top1):  # the first step starts from the dense model
-            progress.dense_val_top1, progress.layer_budget = run.validation_top1(), self.layer_budget
-            if self.config.std is StdSource.dense:
-                progress.dense_std = {name: surviving_std(w, run.masks[name]) for name, w in run.weights.items()}
-        for _ in range(MAX_SHRINKS):
-            chosen = self._sensitivities_within(run, progress.layer_budget)
-            if chosen != progress.rejected:
-                break
-            progress.layer_budget *= self.config.backoff
-        else:
-            chosen = {}
-        progress.trying = chosen
-        if not chosen:
-            log.info(f"iteration {iteration}: no layer can be pruned within the budget; model.pt is iteration "
-                     f"{progress.accepted}'s")  # fmt: skip
+        if progress.dense_correct is None:  # the first candidate starts from the dense model
+            progress.dense_correct, progress.candidate = run.validation_correct(), self._next()
+        if progress.candidate is None:
             return None
-        log.info(f"iteration {iteration}: sensitivities chosen on the validation split: {chosen}")
-        steps = {name: LayerStep(LayerTarget(sensitivity=level)) for name, level in chosen.items()}
-        masks, records = prune_step(run.weights, run.masks, steps, progress.dense_std or None)
-        return PruneStep(masks, records)
+        alive = sum(int(mask.sum()) for mask in run.masks.values())
+        progress.initial = 1 - alive / sum(mask.numel() for mask in run.masks.values())
+        self.gradual = self.candidate(progress.candidate, progress.initial)
+        log.info(f"iteration {iteration}: candidate {progress.candidate:.4g}x, from {1 / (1 - progress.initial):.4g}x")
+        return PruneStep(dict(run.masks), {})
 
-    def _sensitivities_within(self, run: RunView, allowance: float) -> dict[str, float]:
-        """Per layer, the largest level whose pruning of that layer alone, from its current mask, removes a weight
-        and keeps validation top-1 within `allowance` (a fraction) of the model's own (a sensitivity analysis)."""
-        baseline, chosen = run.validation_top1(), {}
-        for name in run.weights:
-            alive = int(run.masks[name].sum())
-            for level in self.levels:
-                step = {name: LayerStep(LayerTarget(sensitivity=level))}
-                masks, records = prune_step(run.weights, run.masks, step, self.progress.dense_std or None)
-                top1 = run.validation_top1(masks)  # on every level: under torchrun every process evaluates alike
-                if records[name].kept < alive and top1 >= baseline - allowance:
-                    chosen[name] = level
-        return chosen
+    def during_retraining(self, iteration: int, step: int, steps: int, run: RunView) -> dict[str, Tensor] | None:
+        return self.gradual.during_retraining(iteration, step, steps, run)
 
     def verdict(self, iteration: int, run: RunView) -> Verdict:
-        """Keep the retrained model (and let the next step grow), or roll back to the last one within the budget
-        and go on from it with a smaller step; `patience` rollbacks in a row stop the search."""
+        """Within the budget when the paired upper bound of the drop is; then the next candidate, or the end."""
         progress, settings = self.progress, self.config
-        top1 = run.validation_top1()
-        if self.within_budget(top1, progress.dense_val_top1):  # kept: the steps grow back towards the layer budget
-            progress.accepted, progress.rollbacks, progress.rejected = iteration, 0, {}
-            progress.layer_budget = min(self.layer_budget, progress.layer_budget / settings.backoff)
-            return KEEP
-        progress.rollbacks, progress.rejected = progress.rollbacks + 1, progress.trying
-        stopped = progress.rollbacks >= settings.patience
-        progress.layer_budget *= settings.backoff
-        then = "stopped" if stopped else f"goes on with a layer budget of {100 * progress.layer_budget:.3g} points"
-        log.warning(
-            f"iteration {iteration}: validation top-1 {top1:.2%} is past the budget "
-            f"({progress.dense_val_top1 - self.budget:.2%}); rolled back to iteration {progress.accepted} (model.pt "
-            f"unless a later one is kept); the search {then}"
+        paired = PairedDrop.between(progress.dense_correct, run.validation_correct())
+        bound = paired.upper_bound(settings.confidence)
+        within = bound <= settings.budget / 100 + 1e-12  # a bound of exactly the budget is within it
+        log.info(
+            f"iteration {iteration}: {progress.candidate:.4g}x lost {paired.lost} and gained {paired.gained} of "
+            f"{paired.images:,} validation images: a drop of {100 * paired.drop:.2f} points, at most "
+            f"{100 * bound:.2f} at {settings.confidence:.0%} confidence: {'within' if within else 'past'} the budget"
         )
-        return Verdict(rollback_to=progress.accepted, stop=stopped)
+        if within:
+            progress.passed, progress.kept = progress.candidate, iteration
+        else:
+            progress.failed = progress.candidate
+        progress.candidate = self._next() if iteration < settings.candidates else None
+        stop = progress.candidate is None
+        if stop:
+            log.info(f"the search ends at {progress.passed:.4g}x (iteration {progress.kept}; 1x: the dense model)")
+        if settings.restart is Restart.dense and not stop:
+            return Verdict(rollback_to=0)  # the next candidate starts from the dense model again
+        return Verdict(rollback_to=None if progress.kept == iteration else progress.kept, stop=stop)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self.progress)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.progress = AutoProgress(**state)
-
-
-def check_auto(settings: AutoPruning, context: PolicyContext) -> None:
-    """What `pruning=auto` needs beyond its settings' ranges: a validation split to choose on, and levels."""
-    if not context.validation:
-        raise ValueError("pruning=auto chooses on held-out training data: set dataset.val_split=N (e.g. 5000)")
-    if not settings.levels:
-        raise ValueError("pruning.levels is empty; give at least one level, e.g. pruning.levels=[0.5,1.0]")
+        self.progress = SearchProgress(**state)
+        if self.progress.candidate is not None:
+            self.gradual = self.candidate(self.progress.candidate, self.progress.initial)

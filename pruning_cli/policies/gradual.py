@@ -16,10 +16,9 @@ from pruning_cli.ranges import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, r
 
 
 @dataclass
-class GradualPruning(PruningConfig):
-    name: str = "gradual"
-    # Compression of the prunable weights at the end of the schedule (e.g. 12).
-    target: float = ranged(AT_LEAST_ONE, MISSING)
+class GradualSchedule(PruningConfig):
+    """How sparsity rises within one retraining phase: gradual pruning's, and each candidate's of a search."""
+
     # How each raise is shared between the layers: global (one magnitude cut), lamp, uniform, or paper (the
     # paper's per-layer % kept, scaled to the target).
     allocation: str = "global"
@@ -30,11 +29,20 @@ class GradualPruning(PruningConfig):
     min_kept: float = ranged(FRACTION, 0.01)  # per-layer floor of a global cut (fraction of each layer's weights)
 
 
+@dataclass
+class GradualPruning(GradualSchedule):
+    name: str = "gradual"
+    # Compression of the prunable weights at the end of the schedule (e.g. 12).
+    target: float = ranged(AT_LEAST_ONE, MISSING)
+
+
 class GradualMagnitude(PruningPolicy):
     settings, schema = GradualPruning, "gradual_pruning"
 
-    def __init__(self, settings: GradualPruning, context: PolicyContext) -> None:
+    def __init__(self, settings: GradualPruning, context: PolicyContext, initial: float = 0.0) -> None:
+        """`initial`: the sparsity the schedule starts from (0: a dense model; a search continues a pruned one)."""
         super().__init__(settings, context)
+        self.initial = initial
         keep = check_target(settings.target, context)
         choices = ", ".join(kind.value for kind in Allocation)
         try:
@@ -67,7 +75,7 @@ class GradualMagnitude(PruningPolicy):
         per_epoch = steps / self.context.retrain_epochs
         start, end = round(self.config.start * per_epoch), round(self.config.end * per_epoch)
         final = 1 - 1 / self.config.target
-        sparsity = cubic_sparsity(step, start, max(end, start + 1), self.config.frequency, final)
+        sparsity = cubic_sparsity(step, start, max(end, start + 1), self.config.frequency, final, self.initial)
         total = sum(weight.numel() for weight in run.weights.values())
         keep = round(total * (1 - sparsity))
         if keep >= sum(int(mask.sum()) for mask in run.masks.values()):

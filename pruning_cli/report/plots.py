@@ -6,6 +6,7 @@ so the report can say why a figure is absent instead of failing.
 """
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pandas as pd
 
 from pruning_cli.paper import LATER_WORK, PAPER_TABLE1, network_name
 from pruning_cli.records import DENSE_CHECKPOINT, MODEL_FILE
-from pruning_cli.report.tables import method_curves
+from pruning_cli.report.tables import method_curves, search_curves
 
 DPI = 110
 MAX_LEGEND = 12  # beyond this many lines a legend hides the plot
@@ -114,13 +115,19 @@ def plot_tradeoff(runs: pd.DataFrame, model: str, path: Path) -> str | None:
     return None
 
 
-def plot_frontier(runs: pd.DataFrame, model: str, path: Path) -> str | None:
+def plot_frontier(runs: pd.DataFrame, model: str, path: Path, searches: pd.DataFrame | None = None) -> str | None:
     """Compression (log scale) against the change in test top-1 of every run, one colour per method, with the
-    paper's point and later work's published compression marked as references (measured on MNIST / ImageNet)."""
+    paper's point and later work's published compression marked as references (measured on MNIST / ImageNet);
+    each budgeted search's candidates (tables.search_curves: validation top-1 lost) as a dotted curve."""
     started = _begin(runs, model, "no finished pruning run")
     if isinstance(started, str):
         return started
     data, plt, figure, axes = started
+    tried = searches[searches.model == model] if searches is not None else pd.DataFrame()
+    for number, (_, part) in enumerate(tried.groupby("run", sort=False)):
+        part = part.sort_values("compression")
+        label = "search candidates (validation)" if number == 0 else None
+        axes.plot(part.compression, part.val_lost, ":", marker=".", color="grey", alpha=0.7, label=label)
     for method, part in data.groupby("method", sort=False):
         axes.scatter(part.compression, part.error_change_top1, label=str(method), s=24)
     paper = PAPER_TABLE1.get(model)
@@ -268,7 +275,8 @@ def draw_all(
     for model in pd.unique(pd.concat([runs.model, sensitivity.model], ignore_index=True)):
         plots = [("sensitivity", plot_sensitivity, sensitivity)] if model in set(sensitivity.model) else []
         if model in set(runs.model):
-            plots += [("tradeoff", plot_tradeoff, runs), ("frontier", plot_frontier, runs)]
+            frontier = partial(plot_frontier, searches=search_curves(runs, metrics))
+            plots += [("tradeoff", plot_tradeoff, runs), ("frontier", frontier, runs)]
             plots += [("methods", plot_methods, method_curves(runs))]
             plots += [("histogram", plot_histogram, runs)]
             plots += [("iterations", plot_iterations, metrics)]

@@ -104,6 +104,16 @@ def method_curves(runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["model", "dataset", "method", "compression"], kind="stable").reset_index(drop=True)
 
 
+def search_curves(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """The candidates each budgeted search (pruning=auto) retrained, in the order tried: compression against the
+    validation top-1 each lost to its run's dense model, in points (the curve the search measured)."""
+    searched = metrics[metrics.run.isin(runs.run[runs.schedule == "auto"])]
+    dense = searched[searched.phase == "train"].set_index("run").val_top1
+    tried = searched[searched.phase == "retrain"]
+    lost = 100 * (tried.run.map(dense) - tried.val_top1)
+    return tried.assign(val_lost=lost)[["run", "model", "method", "compression", "val_lost"]].reset_index(drop=True)
+
+
 def methods_markdown(model: str, table: pd.DataFrame) -> str:
     """methods_<model>.md: every method at every compression it was run at, side by side."""
     rows = table[table.model == model]

@@ -237,3 +237,11 @@ def evaluate(model: nn.Module, data: TensorSplit, batch_size: int = 1000) -> Eva
         hits += torch.stack([top[:, 0].sum(), top.any(dim=1).sum()])
     top1, top5 = (count / len(data) for count in hits.tolist())  # in float64: 4475 / 5000 is 0.895, not 0.89499998
     return Evaluation(top1=top1, top5=top5, loss=loss_sum.item() / len(data))
+
+
+@torch.no_grad()
+def correct_predictions(model: nn.Module, data: TensorSplit, batch_size: int = 1000) -> Tensor:
+    """Per image of `data`, whether `model`'s top-1 prediction is its label (bool): what a paired comparison of two
+    models on the same images needs."""
+    model.eval()
+    return torch.cat([model(images).argmax(dim=1) == labels for images, labels in data.batches(batch_size)])

@@ -14,8 +14,15 @@ from pruning_cli.models import get_model_spec
 from pruning_cli.records import RUN_RECORD
 from pruning_cli.report.cli import run
 from pruning_cli.report.collect import Skipped, collect, method_label
-from pruning_cli.report.plots import plot_sensitivity
-from pruning_cli.report.tables import layer_tables, layers_markdown, markdown_table, table1, table1_markdown
+from pruning_cli.report.plots import plot_frontier, plot_sensitivity
+from pruning_cli.report.tables import (
+    layer_tables,
+    layers_markdown,
+    markdown_table,
+    search_curves,
+    table1,
+    table1_markdown,
+)
 from pruning_cli.sparse.export import export_state_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -471,3 +478,28 @@ def test_runs_with_a_validation_split_carry_its_top1_for_choices_between_them(tm
     found = collect([tmp_path / "held_out", tmp_path / "without"]).runs.set_index("run")
     assert found.loc["held_out", ["dense_val_top1", "final_val_top1"]].tolist() == [0.975, 0.972]
     assert found.loc["without", ["dense_val_top1", "final_val_top1"]].isna().all()
+
+
+def test_a_searchs_candidates_are_its_measured_curve_and_are_drawn_on_the_frontier(tmp_path):
+    """Each retrained candidate of a pruning=auto run: its compression and the validation top-1 it lost to the dense
+    model, in points; a rolled-back candidate included (it is part of the curve). Other methods have none."""
+    header = METRICS_HEADER.replace("loss,train_loss", "loss,val_top1,val_loss,train_loss")
+    rows = (
+        "0,train,2,266610,266610,1,0.98,0.999,0.1,0.975,0.12,0.05,10\n"
+        "1,prune,0,266610,266610,1,0.98,0.999,0.1,0.975,0.12,,0.5\n"
+        "1,retrain,1,266610,33326,8,0.979,0.999,0.11,0.976,0.13,0.05,5\n"
+        "2,prune,0,266610,33326,8,0.979,0.999,0.11,0.976,0.13,,0.5\n"
+        "2,retrain,1,266610,16663,16,0.97,0.999,0.11,0.969,0.13,0.05,5\n"
+        "2,rollback,0,266610,33326,8,0.979,0.999,0.11,0.976,0.13,,0\n"
+    )
+    searched = {**config(name="auto"), "dataset": {"name": "fashion_mnist", "val_split": 5000}}
+    searched["pruning"] = {"name": "auto", "candidates": 2}
+    write_run(tmp_path / "auto", searched)
+    (tmp_path / "auto" / "metrics.csv").write_text(header + rows)
+    write_run(tmp_path / "paper", config(), sweep_metrics((0.98, 0.999), (0.981, 0.9995)))
+    found = collect([tmp_path / "auto", tmp_path / "paper"])
+    curves = search_curves(found.runs, found.metrics)
+    assert curves.run.tolist() == ["auto", "auto"] and curves.compression.tolist() == [8, 16]
+    assert curves.val_lost.round(6).tolist() == [-0.1, 0.6]
+    figure = tmp_path / "frontier.png"
+    assert plot_frontier(found.runs, "lenet300", figure, curves) is None and figure.read_bytes()[:8] == PNG_MAGIC

@@ -234,3 +234,26 @@ def test_empty_imagenet_folder_is_named(tmp_path):
     (tmp_path / "val").mkdir()
     with pytest.raises(UserError, match=f"ImageNet folder {tmp_path / 'train'} has no class folders with images"):
         load_imagenet(tmp_path, num_workers=0, seed=0)
+
+
+@pytest.mark.parametrize("network", ["lenet300", "lenet5", "alexnet", "vgg16"])
+def test_budgeted_presets_search_with_no_fractions_and_no_compression_of_their_own(network):
+    """experiment=<net>_auto carries a budget, not an answer: no per-layer fractions, no compression target."""
+    config = compose_config(f"experiment={network}_auto")
+    assert config.model.name == network and config.pruning.name == "auto"
+    assert not {"kept", "target", "layer_sensitivity"} & set(vars(config.pruning))
+    assert plan_run(config).policy.iterations == config.pruning.candidates  # and it plans
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network", ["alexnet", "vgg16"])
+def test_the_imagenet_budgeted_presets_run_end_to_end_on_generated_images(network, tmp_path):
+    tiny = [
+        f"experiment={network}_auto", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=24",
+        "dataset.num_test=4", "dataset.val_split=8", "pruning.candidates=2", "retrain.epochs=1", "pruning.end=1",
+        "train.batch_size=2", "retrain.batch_size=2", "retrain.max_batches=2", "pruning.frequency=1",
+    ]  # fmt: skip
+    metrics = run_in_process(tmp_path, *tiny)
+    assert metrics.phase.tolist()[:3] == ["train", "prune", "retrain"] and len(metrics[metrics.phase == "retrain"]) == 2
+    assert metrics.compression[metrics.phase == "retrain"].iloc[0] == pytest.approx(4, rel=0.01)  # pruning.first
+    assert (tmp_path / "model.pt").is_file()

@@ -1,12 +1,13 @@
 """Budgeted pruning (`pruning=auto`): the highest compression whose top-1 drop against the dense model, on the
 validation split, stays within the budget at the stated confidence.
 
-The search moves one number, the overall compression. It grows it geometrically until a candidate is past the
-budget, then bisects (in log-compression) between the highest candidate within it and the lowest past it. Each
-candidate is one retraining phase of gradual magnitude pruning (policies/gradual.py) from the last model kept (or
-from the dense one) to its compression, and is judged alone: the paired upper bound of its drop on the validation
-images (pruning/paired.py), whatever was tried before it. Accuracy against log-compression is close to monotone,
-so a stated number of candidates pins the frontier down to a stated resolution; the curve is in metrics.csv.
+The search moves one number, the overall compression, in log steps. Each candidate is one retraining phase of
+gradual magnitude pruning (policies/gradual.py) to its compression, from the last model kept (or from the dense
+one), and is judged alone: the paired upper bound of its drop on the validation images (pruning/paired.py),
+whatever was tried before it. Within the budget, the next candidate is a step further (`growth`); past it, the model
+is rolled back and the step is halved in log-compression. A failure caps what is tried from the same starting model
+(there the search bisects), not what a later, better-trained model may reach: one unlucky verdict early on does not
+end the search. The curve measured on the way is in metrics.csv.
 """
 
 import logging
@@ -47,31 +48,34 @@ class AutoPruning(GradualSchedule):
     confidence: float = ranged(Range(0.5, 1, high_open=True), 0.8)
     candidates: int = ranged(AT_LEAST_ONE, 8)  # compressions tried, one retraining phase each
     first: float = ranged(ABOVE_ONE, 8.0)  # the first candidate's compression
-    growth: float = ranged(ABOVE_ONE, 2.0)  # each next one's, over the last within the budget, until one is past
+    # The largest step between the last compression within the budget and the next candidate; a candidate past the
+    # budget halves it (its square root).
+    growth: float = ranged(ABOVE_ONE, 2.0)
     restart: Restart = Restart.kept
 
 
 @dataclass
 class SearchProgress:
     """Where the search stands: the dense model's per-image correctness on the validation split, the highest
-    compression within the budget (1: dense) and the iteration holding it, the lowest past it, and the candidate of
-    the current iteration (None: none left) with the sparsity its schedule starts from."""
+    compression within the budget (1: dense) and the iteration holding it, the lowest compression past it from the
+    model the next candidate starts from, the step to the next candidate, and the candidate of the current
+    iteration (None: none left) with the sparsity its schedule starts from."""
 
     dense_correct: Tensor | None = None
     passed: float = 1.0
     kept: int = 0
     failed: float = math.inf
+    step: float = math.nan
     candidate: float | None = None
     initial: float = 0.0
 
 
-def next_compression(passed: float, failed: float, first: float, growth: float, ceiling: float, total: int):
-    """The compression to try next: `first`, then `growth` times the highest within the budget until one is past it
-    (at most `ceiling`), then the geometric midpoint of the two; None when no count of the `total` weights lies
-    strictly between the bracket's ends (the search has pinned the frontier to one weight)."""
-    if math.isinf(failed):
-        candidate = min(first if passed == 1 else passed * growth, ceiling)
-    else:
+def next_compression(passed: float, failed: float, step: float, ceiling: float, total: int) -> float | None:
+    """`step` times the highest compression within the budget (at most `ceiling`), or the geometric midpoint
+    between it and `failed` when that is no further; None when no count of the `total` weights lies strictly
+    between the two (the search has pinned the frontier to one weight)."""
+    candidate = min(passed * step, ceiling)
+    if candidate >= failed:
         candidate = math.sqrt(passed * failed)
     keep = round(total / candidate)
     if keep >= round(total / passed) or keep <= round(total / failed):
@@ -110,16 +114,15 @@ class BudgetedSearch(PruningPolicy):
                                 self.context, initial)  # fmt: skip
 
     def _next(self) -> float | None:
-        progress, settings = self.progress, self.config
-        return next_compression(
-            progress.passed, progress.failed, settings.first, settings.growth, self.ceiling, self.total
-        )
+        progress = self.progress
+        return next_compression(progress.passed, progress.failed, progress.step, self.ceiling, self.total)
 
     def prune(self, iteration: int, run: RunView) -> PruneStep | None:
         """Start this iteration's candidate from the model the run holds; the masks fall during retraining."""
         progress = self.progress
         if progress.dense_correct is None:  # the first candidate starts from the dense model
-            progress.dense_correct, progress.candidate = run.validation_correct(), self._next()
+            progress.dense_correct, progress.step = run.validation_correct(), self.config.first
+            progress.candidate = self._next()
         if progress.candidate is None:
             return None
         alive = sum(int(mask.sum()) for mask in run.masks.values())
@@ -142,10 +145,12 @@ class BudgetedSearch(PruningPolicy):
             f"{paired.images:,} validation images: a drop of {100 * paired.drop:.2f} points, at most "
             f"{100 * bound:.2f} at {settings.confidence:.0%} confidence: {'within' if within else 'past'} the budget"
         )
-        if within:
+        if within:  # the next one a step further; a model kept under restart=kept is a new start
             progress.passed, progress.kept = progress.candidate, iteration
-        else:
-            progress.failed = progress.candidate
+            progress.step = min(progress.step, settings.growth)
+            progress.failed = math.inf if settings.restart is Restart.kept else progress.failed
+        else:  # rolled back: half the step (in log-compression), and no further than this from the same start
+            progress.failed, progress.step = min(progress.failed, progress.candidate), math.sqrt(progress.step)
         progress.candidate = self._next() if iteration < settings.candidates else None
         stop = progress.candidate is None
         if stop:

@@ -8,7 +8,7 @@ import torch
 from runs import SMOKE, pruning_run_in_process
 from torch import nn
 
-from pruning_cli.cli import compose_config
+from pruning_cli.cli import compose_config, one_line
 from pruning_cli.data import ImageData, TensorSplit
 from pruning_cli.errors import UserError
 from pruning_cli.plan import plan_run
@@ -61,20 +61,26 @@ def test_with_room_in_the_budget_the_candidates_grow_from_the_last_one_kept(tmp_
     assert experiment.kept_iteration == 3
 
 
-def test_a_candidate_past_the_budget_is_rolled_back_and_the_search_bisects_below_it(tmp_path):
-    """The first candidate, at 100x, loses images it cannot afford at a budget of 0: rolled back to the dense
-    model, the next candidate is the geometric midpoint, 10x, again from the dense model."""
-    overrides = ["pruning.budget=0", "pruning.first=100", "pruning.min_kept=0", "pruning.candidates=2"]
-    experiment = pruning_run_in_process(tmp_path, *AUTO, *overrides)
+PAST = ["pruning.budget=0", "pruning.first=100", "pruning.min_kept=0"]  # 100x loses images a budget of 0 cannot afford
+
+
+def test_a_candidate_past_the_budget_is_rolled_back_and_the_search_halves_the_step(tmp_path):
+    """The first candidate, at 100x, is past the budget: rolled back to the dense model, the next candidate is
+    halfway there in log-compression, 10x, again from the dense model."""
+    pruning_run_in_process(tmp_path, *AUTO, *PAST, "pruning.candidates=2")
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert _rows(metrics)[1:4] == [(1, "prune"), (1, "retrain"), (1, "rollback")]
     assert metrics.params_nonzero.iloc[3] == metrics.params_total.iloc[0]  # back to the dense model
     assert _candidates(tmp_path) == [100, 10]
     assert metrics[metrics.phase == "prune"].params_nonzero.iloc[1] == metrics.params_total.iloc[0]
-    if experiment.kept_iteration == 0:  # 10x past a budget of 0 too: model.pt is the dense model
-        dense = torch.load(tmp_path / "checkpoints" / "dense.pt", weights_only=True)["model"]
-        final = torch.load(tmp_path / "model.pt", weights_only=True)
-        assert all(torch.equal(final[key], dense[key]) for key in dense)
+
+
+def test_when_no_candidate_is_within_the_budget_model_pt_is_the_dense_model(tmp_path):
+    experiment = pruning_run_in_process(tmp_path, *AUTO, *PAST, "pruning.candidates=1")
+    assert experiment.kept_iteration == 0 and experiment.stopped
+    dense = torch.load(tmp_path / "checkpoints" / "dense.pt", weights_only=True)["model"]
+    final = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(final[key], dense[key]) for key in dense)
 
 
 def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
@@ -113,13 +119,15 @@ def test_bad_auto_settings_are_one_line(overrides, expected):
 
 
 def test_an_unknown_restart_is_refused_with_its_choices():
-    with pytest.raises(Exception, match="restart"):
-        plan_run(compose_config(*AUTO, "pruning.restart=random"))
+    with pytest.raises(Exception) as refused:
+        compose_config(*AUTO, "pruning.restart=random")
+    assert one_line(refused.value) == (
+        "Error merging override pruning.restart=random: Invalid value 'random', expected one of [kept, dense]"
+    )
 
 
 def test_quantization_after_a_rollback_quantizes_the_model_that_was_kept(tmp_path):
-    overrides = ["pruning.budget=0", "pruning.first=100", "pruning.min_kept=0", "pruning.candidates=1"]
-    pruning_run_in_process(tmp_path, *AUTO, *overrides, "quantize=kmeans", "quantize.epochs=1")
+    pruning_run_in_process(tmp_path, *AUTO, *PAST, "pruning.candidates=1", "quantize=kmeans", "quantize.epochs=1")
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert _rows(metrics)[-2:] == [(1, "rollback"), (0, "quantize")]
     assert metrics.params_nonzero.iloc[-1] == metrics.params_total.iloc[-1]  # the dense model, now quantized

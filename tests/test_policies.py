@@ -17,7 +17,7 @@ from pruning_cli.config import Freeze
 from pruning_cli.errors import UserError
 from pruning_cli.plan import plan_run
 from pruning_cli.policies import POLICIES, PolicyContext, Verdict, build_policy
-from pruning_cli.policies.budgeted import AutoPruning, BudgetedSearch, Restart
+from pruning_cli.policies.budgeted import AutoPruning, BudgetedSearch, Restart, next_compression
 from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
 from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning
 from pruning_cli.policies.lamp import Lamp, LampPruning
@@ -141,6 +141,7 @@ def _search(search: BudgetedSearch, run: ScriptedRun, steps: int = 40, swap_at=N
 
 
 SEARCH = AutoPruning(budget=0.3, confidence=0.8, candidates=8, end=3, frequency=10)
+FRONTIER = max(c for c in (16 * 2 ** (i / 1000) for i in range(1000)) if _within(c, SEARCH))  # the test's own scan
 
 
 def test_the_search_pins_the_frontier_of_a_scripted_curve_in_the_candidates_it_is_given():
@@ -155,12 +156,30 @@ def test_the_search_pins_the_frontier_of_a_scripted_curve_in_the_candidates_it_i
     assert [verdict.rollback_to is None for _, verdict in tried] == [_within(c, SEARCH) for c, _ in tried]
     for (before, verdict), (after, _) in zip(tried, tried[1:], strict=False):
         assert after < before if verdict.rollback_to is not None else after > before  # back off, or go on
+    assert len({round(sum(BIG.values()) / c) for c, _ in tried}) == 8  # no compression tried twice
     passed = max(c for c, verdict in tried if verdict.rollback_to is None)
-    frontier = max(c for c in (16 * 2 ** (i / 1000) for i in range(1000)) if _within(c, SEARCH))  # its own scan
-    assert _within(passed, SEARCH) and frontier / passed < 2 ** (1 / 8)
+    assert _within(passed, SEARCH) and FRONTIER / passed < 2 ** (1 / 8)
     assert run.kept() == round(sum(BIG.values()) / search.progress.passed)  # the run holds the highest within
     kept = max(i for i, (_, verdict) in enumerate(tried, 1) if verdict.rollback_to is None)
     assert tried[-1][1].stop and search.progress.kept == kept
+
+
+def test_a_first_candidate_past_the_frontier_costs_candidates_not_the_result():
+    """From 64x, past the budget, the search halves its way down to 8x, then grows again by `growth`."""
+    run = ScriptedRun(_predictions, BIG)
+    search = BudgetedSearch(replace(SEARCH, first=64), _context(sizes=BIG))
+    tried = _search(search, run)
+    assert [round(c) for c, _ in tried[:3]] == [64, 8, 16]
+    assert FRONTIER / search.progress.passed < 2 ** (1 / 8)
+
+
+def test_a_step_that_rounds_onto_the_cap_is_halved_not_the_end():
+    """16 x 2^(1/4) x 2^(1/4) lands a rounding error below 16 x 2^(1/2), where a candidate failed: the same count of
+    weights, so the search moves halfway back instead of stopping (1,700 weights are still between them)."""
+    step = 2**0.25
+    candidate = next_compression(16 * step, step, 16 * 2**0.5, [16 * 2**0.5], 266_200.0, 266_200)
+    assert candidate == pytest.approx(16 * 2 ** (3 / 8))
+    assert next_compression(20.0, 2.0, 20.0001, [20.0001], 266_200.0, 266_200) is None  # no weight left between
 
 
 def test_from_the_dense_model_each_candidate_restarts_and_the_run_ends_on_the_best():

@@ -5,14 +5,15 @@ The search moves one number, the overall compression, in log steps. Each candida
 gradual magnitude pruning (policies/gradual.py) to its compression, from the last model kept (or from the dense
 one), and is judged alone: the paired upper bound of its drop on the validation images (pruning/paired.py),
 whatever was tried before it. Within the budget, the next candidate is a step further (`growth`); past it, the model
-is rolled back and the step is halved in log-compression. A failure caps what is tried from the same starting model
-(there the search bisects), not what a later, better-trained model may reach: one unlucky verdict early on does not
-end the search. The curve measured on the way is in metrics.csv.
+is rolled back and that step is halved in log-compression for the rest of the search. No compression is tried
+twice, and none at or past a failure from the same starting model (there the search bisects); a later model,
+trained longer, may go past it: one unlucky verdict early on does not end the search. The measured curve is in
+metrics.csv.
 """
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -48,8 +49,8 @@ class AutoPruning(GradualSchedule):
     confidence: float = ranged(Range(0.5, 1, high_open=True), 0.8)
     candidates: int = ranged(AT_LEAST_ONE, 8)  # compressions tried, one retraining phase each
     first: float = ranged(ABOVE_ONE, 8.0)  # the first candidate's compression
-    # The largest step between the last compression within the budget and the next candidate; a candidate past the
-    # budget halves it (its square root).
+    # The step from a compression within the budget to the next candidate, until one is past it: that one's step is
+    # then halved in log-compression (its square root) for the rest of the search.
     growth: float = ranged(ABOVE_ONE, 2.0)
     restart: Restart = Restart.kept
 
@@ -57,30 +58,33 @@ class AutoPruning(GradualSchedule):
 @dataclass
 class SearchProgress:
     """Where the search stands: the dense model's per-image correctness on the validation split, the highest
-    compression within the budget (1: dense) and the iteration holding it, the lowest compression past it from the
-    model the next candidate starts from, the step to the next candidate, and the candidate of the current
-    iteration (None: none left) with the sparsity its schedule starts from."""
+    compression within the budget (1: dense) and the iteration holding it, every compression past it and the lowest
+    one from the model the next candidate starts from (`cap`), the step to the next candidate, and the candidate of
+    the current iteration (None: none left) with the sparsity its schedule starts from."""
 
     dense_correct: Tensor | None = None
     passed: float = 1.0
     kept: int = 0
-    failed: float = math.inf
+    failures: list[float] = field(default_factory=list)
+    cap: float = math.inf
     step: float = math.nan
     candidate: float | None = None
     initial: float = 0.0
 
 
-def next_compression(passed: float, failed: float, step: float, ceiling: float, total: int) -> float | None:
-    """`step` times the highest compression within the budget (at most `ceiling`), or the geometric midpoint
-    between it and `failed` when that is no further; None when no count of the `total` weights lies strictly
-    between the two (the search has pinned the frontier to one weight)."""
+def next_compression(
+    passed: float, step: float, cap: float, failures: list[float], ceiling: float, total: int
+) -> float | None:
+    """`step` times the highest compression within the budget (at most `ceiling`), moved halfway back towards it
+    (in log-compression) while it reaches `cap` or keeps as many weights as a compression that failed; None when no
+    count of the `total` weights is left between it and the one kept."""
+    kept, failed = round(total / passed), {round(total / failure) for failure in failures}
     candidate = min(passed * step, ceiling)
-    if candidate >= failed:
-        candidate = math.sqrt(passed * failed)
-    keep = round(total / candidate)
-    if keep >= round(total / passed) or keep <= round(total / failed):
-        return None
-    return candidate
+    while round(total / candidate) <= round(total / cap) or round(total / candidate) in failed:
+        candidate = math.sqrt(passed * candidate)
+        if round(total / candidate) >= kept:
+            return None
+    return candidate if round(total / candidate) < kept else None
 
 
 class BudgetedSearch(PruningPolicy):
@@ -115,7 +119,9 @@ class BudgetedSearch(PruningPolicy):
 
     def _next(self) -> float | None:
         progress = self.progress
-        return next_compression(progress.passed, progress.failed, progress.step, self.ceiling, self.total)
+        return next_compression(
+            progress.passed, progress.step, progress.cap, progress.failures, self.ceiling, self.total
+        )
 
     def prune(self, iteration: int, run: RunView) -> PruneStep | None:
         """Start this iteration's candidate from the model the run holds; the masks fall during retraining."""
@@ -123,6 +129,7 @@ class BudgetedSearch(PruningPolicy):
         if progress.dense_correct is None:  # the first candidate starts from the dense model
             progress.dense_correct, progress.step = run.validation_correct(), self.config.first
             progress.candidate = self._next()
+            progress.step = self.config.growth  # from the first kept model on
         if progress.candidate is None:
             return None
         alive = sum(int(mask.sum()) for mask in run.masks.values())
@@ -148,9 +155,12 @@ class BudgetedSearch(PruningPolicy):
         if within:  # the next one a step further; a model kept under restart=kept is a new start
             progress.passed, progress.kept = progress.candidate, iteration
             progress.step = min(progress.step, settings.growth)
-            progress.failed = math.inf if settings.restart is Restart.kept else progress.failed
-        else:  # rolled back: half the step (in log-compression), and no further than this from the same start
-            progress.failed, progress.step = min(progress.failed, progress.candidate), math.sqrt(progress.step)
+            progress.cap = math.inf if settings.restart is Restart.kept else progress.cap
+        else:  # rolled back: half the step that failed (in log-compression), never again this far from this start
+            # (the next candidate is the midpoint; after a later one kept, the step is at most `growth` again)
+            progress.step = math.sqrt(progress.candidate / progress.passed)
+            progress.failures.append(progress.candidate)
+            progress.cap = min(progress.cap, progress.candidate)
         progress.candidate = self._next() if iteration < settings.candidates else None
         stop = progress.candidate is None
         if stop:

@@ -59,6 +59,11 @@ class ModelConfig:
     name: str = MISSING
     # Pretrained torchvision weights (e.g. IMAGENET1K_V1) for torchvision models; the data set needs 1000 classes.
     weights: str | None = None
+    # model=torchvision: the classifier torchvision builds (resnet18, mobilenet_v3_small, efficientnet_b0, ...).
+    arch: str | None = None
+    # Channels, height, width the model takes (model=torchvision; null: 3 channels at an MNIST-like set's 28 x 28,
+    # else 224 x 224). MNIST-like images are adapted to it: grayscale repeated, resized to its height and width.
+    input_shape: list[int] | None = None
 
 
 @dataclass
@@ -173,6 +178,9 @@ class PruningConfig:
     (a subclass of this one, kept in the policy's module and registered from its registry)."""
 
     name: str = MISSING
+    # Prunable layers left dense, by their names in layers.csv (e.g. [conv1,fc]: the first convolution and the
+    # classifier, a common choice for torchvision models).
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -7,9 +7,11 @@ and the core receives plain values and the pruning policy, its settings checked.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pruning_cli.config import LevelKind, PhaseConfig, QuantizeConfig, RunConfig, SensitivityTask
+from pruning_cli.config import LevelKind, MnistLikeDataset, PhaseConfig, QuantizeConfig, RunConfig, SensitivityTask
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
+from pruning_cli.models.discover import torchvision_classifiers
+from pruning_cli.models.registry import MODELS, TORCHVISION, model_key
 from pruning_cli.policies import PolicyContext, PruningPolicy, build_policy
 from pruning_cli.policies.base import NoPruning
 from pruning_cli.ranges import range_problems
@@ -36,12 +38,12 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
     """The plan of `config`, or a UserError naming the first bad setting and how to fix it."""
     for problem in range_problems(config):
         raise UserError(problem)
-    spec = get_model_spec(config.model.name)
+    spec = model_plan(config)
     check_phase("train", config.train, processes)
     check_phase("retrain", config.retrain, processes)
     context = PolicyContext(
-        config.model.name, spec.layer_kinds(), spec.layer_sizes(), config.retrain.freeze, config.retrain.epochs,
-        config.dataset.val_split > 0,
+        model_key(config.model.name, config.model.arch), spec.layer_kinds(), spec.layer_sizes(),
+        config.retrain.freeze, config.retrain.epochs, config.dataset.val_split > 0,
     )  # fmt: skip
     if isinstance(config.task, SensitivityTask):
         if config.dataset.val_split == 0:
@@ -53,6 +55,33 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
     bits = quantize_plan(config.quantize, spec, processes)
     try:
         return RunPlan(spec, build_policy(config.pruning, context), quantize_bits=bits)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+
+
+def model_plan(config: RunConfig) -> ModelSpec:
+    """The model's spec, its excluded layers left dense: a registered network, or a torchvision classifier by
+    name (its layers discovered, its input shape the config's or the data set's)."""
+    model = config.model
+    if model.name == TORCHVISION:
+        if model.arch is None:
+            raise UserError(
+                "model=torchvision needs model.arch=NAME, a torchvision classifier, e.g. model.arch=resnet18"
+            )
+        if model.arch not in torchvision_classifiers():
+            raise UserError(
+                f"model.arch={model.arch} is no torchvision classifier; choose one of torchvision.models.list_models()"
+                ", e.g. model.arch=resnet18 (or mobilenet_v3_small, efficientnet_b0)"
+            )
+        if model.arch in MODELS:
+            raise UserError(f"model.arch={model.arch} has its paper names here: use model={model.arch}")
+    if model.input_shape is not None and (len(model.input_shape) != 3 or min(model.input_shape) < 1):
+        raise UserError(f"model.input_shape is {model.input_shape}; give [channels, height, width], e.g. [3,32,32]")
+    mnist_like = (3, 28, 28) if isinstance(config.dataset, MnistLikeDataset) else None
+    shape = tuple(model.input_shape) if model.input_shape is not None else mnist_like
+    spec = get_model_spec(model_key(model.name, model.arch), shape)
+    try:
+        return spec.without(config.pruning.exclude) if config.pruning.exclude else spec
     except ValueError as error:
         raise UserError(str(error)) from error
 

@@ -1,11 +1,12 @@
 """Which models exist, how to build them, and which of their modules the pruning strategies may touch."""
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
+from pruning_cli.models.discover import discovered_layers, torchvision_classifiers
 from pruning_cli.models.imagenet import (
     ALEXNET_DROPOUTS,
     ALEXNET_LAYERS,
@@ -31,6 +32,22 @@ class ModelSpec:
     dropouts: Mapping[str, str] = field(default_factory=dict)
     # The name torchvision.models.get_model knows it by (pretrained weights come from there); None for our own.
     torchvision_name: str | None = None
+    # Whether each prunable layer feeds the next through ReLU, pooling, dropout and flatten only (the four paper
+    # networks): then prune-export can remove dead hidden units. False for a discovered model.
+    chained: bool = True
+
+    def without(self, excluded: Collection[str]) -> "ModelSpec":
+        """This spec with the layers `excluded` left dense (ValueError naming an unknown one, and the choices)."""
+        unknown = [name for name in excluded if name not in self.layers]
+        if unknown:
+            raise ValueError(
+                f"pruning.exclude names {', '.join(unknown)}, which this model does not have; its prunable layers: "
+                f"{', '.join(self.layers)}"
+            )
+        layers = {name: path for name, path in self.layers.items() if name not in excluded}
+        if not layers:
+            raise ValueError("pruning.exclude leaves no layer to prune; exclude fewer")
+        return replace(self, layers=layers, dropouts={k: v for k, v in self.dropouts.items() if k in layers})
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Module]:
         """The prunable modules of a built model, by paper name, in forward order."""
@@ -75,6 +92,23 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def get_model_spec(name: str) -> ModelSpec:
-    """The spec registered under `name`."""
-    return MODELS[name]
+# `model=torchvision model.arch=NAME`: any torchvision classifier, its layers discovered (models/discover.py).
+TORCHVISION = "torchvision"
+IMAGENET_SHAPE = (3, 224, 224)
+
+
+def model_key(name: str, arch: str | None = None) -> str:
+    """What a run's model is called in its CSVs, reports and exported files: the registered name, or the
+    torchvision architecture of `model=torchvision`."""
+    return arch if name == TORCHVISION and arch else name
+
+
+def get_model_spec(name: str, input_shape: tuple[int, int, int] | None = None) -> ModelSpec:
+    """The spec registered under `name`, or the discovered spec of torchvision's classifier `name` (its input
+    shape `input_shape`, 3 x 224 x 224 by default); KeyError for neither."""
+    if name in MODELS:
+        return MODELS[name]
+    if name not in torchvision_classifiers():
+        raise KeyError(name)
+    layers, dropouts = discovered_layers(name)
+    return ModelSpec(torchvision_builder(name), layers, input_shape or IMAGENET_SHAPE, dropouts, name, False)

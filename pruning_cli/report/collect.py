@@ -16,6 +16,7 @@ import pandas as pd
 from pruning_cli.artifacts import load_model_state
 from pruning_cli.config import RunConfig
 from pruning_cli.errors import UserError
+from pruning_cli.models.registry import model_key
 from pruning_cli.policies import POLICIES
 from pruning_cli.records import (
     LAYERS,
@@ -393,6 +394,7 @@ def _collect_run(gathered: _Gathered, run_id: str, run_dir: Path) -> None:
         gathered.skipped.append(Skipped(run_dir, str(problem)))
         return
     model, dataset, seed = (_select(config, key) for key in ("model.name", "dataset.name", "seed"))
+    model = model_key(model, _select(config, "model.arch")) if isinstance(model, str) else model
     if not isinstance(model, str):
         gathered.skipped.append(Skipped(run_dir, f"{RUN_RECORD} has no model.name"))
         return

@@ -175,11 +175,12 @@ def _finish_compression_axes(plt: Any, figure: Any, axes: Any, ylabel: str, titl
 
 def histogram_layer(model: str) -> tuple[str, str] | None:
     """The layer of Fig. 7: the model's first fully connected layer (paper name, module path), if the model is known."""
-    from pruning_cli.models import MODELS
+    from pruning_cli.models import get_model_spec
 
-    if model not in MODELS:
+    try:
+        layers = get_model_spec(model).layers
+    except KeyError:
         return None
-    layers = MODELS[model].layers
     name = next((name for name in layers if name.startswith("fc")), next(iter(layers)))
     return name, layers[name]
 

@@ -14,6 +14,7 @@ from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mism
 from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
+from pruning_cli.models.registry import model_key
 from pruning_cli.records import MODEL_FILE, RUN_RECORD, read_run_record
 from pruning_cli.sparse.export import export_state_dict, file_sizes, format_report, is_quantized
 
@@ -53,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_name_from_run(run_dir: Path) -> str:
-    """The run's `model.name` from its record (run.json)."""
+    """The run's model from its record (run.json): `model.name`, or `model.arch` of `model=torchvision`."""
     try:
         model = read_run_record(run_dir)["config"].get("model")
-        name = model.get("name") if isinstance(model, dict) else None
+        name = model_key(model.get("name"), model.get("arch")) if isinstance(model, dict) else None
     except ValueError as problem:
         raise UserError(f"{run_dir}: {problem}, so the model is unknown; pass --model {'|'.join(MODELS)}") from problem
     if not isinstance(name, str):
@@ -72,12 +73,15 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
     name = model_name or model_name_from_run(run_dir)
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} with --model")
+    try:
+        spec = get_model_spec(name)
+    except KeyError:
+        raise UserError(
+            f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a torchvision classifier with --model"
+        ) from None
     state = load_model_state(model_file)
     if not isinstance(state, dict) or not all(hasattr(value, "shape") for value in state.values()):
         raise UserError(f"{model_file} is not a state_dict of tensors")
-    spec = get_model_spec(name)
     last_weight = state.get(f"{list(spec.layers.values())[-1]}.weight")
     num_classes = last_weight.shape[0] if last_weight is not None else 10
     mismatch = state_dict_mismatch(spec.build(num_classes).state_dict(), state)

@@ -1,0 +1,129 @@
+"""Any torchvision classifier by name: its prunable layers found by walking the module, every feature on them."""
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from independent_reader import read_file
+from runs import run_in_process
+from torch import nn
+
+from pruning_cli.cli import compose_config
+from pruning_cli.data.tensors import fit_images
+from pruning_cli.errors import UserError
+from pruning_cli.models import get_model_spec
+from pruning_cli.plan import plan_run
+from pruning_cli.pruning.stats import layer_stats
+from pruning_cli.sparse.cli import export_run
+from pruning_cli.sparse.compact_file import read_compact
+
+TORCHVISION = ["model=torchvision", "dataset=synthetic", "dataset.num_train=64", "dataset.num_test=32",
+               "model.input_shape=[3,32,32]", "train.epochs=1", "retrain.epochs=1", "pruning.iterations=1",
+               "train.batch_size=16", "retrain.batch_size=16"]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+def test_every_convolution_and_linear_layer_is_found_and_nothing_else(arch):
+    """The prunable weights are every 4-D (conv) and 2-D (linear) weight of the model: norm layers and biases not."""
+    spec = get_model_spec(arch)
+    model = torchvision.models.get_model(arch, num_classes=10)
+    expected = {name.removesuffix(".weight"): p.numel() for name, p in model.named_parameters() if p.dim() in (2, 4)}
+    assert spec.layer_sizes() == expected and list(spec.layers) == list(expected)  # in the model's own order
+    kinds = spec.layer_kinds()
+    assert kinds[next(iter(kinds))] == "conv" and kinds[list(kinds)[-1]] == "fc"
+
+
+def test_a_dropout_in_front_of_a_linear_layer_is_rescaled_and_a_model_without_one_has_none():
+    assert get_model_spec("mobilenet_v3_small").dropouts == {
+        "classifier.3": "classifier.2"
+    }  # Linear, Hardswish, Dropout, Linear
+    assert get_model_spec("efficientnet_b0").dropouts == {"classifier.1": "classifier.0"}
+    assert get_model_spec("resnet18").dropouts == {}
+
+
+def test_grouped_and_depthwise_convolutions_count_flops_and_dead_inputs_per_group():
+    """Depthwise 3x3 over 16 channels at 8x8 output positions: 144 weights, each one multiply-add per position
+    (2 FLOPs). Grouped 1x1, 4 filters over 4 inputs in 2 groups: zeroing group 0's first input for its own two
+    filters kills that input channel, though group 1's filters have a live input at the same weight column."""
+    depthwise = nn.Conv2d(16, 16, 3, groups=16).weight.detach()
+    assert layer_stats(depthwise, positions=64, groups=16)["flops_total"] == 2 * 16 * 9 * 64
+    grouped = torch.ones(4, 2, 1, 1)
+    grouped[0:2, 0] = 0
+    stats = layer_stats(grouped, positions=1, groups=2)
+    assert (stats["dead_inputs"], stats["dead_outputs"], stats["flops_nonzero"]) == (1, 0, 12)
+    depthwise[3] = 0  # channel 3's only filter: its input and its output are dead
+    stats = layer_stats(depthwise, positions=1, groups=16)
+    assert (stats["dead_inputs"], stats["dead_outputs"]) == (1, 1)
+
+
+def test_mnist_like_images_are_resized_and_their_channel_repeated_for_the_model():
+    images = torch.rand(5, 1, 28, 28)
+    fitted = fit_images(images, (3, 32, 32))
+    assert fitted.shape == (5, 3, 32, 32) and torch.equal(fitted[:, 0], fitted[:, 2])
+    assert torch.equal(fit_images(images, (3, 28, 28))[:, 1], images[:, 0])  # the right size: only repeated
+    with pytest.raises(ValueError, match="2-channel images cannot feed a model that takes 3 channels"):
+        fit_images(torch.rand(2, 2, 8, 8), (3, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def mobilenet_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("mobilenet")
+    excluded = "pruning.exclude=[features.0.0,classifier.3]"
+    return out_dir, run_in_process(out_dir, *TORCHVISION, "model.arch=mobilenet_v3_small", excluded)
+
+
+def test_a_mobilenet_prunes_end_to_end_and_its_csvs_count_the_weights_of_model_pt(mobilenet_run):
+    out_dir, metrics = mobilenet_run
+    layers = pd.read_csv(out_dir / "layers.csv")
+    final = layers[(layers.iteration == 1) & (layers.phase == "retrain")].set_index("layer")
+    state = torch.load(out_dir / "model.pt", weights_only=True)
+    assert "features.0.0" not in final.index and "classifier.3" not in final.index  # pruning.exclude
+    assert torch.count_nonzero(state["classifier.3.weight"]) == state["classifier.3.weight"].numel()
+    for name, row in final.iterrows():
+        assert row.weights_nonzero == torch.count_nonzero(state[f"{name}.weight"]), name
+    model = torchvision.models.get_model("mobilenet_v3_small", num_classes=10)
+    model.load_state_dict(state)  # parameters, not the norm layers' running statistics (buffers)
+    assert metrics.params_nonzero.iloc[-1] == sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    assert metrics.compression.iloc[-1] > 1.5
+
+
+def test_its_export_decodes_exactly_with_depthwise_layers_and_norm_counters(mobilenet_run):
+    """The compact file holds every tensor of model.pt in its order, the norm layers' int64 counters included
+    (kind 4, version 3), and the independent reader of docs/formats.md decodes it to the same bits."""
+    out_dir, _ = mobilenet_run
+    export_run(out_dir, None, remove_dead=True, file_format="compact")
+    expected = torch.load(out_dir / "model.pt", weights_only=True)
+    model, ours = read_compact(out_dir / "model_compact.bin")
+    theirs = read_file(out_dir / "model_compact.bin")
+    assert model == "mobilenet_v3_small" and (out_dir / "model_compact.bin").read_bytes()[4] == 3
+    for decoded in (ours, theirs):
+        assert list(decoded) == list(expected)
+        assert all(decoded[key].dtype == value.dtype and torch.equal(decoded[key], value)
+                   for key, value in expected.items())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.arch=none_such"], "model.arch=none_such is no torchvision classifier; choose one of"),
+        (["model.arch=alexnet"], "model.arch=alexnet has its paper names here: use model=alexnet"),
+        (["model.arch=resnet18", "pruning.exclude=[conv9]"], "pruning.exclude names conv9, which this model does "
+         "not have; its prunable layers: conv1, layer1.0.conv1"),
+        (["model.arch=resnet18", "model.input_shape=[3,32]"], "model.input_shape is [3, 32]; give [channels, "),
+    ],
+)  # fmt: skip
+def test_bad_model_settings_are_one_line(overrides, expected):
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config("model=torchvision", *overrides))
+    assert str(refused.value).startswith(expected) and "\n" not in str(refused.value)
+
+
+def test_a_missing_architecture_says_how_to_name_one():
+    with pytest.raises(UserError, match="model=torchvision needs model.arch=NAME, a torchvision classifier, e.g."):
+        plan_run(compose_config("model=torchvision"))
+
+
+def test_excluding_every_layer_is_refused():
+    layers = ",".join(get_model_spec("mobilenet_v3_small").layers)
+    with pytest.raises(UserError, match="pruning.exclude leaves no layer to prune"):
+        plan_run(compose_config("model=torchvision", "model.arch=mobilenet_v3_small", f"pruning.exclude=[{layers}]"))

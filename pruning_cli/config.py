@@ -100,11 +100,16 @@ class SyntheticDataset(DatasetConfig):
 
 @dataclass
 class ImageFolderDataset(DatasetConfig):
-    """A local ImageNet, `<root>/{train,val}/<class>/*.JPEG`, decoded by DataLoader worker processes."""
+    """Images in class folders, `<root>/{train,val}/<class>/*` (ImageNet, or your own), decoded by DataLoader
+    worker processes: training images randomly resized, cropped to `size` and flipped; evaluation images resized
+    to 256/224 of `size` and centre-cropped; both normalised with `mean` and `std` per channel."""
 
     root: str = IMAGENET_ROOT
     num_workers: int = ranged(NON_NEGATIVE, 8)
     eval_batch_size: int = ranged(AT_LEAST_ONE, 250)
+    size: int = ranged(AT_LEAST_ONE, 224)  # height and width the model sees
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet's, per RGB channel
+    std: list[float] = ranged(POSITIVE, default_factory=lambda: [0.229, 0.224, 0.225])
 
 
 @dataclass
@@ -237,6 +242,10 @@ class RunConfig:
 # lists its schema first in its defaults (`defaults: [mnist_like, _self_]`). The `pruning` group's come from the
 # policy registry (pruning_cli/policies/registry.py).
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {"mnist_like": MnistLikeDataset, "synthetic_data": SyntheticDataset, "image_folder": ImageFolderDataset},
+    "dataset": {
+        "mnist_like": MnistLikeDataset,
+        "synthetic_data": SyntheticDataset,
+        "image_folder_data": ImageFolderDataset,
+    },
     "task": {"prune_task": PruneTask, "sensitivity_task": SensitivityTask},
 }

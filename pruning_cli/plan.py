@@ -7,7 +7,15 @@ and the core receives plain values and the pruning policy, its settings checked.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pruning_cli.config import LevelKind, MnistLikeDataset, PhaseConfig, QuantizeConfig, RunConfig, SensitivityTask
+from pruning_cli.config import (
+    ImageFolderDataset,
+    LevelKind,
+    MnistLikeDataset,
+    PhaseConfig,
+    QuantizeConfig,
+    RunConfig,
+    SensitivityTask,
+)
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.models.discover import torchvision_classifiers
@@ -77,8 +85,10 @@ def model_plan(config: RunConfig) -> ModelSpec:
             raise UserError(f"model.arch={model.arch} has its paper names here: use model={model.arch}")
     if model.input_shape is not None and (len(model.input_shape) != 3 or min(model.input_shape) < 1):
         raise UserError(f"model.input_shape is {model.input_shape}; give [channels, height, width], e.g. [3,32,32]")
-    mnist_like = (3, 28, 28) if isinstance(config.dataset, MnistLikeDataset) else None
-    shape = tuple(model.input_shape) if model.input_shape is not None else mnist_like
+    dataset = config.dataset  # the data set's own size where it has one
+    native = (3, dataset.size, dataset.size) if isinstance(dataset, ImageFolderDataset) else None
+    native = (3, 28, 28) if isinstance(dataset, MnistLikeDataset) else native
+    shape = tuple(model.input_shape) if model.input_shape is not None else native
     spec = get_model_spec(model_key(model.name, model.arch), shape)
     try:
         return spec.without(config.pruning.exclude) if config.pruning.exclude else spec

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchvision
 from independent_reader import read_file
+from PIL import Image
 from runs import run_in_process
 from torch import nn
 
@@ -127,3 +128,36 @@ def test_excluding_every_layer_is_refused():
     layers = ",".join(get_model_spec("mobilenet_v3_small").layers)
     with pytest.raises(UserError, match="pruning.exclude leaves no layer to prune"):
         plan_run(compose_config("model=torchvision", "model.arch=mobilenet_v3_small", f"pruning.exclude=[{layers}]"))
+
+
+def _write_folders(root, classes: int, per_class: dict[str, int]) -> None:
+    """An image folder of `classes` classes, images of varying sizes (PNG), per split as `per_class` says."""
+    generator = torch.Generator().manual_seed(0)
+    for split, count in per_class.items():
+        for label in range(classes):
+            (root / split / f"class_{label}").mkdir(parents=True)
+            for index in range(count):
+                pixels = torch.randint(256, (20 + 3 * index, 24 + label, 3), generator=generator, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / f"class_{label}" / f"{index}.png")
+
+
+@pytest.mark.slow
+def test_your_own_image_folder_trains_a_torchvision_model_at_its_size(tmp_path):
+    """dataset=image_folder: 3 classes of images of different sizes, cropped to dataset.size for the model."""
+    _write_folders(tmp_path / "images", 3, {"train": 6, "val": 2})
+    overrides = [
+        "model=torchvision", "model.arch=mobilenet_v3_small", "dataset=image_folder",
+        f"dataset.root={tmp_path / 'images'}", "dataset.size=32", "dataset.num_workers=0", "dataset.eval_batch_size=4", "train.epochs=1", "retrain.epochs=1",
+        "pruning.iterations=1", "train.batch_size=6", "retrain.batch_size=6", "dataset.val_split=3",
+    ]  # fmt: skip
+    metrics = run_in_process(tmp_path / "run", *overrides)
+    assert metrics.phase.tolist() == ["train", "prune", "retrain"] and metrics.params_total.iloc[0] > 1_000_000
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert state["classifier.3.weight"].shape == (3, 1024)  # the folder's classes
+
+
+def test_an_image_folders_normalisation_needs_a_value_per_channel(tmp_path):
+    _write_folders(tmp_path / "images", 2, {"train": 1, "val": 1})
+    with pytest.raises(UserError, match="dataset.mean and dataset.std need one value per channel of the model's"):
+        run_in_process(tmp_path / "run", "model=torchvision", "model.arch=resnet18", "dataset=image_folder",
+                       f"dataset.root={tmp_path / 'images'}", "dataset.mean=[0.5]", "dataset.std=[0.5]")  # fmt: skip

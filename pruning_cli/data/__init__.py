@@ -23,7 +23,11 @@ def load_data(config: DatasetConfig, input_shape: tuple[int, int, int], seed: in
         shape = IMAGENET_SHAPE if config.name == "synthetic_imagenet" else input_shape
         data = make_synthetic(config.num_train, config.num_test, config.num_classes, shape, seed)
     elif isinstance(config, ImageFolderDataset):
-        data = load_imagenet(Path(config.root), config.num_workers, seed)
+        what = "ImageNet" if config.name == "imagenet" else "image"
+        if not len(config.mean) == len(config.std) == input_shape[0]:
+            raise UserError(f"dataset.mean and dataset.std need one value per channel of the model's input "
+                            f"({input_shape[0]}), not {len(config.mean)} and {len(config.std)}")  # fmt: skip
+        data = load_imagenet(Path(config.root), config.num_workers, seed, config.size, config.mean, config.std, what)
     elif isinstance(config, MnistLikeDataset) and config.name in MNIST_LIKE:
         system_dir = Path(config.system_dir) if config.system_dir else None
         data = load_mnist_like(config.name, Path(config.root), config.download, system_dir)

@@ -147,8 +147,9 @@ def test_your_own_image_folder_trains_a_torchvision_model_at_its_size(tmp_path):
     _write_folders(tmp_path / "images", 3, {"train": 6, "val": 2})
     overrides = [
         "model=torchvision", "model.arch=mobilenet_v3_small", "dataset=image_folder",
-        f"dataset.root={tmp_path / 'images'}", "dataset.size=32", "dataset.num_workers=0", "dataset.eval_batch_size=4", "train.epochs=1", "retrain.epochs=1",
-        "pruning.iterations=1", "train.batch_size=6", "retrain.batch_size=6", "dataset.val_split=3",
+        f"dataset.root={tmp_path / 'images'}", "dataset.size=32", "dataset.num_workers=0", "dataset.eval_batch_size=4",
+        "train.epochs=1", "retrain.epochs=1", "pruning.iterations=1", "train.batch_size=6", "retrain.batch_size=6",
+        "dataset.val_split=3",
     ]  # fmt: skip
     metrics = run_in_process(tmp_path / "run", *overrides)
     assert metrics.phase.tolist() == ["train", "prune", "retrain"] and metrics.params_total.iloc[0] > 1_000_000

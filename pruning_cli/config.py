@@ -8,6 +8,7 @@ the core never sees an omegaconf object. The YAML files of `configs/` only choos
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from pruning_cli.ranges import ANY, AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, ranged
 
@@ -61,9 +62,13 @@ class ModelConfig:
     weights: str | None = None
     # model=torchvision: the classifier torchvision builds (resnet18, mobilenet_v3_small, efficientnet_b0, ...).
     arch: str | None = None
-    # Channels, height, width the model takes (model=torchvision; null: 3 channels at an MNIST-like set's 28 x 28,
-    # else 224 x 224). MNIST-like images are adapted to it: grayscale repeated, resized to its height and width.
+    # Channels, height, width the model takes (model=torchvision; null: 3 channels at the data set's own size,
+    # 224 x 224 for generated ImageNet-like data; model=custom: the data set's). MNIST-like images are adapted to
+    # it: grayscale repeated, resized to its height and width.
     input_shape: list[int] | None = None
+    # model=custom: your own nn.Module, built by hydra.utils.instantiate from its import path and `args`.
+    _target_: str | None = None
+    args: Any = None  # keyword arguments, e.g. model.args={hidden:64}
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pruning_cli.distributed import SINGLE_PROCESS, Shard, process_group
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec
 from pruning_cli.models.pretrained import build_model
+from pruning_cli.models.registry import CUSTOM
 from pruning_cli.plan import AnalysisPlan, RunPlan, plan_run
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
@@ -269,9 +270,26 @@ def run_model(spec: ModelSpec, config: RunConfig, num_classes: int) -> nn.Module
     """The run's model; compiled, its dropouts hold their rates as tensors, so that a rescaled rate does not
     recompile the training step."""
     model = build_model(spec, config.model.name, num_classes, config.model.weights)
+    if config.model.name == CUSTOM:  # a registered or torchvision model is built with the data set's classes
+        check_outputs(model, spec.input_shape, num_classes, config.model._target_)
     if config.compile:
         use_rate_dropouts(model, list(spec.dropouts.values()))
     return model
+
+
+def check_outputs(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, target: str) -> None:
+    """A one-line error, before any training, when your module does not give one logit per class of the data."""
+    try:
+        with torch.no_grad():
+            logits = model.eval()(torch.zeros(2, *input_shape))
+    except RuntimeError as error:
+        raise UserError(f"model._target_={target} cannot take a batch of {list(input_shape)} images "
+                        f"(model.input_shape): {str(error).splitlines()[0]}") from error  # fmt: skip
+    if tuple(logits.shape) != (2, num_classes):
+        raise UserError(
+            f"model._target_={target} outputs {list(logits.shape[1:])} per image, but the data set has {num_classes} "
+            "classes: give it one logit per class (e.g. through model.args)"
+        )
 
 
 def rescale_dropouts(

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from pruning_cli.config import (
     ImageFolderDataset,
     LevelKind,
-    MnistLikeDataset,
     PhaseConfig,
     QuantizeConfig,
     RunConfig,
     SensitivityTask,
+    SyntheticDataset,
 )
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.models.discover import torchvision_classifiers
-from pruning_cli.models.registry import MODELS, TORCHVISION, model_key
+from pruning_cli.models.registry import CUSTOM, MODELS, TORCHVISION, custom_spec, model_key
 from pruning_cli.policies import PolicyContext, PruningPolicy, build_policy
 from pruning_cli.policies.base import NoPruning
 from pruning_cli.ranges import range_problems
@@ -68,8 +68,8 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
 
 
 def model_plan(config: RunConfig) -> ModelSpec:
-    """The model's spec, its excluded layers left dense: a registered network, or a torchvision classifier by
-    name (its layers discovered, its input shape the config's or the data set's)."""
+    """The model's spec, its excluded layers left dense: a registered network, a torchvision classifier by name, or
+    your own module (their layers discovered, their input shape the config's or the data set's)."""
     model = config.model
     if model.name == TORCHVISION:
         if model.arch is None:
@@ -85,15 +85,30 @@ def model_plan(config: RunConfig) -> ModelSpec:
             raise UserError(f"model.arch={model.arch} has its paper names here: use model={model.arch}")
     if model.input_shape is not None and (len(model.input_shape) != 3 or min(model.input_shape) < 1):
         raise UserError(f"model.input_shape is {model.input_shape}; give [channels, height, width], e.g. [3,32,32]")
-    dataset = config.dataset  # the data set's own size where it has one
-    native = (3, dataset.size, dataset.size) if isinstance(dataset, ImageFolderDataset) else None
-    native = (3, 28, 28) if isinstance(dataset, MnistLikeDataset) else native
-    shape = tuple(model.input_shape) if model.input_shape is not None else native
-    spec = get_model_spec(model_key(model.name, model.arch), shape)
+    shape = tuple(model.input_shape) if model.input_shape is not None else native_shape(config)
     try:
+        if model.name == CUSTOM:
+            if not model._target_:
+                raise ValueError(
+                    "model=custom needs model._target_=IMPORT.PATH of an nn.Module, e.g. my_pkg.nets.MyNet"
+                )
+            spec = custom_spec(model._target_, model.args, shape)
+        else:
+            spec = get_model_spec(model_key(model.name, model.arch), shape if model.name == TORCHVISION else None)
         return spec.without(config.pruning.exclude) if config.pruning.exclude else spec
     except ValueError as error:
         raise UserError(str(error)) from error
+
+
+def native_shape(config: RunConfig) -> tuple[int, int, int]:
+    """The input of a discovered model where model.input_shape leaves it open: the data set's own images (3
+    channels for a torchvision classifier), generated ones at 28 x 28 (ImageNet-like: 224 x 224)."""
+    dataset, channels = config.dataset, 3 if config.model.name == TORCHVISION else 1
+    if isinstance(dataset, ImageFolderDataset):
+        return 3, dataset.size, dataset.size
+    if isinstance(dataset, SyntheticDataset) and dataset.name == "synthetic_imagenet":
+        return 3, 224, 224
+    return channels, 28, 28
 
 
 def quantize_plan(quantize: QuantizeConfig, spec: ModelSpec, processes: int) -> dict[str, int] | None:

@@ -162,3 +162,42 @@ def test_an_image_folders_normalisation_needs_a_value_per_channel(tmp_path):
     with pytest.raises(UserError, match="dataset.mean and dataset.std need one value per channel of the model's"):
         run_in_process(tmp_path / "run", "model=torchvision", "model.arch=resnet18", "dataset=image_folder",
                        f"dataset.root={tmp_path / 'images'}", "dataset.mean=[0.5]", "dataset.std=[0.5]")  # fmt: skip
+
+
+CUSTOM = ["model=custom", "model._target_=own_nets.TinyNet", "dataset=synthetic", "dataset.num_train=256",
+          "dataset.num_test=64", "train.epochs=1", "retrain.epochs=1", "pruning.iterations=2"]  # fmt: skip
+
+
+def test_your_own_module_is_built_from_its_import_path_and_prunes_end_to_end(tmp_path):
+    metrics = run_in_process(tmp_path, *CUSTOM, "model.args={width:6}")
+    layers = pd.read_csv(tmp_path / "layers.csv")
+    final = layers[(layers.iteration == 2) & (layers.phase == "retrain")].set_index("layer")
+    assert list(final.index) == ["features.0", "features.2", "head.1"]
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert state["features.0.weight"].shape == (6, 1, 3, 3) and state["features.2.weight"].shape == (6, 1, 3, 3)
+    for name, row in final.iterrows():
+        assert row.weights_nonzero == torch.count_nonzero(state[f"{name}.weight"]), name
+    assert metrics.compression.iloc[-1] > 1.5 and final.loc["features.2", "flops_total"] == 2 * 54 * 26 * 26
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model._target_=own_nets.Missing"], "model._target_=own_nets.Missing cannot be built: "),
+        (["model._target_=no_such_package.Net"], "model._target_=no_such_package.Net cannot be built: "),
+        (["model._target_=own_nets.NoWeights"], "model._target_=own_nets.NoWeights has no Conv2d or Linear layer"),
+        (["model._target_=own_nets.TinyNet", "model.args={depth:3}"], "model._target_=own_nets.TinyNet cannot be"),
+    ],
+)
+def test_a_module_that_cannot_be_used_is_refused_in_one_line_before_training(overrides, expected):
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config("model=custom", "dataset=synthetic", *overrides))
+    assert str(refused.value).startswith(expected) and "\n" not in str(refused.value)
+
+
+def test_a_module_whose_outputs_do_not_match_the_classes_is_refused_before_training(tmp_path):
+    with pytest.raises(UserError) as refused:
+        run_in_process(tmp_path, *CUSTOM, "model.args={classes:7}")
+    assert str(refused.value) == ("model._target_=own_nets.TinyNet outputs [7] per image, but the data set has 10 "
+                                  "classes: give it one logit per class (e.g. through model.args)")  # fmt: skip
+    assert not (tmp_path / "metrics.csv").exists()

@@ -2,11 +2,12 @@
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 from torch import nn
 
-from pruning_cli.models.discover import discovered_layers, torchvision_classifiers
+from pruning_cli.models.discover import discovered_layers, feeding_dropouts, prunable_paths, torchvision_classifiers
 from pruning_cli.models.imagenet import (
     ALEXNET_DROPOUTS,
     ALEXNET_LAYERS,
@@ -97,10 +98,41 @@ TORCHVISION = "torchvision"
 IMAGENET_SHAPE = (3, 224, 224)
 
 
-def model_key(name: str, arch: str | None = None) -> str:
-    """What a run's model is called in its CSVs, reports and exported files: the registered name, or the
-    torchvision architecture of `model=torchvision`."""
-    return arch if name == TORCHVISION and arch else name
+def model_key(name: str, arch: str | None = None, target: str | None = None) -> str:
+    """What a run's model is called in its CSVs, reports and exported files: the registered name, the torchvision
+    architecture of `model=torchvision`, or the import path of `model=custom`."""
+    if name == TORCHVISION and arch:
+        return arch
+    return target if name == CUSTOM and target else name
+
+
+CUSTOM = "custom"
+
+
+def custom_spec(target: str, args: Mapping | None, input_shape: tuple[int, int, int]) -> ModelSpec:
+    """Your own module (`model=custom`): `target(**args)` built by hydra.utils.instantiate, its layers discovered
+    as a torchvision classifier's. ValueError when it cannot be built or has no layer to prune."""
+    build = partial(_instantiate, target, dict(args or {}))
+    with torch.device("meta"):
+        model = build(0)
+    layers = prunable_paths(model)
+    if not layers:
+        raise ValueError(f"model._target_={target} has no Conv2d or Linear layer: nothing to prune")
+    return ModelSpec(build, layers, input_shape, feeding_dropouts(model, layers), None, False)
+
+
+def _instantiate(target: str, args: dict, _num_classes: int) -> nn.Module:
+    """`target(**args)`; its output size is the user's to match with the data set (checked at the run's start)."""
+    from hydra.utils import instantiate
+
+    try:
+        model = instantiate({"_target_": target, **args})
+    except Exception as error:  # an import path that does not import, arguments it does not take
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model._target_={target} cannot be built: {reason}") from error
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model._target_={target} built a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def get_model_spec(name: str, input_shape: tuple[int, int, int] | None = None) -> ModelSpec:

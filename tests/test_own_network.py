@@ -70,13 +70,14 @@ def test_mnist_like_images_are_resized_and_their_channel_repeated_for_the_model(
 def mobilenet_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("mobilenet")
     excluded = "pruning.exclude=[features.0.0,classifier.3]"
-    return out_dir, run_in_process(out_dir, *TORCHVISION, "model.arch=mobilenet_v3_small", excluded)
+    quantized = ["quantize=kmeans", "quantize.epochs=1", "quantize.batch_size=16"]
+    return out_dir, run_in_process(out_dir, *TORCHVISION, "model.arch=mobilenet_v3_small", excluded, *quantized)
 
 
 def test_a_mobilenet_prunes_end_to_end_and_its_csvs_count_the_weights_of_model_pt(mobilenet_run):
     out_dir, metrics = mobilenet_run
     layers = pd.read_csv(out_dir / "layers.csv")
-    final = layers[(layers.iteration == 1) & (layers.phase == "retrain")].set_index("layer")
+    final = layers[(layers.iteration == 1) & (layers.phase == "quantize")].set_index("layer")
     state = torch.load(out_dir / "model.pt", weights_only=True)
     assert "features.0.0" not in final.index and "classifier.3" not in final.index  # pruning.exclude
     assert torch.count_nonzero(state["classifier.3.weight"]) == state["classifier.3.weight"].numel()
@@ -88,16 +89,17 @@ def test_a_mobilenet_prunes_end_to_end_and_its_csvs_count_the_weights_of_model_p
     assert metrics.compression.iloc[-1] > 1.5
 
 
-def test_its_export_decodes_exactly_with_depthwise_layers_and_norm_counters(mobilenet_run):
-    """The compact file holds every tensor of model.pt in its order, the norm layers' int64 counters included
-    (kind 4, version 3), and the independent reader of docs/formats.md decodes it to the same bits."""
+@pytest.mark.parametrize("encoding", ["compact", "quantized", "deep"])
+def test_its_export_decodes_exactly_with_depthwise_layers_and_norm_counters(mobilenet_run, encoding):
+    """Each file holds every tensor of model.pt in its order, the norm layers' int64 counters included (kind 4,
+    version 3), and the independent reader of docs/formats.md decodes it to the same bits as ours."""
     out_dir, _ = mobilenet_run
-    export_run(out_dir, None, remove_dead=True, file_format="compact")
-    expected = torch.load(out_dir / "model.pt", weights_only=True)
-    model, ours = read_compact(out_dir / "model_compact.bin")
-    theirs = read_file(out_dir / "model_compact.bin")
-    assert model == "mobilenet_v3_small" and (out_dir / "model_compact.bin").read_bytes()[4] == 3
-    for decoded in (ours, theirs):
+    if not (out_dir / "model_deep.bin").exists():
+        export_run(out_dir, None, remove_dead=True, file_format="all")
+    path, expected = out_dir / f"model_{encoding}.bin", torch.load(out_dir / "model.pt", weights_only=True)
+    model, ours = read_compact(path)
+    assert model == "mobilenet_v3_small" and path.read_bytes()[4] == 3
+    for decoded in (ours, read_file(path)):
         assert list(decoded) == list(expected)
         assert all(decoded[key].dtype == value.dtype and torch.equal(decoded[key], value)
                    for key, value in expected.items())  # fmt: skip

@@ -31,6 +31,7 @@ from pruning_cli.records import (
     flatten,
     read_run_record,
 )
+from pruning_cli.sparse.cli import excluded_layers
 from pruning_cli.sparse.export import export_state_dict, file_sizes, is_quantized
 
 TEXT_COLUMNS = ("phase", "layer")
@@ -297,7 +298,7 @@ def _read_storage(run_dir: Path, model: str) -> pd.DataFrame:
     quantized model; one row per prunable layer, "biases+other" and "total"."""
     try:
         state = load_model_state(run_dir / MODEL_FILE)
-        exported, report = export_state_dict(state, model, remove_dead=True)
+        exported, report = export_state_dict(state, model, True, excluded_layers(run_dir))
         for encoding in ("quantized", "deep"):
             sizes = file_sizes(exported, model, encoding) if is_quantized(exported) is None else {}
             report[f"{encoding}_bytes"] = pd.array(report.layer.map(sizes), dtype="Int64")

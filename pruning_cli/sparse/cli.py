@@ -65,6 +65,15 @@ def model_name_from_run(run_dir: Path) -> str:
     return name
 
 
+def excluded_layers(run_dir: Path) -> list[str]:
+    """The layers the run left dense (pruning.exclude in its record; none for an older run or no record)."""
+    try:
+        pruning = read_run_record(run_dir)["config"].get("pruning") or {}
+    except ValueError:
+        return []
+    return list(pruning.get("exclude") or [])
+
+
 def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_format: str = "csr") -> str:
     """Export RUN_DIR/model.pt into RUN_DIR (`OUTPUTS[file_format]`); return the printed report."""
     if not run_dir.is_dir():
@@ -87,7 +96,7 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     mismatch = state_dict_mismatch(spec.build(num_classes).state_dict(), state)
     if mismatch:
         raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
-    exported, report = export_state_dict(state, name, remove_dead=remove_dead)
+    exported, report = export_state_dict(state, name, remove_dead, excluded_layers(run_dir))
     formats = list(OUTPUTS) if file_format == ALL else [file_format]
     quantized = is_quantized(exported)
     if quantized is not None and file_format in QUANTIZED_FORMATS:

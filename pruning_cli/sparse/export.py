@@ -12,7 +12,7 @@ incoming or no outgoing connection are physically removed (paper sec. 3.5), so t
 dense shapes.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +105,12 @@ def remove_dead_hidden_units(
 
 
 def export_state_dict(
-    state: Mapping[str, Tensor], model_name: str, remove_dead: bool = False
+    state: Mapping[str, Tensor], model_name: str, remove_dead: bool = False, excluded: Sequence[str] = ()
 ) -> tuple[dict, pd.DataFrame]:
-    """The export payload (see the module docstring) and its size report (`size_report`)."""
+    """The export payload (see the module docstring) and its size report (`size_report`); the layers `excluded`
+    from pruning (pruning.exclude) are stored dense, as the model's other tensors."""
     spec = get_model_spec(model_name)
+    spec = spec.without(excluded) if excluded else spec
     layers = spec.layers
     missing = [f"{path}.weight" for path in layers.values() if f"{path}.weight" not in state]
     if missing:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pruning_cli.config import (
     ImageFolderDataset,
     LevelKind,
+    MnistLikeDataset,
     PhaseConfig,
     QuantizeConfig,
     RunConfig,
@@ -50,7 +51,7 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
     check_phase("train", config.train, processes)
     check_phase("retrain", config.retrain, processes)
     context = PolicyContext(
-        model_key(config.model.name, config.model.arch), spec.layer_kinds(), spec.layer_sizes(),
+        model_key(config.model.name, config.model.arch, config.model._target_), spec.layer_kinds(), spec.layer_sizes(),
         config.retrain.freeze, config.retrain.epochs, config.dataset.val_split > 0,
     )  # fmt: skip
     if isinstance(config.task, SensitivityTask):
@@ -86,6 +87,7 @@ def model_plan(config: RunConfig) -> ModelSpec:
     if model.input_shape is not None and (len(model.input_shape) != 3 or min(model.input_shape) < 1):
         raise UserError(f"model.input_shape is {model.input_shape}; give [channels, height, width], e.g. [3,32,32]")
     shape = tuple(model.input_shape) if model.input_shape is not None else native_shape(config)
+    check_input_shape(config, shape)
     try:
         if model.name == CUSTOM:
             if not model._target_:
@@ -98,6 +100,22 @@ def model_plan(config: RunConfig) -> ModelSpec:
         return spec.without(config.pruning.exclude) if config.pruning.exclude else spec
     except ValueError as error:
         raise UserError(str(error)) from error
+
+
+def check_input_shape(config: RunConfig, shape: tuple[int, ...]) -> None:
+    """Refuse a model input the data set will not deliver (its images are not resized to it)."""
+    model, dataset = config.model, config.dataset
+    if model.input_shape is not None and model.name not in (TORCHVISION, CUSTOM):
+        raise UserError(f"model.input_shape applies to model=torchvision and model=custom; model={model.name} takes "
+                        "its own, leave it null")  # fmt: skip
+    delivered = native_shape(config) if not isinstance(dataset, MnistLikeDataset) else shape
+    if model.name in (TORCHVISION, CUSTOM) and not isinstance(dataset, SyntheticDataset) and shape != delivered:
+        size = f"dataset.size={dataset.size} makes" if isinstance(dataset, ImageFolderDataset) else "the data set has"
+        raise UserError(f"model.input_shape is {list(shape)} but {size} {list(delivered)} images: set one to the "
+                        "other")  # fmt: skip
+    if isinstance(dataset, SyntheticDataset) and dataset.name == "synthetic_imagenet" and shape != (3, 224, 224):
+        raise UserError(f"dataset=synthetic_imagenet makes [3, 224, 224] images, not {list(shape)}: leave "
+                        "model.input_shape null")  # fmt: skip
 
 
 def native_shape(config: RunConfig) -> tuple[int, int, int]:

@@ -200,6 +200,57 @@ def test_a_module_that_cannot_be_used_is_refused_in_one_line_before_training(ove
 def test_a_module_whose_outputs_do_not_match_the_classes_is_refused_before_training(tmp_path):
     with pytest.raises(UserError) as refused:
         run_in_process(tmp_path, *CUSTOM, "model.args={classes:7}")
-    assert str(refused.value) == ("model._target_=own_nets.TinyNet outputs [7] per image, but the data set has 10 "
+    assert str(refused.value) == ("model own_nets.TinyNet outputs [7] per image, but the data set has 10 "
                                   "classes: give it one logit per class (e.g. through model.args)")  # fmt: skip
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_a_linear_layer_over_a_sequence_counts_one_multiply_add_per_token(tmp_path):
+    run_in_process(tmp_path, *CUSTOM, "model._target_=own_nets.TokenMixer", "pruning.iterations=1")
+    layers = pd.read_csv(tmp_path / "layers.csv").query("iteration == 0").set_index("layer")
+    assert layers.loc["mix", "flops_total"] == 2 * 64 * 49 and layers.loc["head", "flops_total"] == 2 * 80
+    assert layers.loc["stem", "flops_total"] == 2 * 128 * 49
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("own_nets.Raises", "model own_nets.Raises cannot take a batch of [1, 28, 28] images (model.input_shape): "
+         "this module wants 32 x 32 images"),
+        ("own_nets.Functional", "a forward pass never calls hidden as a module (used functionally, or an auxiliary "
+         "head): leave it dense with pruning.exclude=[...]"),
+    ],
+)  # fmt: skip
+def test_a_module_that_fails_forward_or_hides_a_layer_is_refused_before_training(target, expected, tmp_path):
+    with pytest.raises(UserError) as refused:
+        run_in_process(tmp_path, *CUSTOM, f"model._target_={target}")
+    assert str(refused.value) == expected and not (tmp_path / "metrics.csv").exists()
+
+
+def test_excluding_a_layer_of_a_paper_network_keeps_its_export_exact(tmp_path):
+    """With fc2 left dense, fc1's units no longer feed a pruned layer directly: no dead unit is removed, and the
+    export decodes to model.pt."""
+    smoke = ["dataset=synthetic", "dataset.num_train=256", "dataset.num_test=64", "train.epochs=1", "retrain.epochs=0"]
+    run_in_process(tmp_path, *smoke, "pruning.exclude=[fc2]", "pruning.sensitivity=3", "pruning.iterations=1")
+    export_run(tmp_path, None, remove_dead=True, file_format="compact")
+    expected = torch.load(tmp_path / "model.pt", weights_only=True)
+    _, decoded = read_compact(tmp_path / "model_compact.bin")
+    assert all(torch.equal(decoded[key], value) for key, value in expected.items())
+    assert torch.count_nonzero(expected["fc2.weight"]) == expected["fc2.weight"].numel()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=lenet5", "model.input_shape=[1,32,32]"], "model.input_shape applies to model=torchvision and "),
+        (["model=torchvision", "model.arch=resnet18", "dataset=image_folder", "dataset.root=/x", "dataset.size=64",
+          "model.input_shape=[3,32,32]"], "model.input_shape is [3, 32, 32] but dataset.size=64 makes [3, 64, 64]"),
+        (["model=torchvision", "model.arch=resnet18", "dataset=synthetic_imagenet", "model.input_shape=[3,64,64]"],
+         "dataset=synthetic_imagenet makes [3, 224, 224] images, not [3, 64, 64]"),
+        (["model=custom", "model._target_=own_nets.TinyNet", "model.args=3"], "model.args is 3; give keyword"),
+    ],
+)  # fmt: skip
+def test_an_input_the_data_will_not_deliver_is_refused_in_one_line(overrides, expected):
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config(*overrides))
+    assert str(refused.value).startswith(expected) and "\n" not in str(refused.value)

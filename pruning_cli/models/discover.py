@@ -49,9 +49,9 @@ def torchvision_classifiers() -> list[str]:
 @cache
 def discovered_layers(arch: str) -> tuple[dict[str, str], dict[str, str]]:
     """The prunable layers and feeding dropouts of torchvision's `arch` (built on the meta device: no memory)."""
-    import torchvision
+    from pruning_cli.models.imagenet import torchvision_builder
 
     with torch.device("meta"):
-        model = torchvision.models.get_model(arch, weights=None, num_classes=10)
+        model = torchvision_builder(arch)(10)
     layers = prunable_paths(model)
     return layers, feeding_dropouts(model, layers)

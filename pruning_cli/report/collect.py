@@ -395,7 +395,7 @@ def _collect_run(gathered: _Gathered, run_id: str, run_dir: Path) -> None:
         gathered.skipped.append(Skipped(run_dir, str(problem)))
         return
     model, dataset, seed = (_select(config, key) for key in ("model.name", "dataset.name", "seed"))
-    model = model_key(model, _select(config, "model.arch")) if isinstance(model, str) else model
+    model = model_key(model, _select(config, "model.arch"), _select(config, "model._target_")) if model else model
     if not isinstance(model, str):
         gathered.skipped.append(Skipped(run_dir, f"{RUN_RECORD} has no model.name"))
         return

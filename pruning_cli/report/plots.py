@@ -178,11 +178,12 @@ def histogram_layer(model: str) -> tuple[str, str] | None:
     from pruning_cli.models import get_model_spec
 
     try:
-        layers = get_model_spec(model).layers
+        spec = get_model_spec(model)
     except KeyError:
         return None
-    name = next((name for name in layers if name.startswith("fc")), next(iter(layers)))
-    return name, layers[name]
+    kinds = spec.layer_kinds()
+    name = next((name for name, kind in kinds.items() if kind == "fc"), next(iter(kinds)))
+    return name, spec.layers[name]
 
 
 def _weights(path: Path, key: str) -> Any:

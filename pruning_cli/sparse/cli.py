@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a prune-run output directory with model.pt")
     parser.add_argument(
         "--model",
-        help=f"model name ({', '.join(MODELS)}); default: model.name in RUN_DIR/{RUN_RECORD}",
+        help=f"model name ({', '.join(MODELS)}, or a torchvision classifier such as resnet18); default: the model of "
+        f"RUN_DIR/{RUN_RECORD}",
     )
     parser.add_argument(
         "--keep-dead",
@@ -57,11 +58,15 @@ def model_name_from_run(run_dir: Path) -> str:
     """The run's model from its record (run.json): `model.name`, or `model.arch` of `model=torchvision`."""
     try:
         model = read_run_record(run_dir)["config"].get("model")
-        name = model_key(model.get("name"), model.get("arch")) if isinstance(model, dict) else None
+        name = (
+            model_key(model.get("name"), model.get("arch"), model.get("_target_")) if isinstance(model, dict) else None
+        )
     except ValueError as problem:
-        raise UserError(f"{run_dir}: {problem}, so the model is unknown; pass --model {'|'.join(MODELS)}") from problem
+        raise UserError(
+            f"{run_dir}: {problem}, so the model is unknown; pass --model {'|'.join(MODELS)}|<torchvision name>"
+        ) from problem
     if not isinstance(name, str):
-        raise UserError(f"{run_dir / RUN_RECORD} has no model.name; pass --model {'|'.join(MODELS)}")
+        raise UserError(f"{run_dir / RUN_RECORD} has no model.name; pass --model {'|'.join(MODELS)}|<torchvision name>")
     return name
 
 
@@ -82,6 +87,9 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
     name = model_name or model_name_from_run(run_dir)
+    if "." in name:  # model=custom: the import path of the user's module
+        raise UserError(f"{run_dir} is a model=custom run ({name}); prune-export cannot rebuild your module yet: "
+                        "load model.pt into it with torch.load and load_state_dict")  # fmt: skip
     try:
         spec = get_model_spec(name)
     except KeyError:
@@ -96,7 +104,10 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     mismatch = state_dict_mismatch(spec.build(num_classes).state_dict(), state)
     if mismatch:
         raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
-    exported, report = export_state_dict(state, name, remove_dead, excluded_layers(run_dir))
+    try:
+        exported, report = export_state_dict(state, name, remove_dead, excluded_layers(run_dir))
+    except ValueError as error:  # the record's pruning.exclude names layers --model does not have
+        raise UserError(f"{model_file}: {error}") from error
     formats = list(OUTPUTS) if file_format == ALL else [file_format]
     quantized = is_quantized(exported)
     if quantized is not None and file_format in QUANTIZED_FORMATS:

@@ -65,7 +65,7 @@ class ModelConfig:
     # Channels, height, width the model takes (model=torchvision; null: 3 channels at the data set's own size,
     # 224 x 224 for generated ImageNet-like data; model=custom: the data set's). MNIST-like images are adapted to
     # it: grayscale repeated, resized to its height and width.
-    input_shape: list[int] | None = None
+    input_shape: list[int] | None = ranged(AT_LEAST_ONE, None)
     # model=custom: your own nn.Module, built by hydra.utils.instantiate from its import path and `args`.
     _target_: str | None = None
     args: Any = None  # keyword arguments, e.g. model.args={hidden:64}
@@ -113,7 +113,7 @@ class ImageFolderDataset(DatasetConfig):
     num_workers: int = ranged(NON_NEGATIVE, 8)
     eval_batch_size: int = ranged(AT_LEAST_ONE, 250)
     size: int = ranged(AT_LEAST_ONE, 224)  # height and width the model sees
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet's, per RGB channel
+    mean: list[float] = ranged(ANY, default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet's, per RGB channel
     std: list[float] = ranged(POSITIVE, default_factory=lambda: [0.229, 0.224, 0.225])
 
 

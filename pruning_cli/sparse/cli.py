@@ -87,23 +87,7 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
     name = model_name or model_name_from_run(run_dir)
-    if "." in name:  # model=custom: the import path of the user's module
-        raise UserError(f"{run_dir} is a model=custom run ({name}); prune-export cannot rebuild your module yet: "
-                        "load model.pt into it with torch.load and load_state_dict")  # fmt: skip
-    try:
-        spec = get_model_spec(name)
-    except KeyError:
-        raise UserError(
-            f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a torchvision classifier with --model"
-        ) from None
-    state = load_model_state(model_file)
-    if not isinstance(state, dict) or not all(hasattr(value, "shape") for value in state.values()):
-        raise UserError(f"{model_file} is not a state_dict of tensors")
-    last_weight = state.get(f"{list(spec.layers.values())[-1]}.weight")
-    num_classes = last_weight.shape[0] if last_weight is not None else 10
-    mismatch = state_dict_mismatch(spec.build(num_classes).state_dict(), state)
-    if mismatch:
-        raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
+    state = _checked_state(model_file, name)
     try:
         exported, report = export_state_dict(state, name, remove_dead, excluded_layers(run_dir))
     except ValueError as error:  # the record's pruning.exclude names layers --model does not have
@@ -121,6 +105,28 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
         dense = int(report.set_index("layer").dense_bytes["total"])
         lines.append(f"wrote {run_dir / OUTPUTS[each]}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32")
     return "\n".join([format_report(report), *lines])
+
+
+def _checked_state(model_file: Path, name: str) -> dict:
+    """model.pt's state_dict, or a one-line error when model `name` is unknown or the file does not fit it."""
+    if "." in name:  # model=custom: the import path of the user's module
+        raise UserError(f"{model_file.parent} is a model=custom run ({name}); prune-export cannot rebuild your module "
+                        "yet: load model.pt into it with torch.load and load_state_dict")  # fmt: skip
+    try:
+        spec = get_model_spec(name)
+    except KeyError:
+        raise UserError(
+            f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a torchvision classifier with --model"
+        ) from None
+    state = load_model_state(model_file)
+    if not isinstance(state, dict) or not all(hasattr(value, "shape") for value in state.values()):
+        raise UserError(f"{model_file} is not a state_dict of tensors")
+    last_weight = state.get(f"{list(spec.layers.values())[-1]}.weight")
+    num_classes = last_weight.shape[0] if last_weight is not None else 10
+    mismatch = state_dict_mismatch(spec.build(num_classes).state_dict(), state)
+    if mismatch:
+        raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
+    return state
 
 
 def _write(output: Path, file_format: str, name: str, exported: dict, report: pd.DataFrame) -> int:

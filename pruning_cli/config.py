@@ -8,6 +8,7 @@ the core never sees an omegaconf object. The YAML files of `configs/` only choos
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from pruning_cli.ranges import ANY, AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, ranged
 
@@ -59,6 +60,15 @@ class ModelConfig:
     name: str = MISSING
     # Pretrained torchvision weights (e.g. IMAGENET1K_V1) for torchvision models; the data set needs 1000 classes.
     weights: str | None = None
+    # model=torchvision: the classifier torchvision builds (resnet18, mobilenet_v3_small, efficientnet_b0, ...).
+    arch: str | None = None
+    # Channels, height, width the model takes (model=torchvision; null: 3 channels at the data set's own size,
+    # 224 x 224 for generated ImageNet-like data; model=custom: the data set's). MNIST-like images are adapted to
+    # it: grayscale repeated, resized to its height and width.
+    input_shape: list[int] | None = ranged(AT_LEAST_ONE, None)
+    # model=custom: your own nn.Module, built by hydra.utils.instantiate from its import path and `args`.
+    _target_: str | None = None
+    args: Any = None  # keyword arguments, e.g. model.args={hidden:64}
 
 
 @dataclass
@@ -95,11 +105,16 @@ class SyntheticDataset(DatasetConfig):
 
 @dataclass
 class ImageFolderDataset(DatasetConfig):
-    """A local ImageNet, `<root>/{train,val}/<class>/*.JPEG`, decoded by DataLoader worker processes."""
+    """Images in class folders, `<root>/{train,val}/<class>/*` (ImageNet, or your own), decoded by DataLoader
+    worker processes: training images randomly resized, cropped to `size` and flipped; evaluation images resized
+    to 256/224 of `size` and centre-cropped; both normalised with `mean` and `std` per channel."""
 
     root: str = IMAGENET_ROOT
     num_workers: int = ranged(NON_NEGATIVE, 8)
     eval_batch_size: int = ranged(AT_LEAST_ONE, 250)
+    size: int = ranged(AT_LEAST_ONE, 224)  # height and width the model sees
+    mean: list[float] = ranged(ANY, default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet's, per RGB channel
+    std: list[float] = ranged(POSITIVE, default_factory=lambda: [0.229, 0.224, 0.225])
 
 
 @dataclass
@@ -173,6 +188,9 @@ class PruningConfig:
     (a subclass of this one, kept in the policy's module and registered from its registry)."""
 
     name: str = MISSING
+    # Prunable layers left dense, by their names in layers.csv (e.g. [conv1,fc]: the first convolution and the
+    # classifier, a common choice for torchvision models).
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -229,6 +247,10 @@ class RunConfig:
 # lists its schema first in its defaults (`defaults: [mnist_like, _self_]`). The `pruning` group's come from the
 # policy registry (pruning_cli/policies/registry.py).
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {"mnist_like": MnistLikeDataset, "synthetic_data": SyntheticDataset, "image_folder": ImageFolderDataset},
+    "dataset": {
+        "mnist_like": MnistLikeDataset,
+        "synthetic_data": SyntheticDataset,
+        "image_folder_data": ImageFolderDataset,
+    },
     "task": {"prune_task": PruneTask, "sensitivity_task": SensitivityTask},
 }

@@ -21,6 +21,7 @@ from pruning_cli.distributed import SINGLE_PROCESS, Shard, process_group
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec
 from pruning_cli.models.pretrained import build_model
+from pruning_cli.models.registry import CUSTOM, TORCHVISION, model_key
 from pruning_cli.plan import AnalysisPlan, RunPlan, plan_run
 from pruning_cli.pruning.dropout import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
@@ -109,7 +110,7 @@ class PruningRun:
         """Phase 1: train the dense model, or load it from `train.checkpoint` and only evaluate it."""
         start, epochs, train_loss = time.perf_counter(), 0, float("nan")
         if self.config.train.checkpoint:  # its exact zeros count as pruned (continuing from a pruned model)
-            load_trained(self.model, Path(self.config.train.checkpoint).expanduser(), self.config.model.name)
+            load_trained(self.model, Path(self.config.train.checkpoint).expanduser(), model_name(self.config))
             self.masks = {name: weight.detach() != 0 for name, weight in self.weights.items()}
         else:
             epochs, train_loss = self.config.train.epochs, self._train(self.config.train, "dense training")
@@ -221,7 +222,7 @@ class PruningRun:
 
     def _distillation(self) -> Distillation | None:
         """The dense model (checkpoints/dense.pt) as the teacher of a retraining, or None with distillation off."""
-        settings, name = self.config.retrain.distill, self.config.model.name
+        settings, name = self.config.retrain.distill, model_name(self.config)
         teacher = build_model(self.plan.spec, name, self.data.num_classes, None)
         load_trained(teacher, self.store.out_dir / DENSE_CHECKPOINT, name)
         return Distillation(self.runtime.place(teacher).eval(), settings.weight, settings.temperature)
@@ -268,10 +269,35 @@ def log_compilations(compiled: bool) -> None:
 def run_model(spec: ModelSpec, config: RunConfig, num_classes: int) -> nn.Module:
     """The run's model; compiled, its dropouts hold their rates as tensors, so that a rescaled rate does not
     recompile the training step."""
-    model = build_model(spec, config.model.name, num_classes, config.model.weights)
+    model = build_model(spec, model_name(config), num_classes, config.model.weights)
+    if config.model.name in (CUSTOM, TORCHVISION):  # a registered network is built for its input, with the classes
+        check_outputs(model, spec.input_shape, num_classes, model_name(config))
     if config.compile:
         use_rate_dropouts(model, list(spec.dropouts.values()))
     return model
+
+
+def model_name(config: RunConfig) -> str:
+    """The model as messages, CSVs and reports name it (models.registry.model_key)."""
+    return model_key(config.model.name, config.model.arch, config.model._target_)
+
+
+def check_outputs(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, name: str) -> None:
+    """A one-line error, before any training, when a discovered model cannot take the input or does not give one
+    logit per class of the data."""
+    try:
+        with torch.no_grad():
+            logits = model.eval()(torch.zeros(2, *input_shape))
+    except Exception as error:  # a shape the model cannot take, a module of the user's that raises
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"model {name} cannot take a batch of {list(input_shape)} images (model.input_shape): "
+                        f"{reason}") from error  # fmt: skip
+    if not isinstance(logits, Tensor) or tuple(logits.shape) != (2, num_classes):
+        shape = list(logits.shape[1:]) if isinstance(logits, Tensor) else type(logits).__name__
+        raise UserError(
+            f"model {name} outputs {shape} per image, but the data set has {num_classes} classes: give it one logit "
+            "per class (e.g. through model.args)"
+        )
 
 
 def rescale_dropouts(
@@ -353,7 +379,7 @@ def training_data(config: RunConfig, data: ImageData, plan: RunPlan) -> TrainedO
     with torch.device("meta"):
         mismatch = state_dict_mismatch(plan.spec.build(data.num_classes).state_dict(), state)
     if mismatch:
-        raise UserError(f"checkpoint {path} does not fit model={config.model.name}: {mismatch}")
+        raise UserError(f"checkpoint {path} does not fit model={model_name(config)}: {mismatch}")
     inherited = checkpoint_training_data(path, extras)
     if chooses:
         check_no_validation_leak(path, inherited, own)

@@ -7,9 +7,20 @@ and the core receives plain values and the pruning policy, its settings checked.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pruning_cli.config import LevelKind, PhaseConfig, QuantizeConfig, RunConfig, SensitivityTask
+from pruning_cli.config import (
+    ImageFolderDataset,
+    LevelKind,
+    MnistLikeDataset,
+    PhaseConfig,
+    QuantizeConfig,
+    RunConfig,
+    SensitivityTask,
+    SyntheticDataset,
+)
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
+from pruning_cli.models.discover import torchvision_classifiers
+from pruning_cli.models.registry import CUSTOM, MODELS, TORCHVISION, custom_spec, model_key
 from pruning_cli.policies import PolicyContext, PruningPolicy, build_policy
 from pruning_cli.policies.base import NoPruning
 from pruning_cli.ranges import range_problems
@@ -36,12 +47,12 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
     """The plan of `config`, or a UserError naming the first bad setting and how to fix it."""
     for problem in range_problems(config):
         raise UserError(problem)
-    spec = get_model_spec(config.model.name)
+    spec = model_plan(config)
     check_phase("train", config.train, processes)
     check_phase("retrain", config.retrain, processes)
     context = PolicyContext(
-        config.model.name, spec.layer_kinds(), spec.layer_sizes(), config.retrain.freeze, config.retrain.epochs,
-        config.dataset.val_split > 0,
+        model_key(config.model.name, config.model.arch, config.model._target_), spec.layer_kinds(), spec.layer_sizes(),
+        config.retrain.freeze, config.retrain.epochs, config.dataset.val_split > 0,
     )  # fmt: skip
     if isinstance(config.task, SensitivityTask):
         if config.dataset.val_split == 0:
@@ -55,6 +66,67 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
         return RunPlan(spec, build_policy(config.pruning, context), quantize_bits=bits)
     except ValueError as error:
         raise UserError(str(error)) from error
+
+
+def model_plan(config: RunConfig) -> ModelSpec:
+    """The model's spec, its excluded layers left dense: a registered network, a torchvision classifier by name, or
+    your own module (their layers discovered, their input shape the config's or the data set's)."""
+    model = config.model
+    if model.name == TORCHVISION:
+        if model.arch is None:
+            raise UserError(
+                "model=torchvision needs model.arch=NAME, a torchvision classifier, e.g. model.arch=resnet18"
+            )
+        if model.arch not in torchvision_classifiers():
+            raise UserError(
+                f"model.arch={model.arch} is no torchvision classifier; choose one of torchvision.models.list_models()"
+                ", e.g. model.arch=resnet18 (or mobilenet_v3_small, efficientnet_b0)"
+            )
+        if model.arch in MODELS:
+            raise UserError(f"model.arch={model.arch} has its paper names here: use model={model.arch}")
+    if model.input_shape is not None and (len(model.input_shape) != 3 or min(model.input_shape) < 1):
+        raise UserError(f"model.input_shape is {model.input_shape}; give [channels, height, width], e.g. [3,32,32]")
+    shape = tuple(model.input_shape) if model.input_shape is not None else native_shape(config)
+    check_input_shape(config, shape)
+    try:
+        if model.name == CUSTOM:
+            if not model._target_:
+                raise ValueError(
+                    "model=custom needs model._target_=IMPORT.PATH of an nn.Module, e.g. my_pkg.nets.MyNet"
+                )
+            spec = custom_spec(model._target_, model.args, shape)
+        else:
+            spec = get_model_spec(model_key(model.name, model.arch), shape if model.name == TORCHVISION else None)
+        return spec.without(config.pruning.exclude) if config.pruning.exclude else spec
+    except ValueError as error:
+        raise UserError(str(error)) from error
+
+
+def check_input_shape(config: RunConfig, shape: tuple[int, ...]) -> None:
+    """Refuse a model input the data set will not deliver (its images are not resized to it)."""
+    model, dataset = config.model, config.dataset
+    if model.input_shape is not None and model.name not in (TORCHVISION, CUSTOM):
+        raise UserError(f"model.input_shape applies to model=torchvision and model=custom; model={model.name} takes "
+                        "its own, leave it null")  # fmt: skip
+    delivered = native_shape(config) if not isinstance(dataset, MnistLikeDataset) else shape
+    if model.name in (TORCHVISION, CUSTOM) and not isinstance(dataset, SyntheticDataset) and shape != delivered:
+        size = f"dataset.size={dataset.size} makes" if isinstance(dataset, ImageFolderDataset) else "the data set has"
+        raise UserError(f"model.input_shape is {list(shape)} but {size} {list(delivered)} images: set one to the "
+                        "other")  # fmt: skip
+    if isinstance(dataset, SyntheticDataset) and dataset.name == "synthetic_imagenet" and shape != (3, 224, 224):
+        raise UserError(f"dataset=synthetic_imagenet makes [3, 224, 224] images, not {list(shape)}: leave "
+                        "model.input_shape null")  # fmt: skip
+
+
+def native_shape(config: RunConfig) -> tuple[int, int, int]:
+    """The input of a discovered model where model.input_shape leaves it open: the data set's own images (3
+    channels for a torchvision classifier), generated ones at 28 x 28 (ImageNet-like: 224 x 224)."""
+    dataset, channels = config.dataset, 3 if config.model.name == TORCHVISION else 1
+    if isinstance(dataset, ImageFolderDataset):
+        return 3, dataset.size, dataset.size
+    if isinstance(dataset, SyntheticDataset) and dataset.name == "synthetic_imagenet":
+        return 3, 224, 224
+    return channels, 28, 28
 
 
 def quantize_plan(quantize: QuantizeConfig, spec: ModelSpec, processes: int) -> dict[str, int] | None:

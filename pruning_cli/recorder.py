@@ -110,7 +110,7 @@ class Recorder:
             if name in bits:
                 weight = layer.weight.detach()
                 record = {"bits": bits[name], "shared_values": int(weight[weight != 0].unique().numel())}
-            stats = layer_stats(layer.weight, self.positions[name])
+            stats = layer_stats(layer.weight, self.positions[name], getattr(layer, "groups", 1))
             rows.append({**key, "layer": name, **record, **stats, "inputs_nonzero": inputs_nonzero[name]})
         return rows
 

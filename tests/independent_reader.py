@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 MAGIC = b"PRNC"
-KINDS = {1: {0, 1}, 2: {0, 1, 2, 3}}  # version -> the entry kinds it may hold ("version 1 files (kinds 0 and 1)")
+# version -> the entry kinds it may hold ("version 1 files (kinds 0 and 1)"; version 3 adds kind 4, integers)
+KINDS = {1: {0, 1}, 2: {0, 1, 2, 3}, 3: {0, 1, 2, 3, 4}}
 POINTER_TYPES = {1: "<u1", 2: "<u2", 4: "<u4", 8: "<u8"}
 
 
@@ -39,7 +40,8 @@ class Cursor:
 
 
 def read_file(path: Path | str) -> dict[str, torch.Tensor]:
-    """The file's state_dict with every entry decoded to a dense float32 tensor, after the magic, version and CRC."""
+    """The file's state_dict with every entry decoded to a dense tensor (float32; int64 for kind 4), after the
+    magic, version and CRC."""
     data = Path(path).read_bytes()
     if len(data) < 4 or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise ValueError("CRC-32 mismatch: the file is damaged or truncated")
@@ -63,12 +65,17 @@ def read_entry(cursor: Cursor, version: int) -> tuple[str, torch.Tensor]:
     if kind not in KINDS[version]:
         raise ValueError(f"{key}: kind {kind} in a version {version} file")
     shape = tuple(cursor.unpack("I") for _ in range(cursor.unpack("B")))
-    return key, torch.from_numpy(BODIES[kind](cursor, shape).astype(np.float32))
+    return key, torch.from_numpy(BODIES[kind](cursor, shape).astype(np.int64 if kind == 4 else np.float32))
 
 
 def read_dense(cursor: Cursor, shape: tuple[int, ...]) -> np.ndarray:
     """Kind 0: numel float32 values, row-major."""
     return cursor.array("<f4", int(np.prod(shape))).reshape(shape)
+
+
+def read_integers(cursor: Cursor, shape: tuple[int, ...]) -> np.ndarray:
+    """Kind 4: numel int64 values, row-major."""
+    return cursor.array("<i8", int(np.prod(shape))).reshape(shape)
 
 
 def read_compact(cursor: Cursor, shape: tuple[int, ...]) -> np.ndarray:
@@ -106,6 +113,7 @@ BODIES: dict[int, Callable[[Cursor, tuple[int, ...]], np.ndarray]] = {
     1: read_compact,
     2: read_quantized,
     3: read_deep,
+    4: read_integers,
 }
 
 

@@ -41,7 +41,8 @@ def test_hydra_and_omegaconf_are_imported_by_the_cli_only():
         for path in MODULES
         if _imported_packages(_tree(path)) & {"hydra", "omegaconf"}
     }
-    assert importers <= {"cli.py", "records.py"} and "cli.py" in importers
+    # models/registry.py: hydra.utils.instantiate builds a user's own module (model=custom) from its import path.
+    assert importers <= {"cli.py", "records.py", "models/registry.py"} and "cli.py" in importers
 
 
 def _calls(node: ast.AST, name: str) -> bool:

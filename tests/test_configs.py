@@ -76,7 +76,10 @@ def test_defaults_come_from_the_schema_and_the_groups_choose_its_kinds():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model=resnet"], "Available options in 'model':\n\talexnet\n\tlenet300\n\tlenet5\n\tvgg16"),
+        (
+            ["model=resnet"],
+            "Available options in 'model':\n\talexnet\n\tcustom\n\tlenet300\n\tlenet5\n\ttorchvision\n\tvgg16",
+        ),
         (["pruning.sensitivty=1.0"], "Key 'sensitivty' not in 'PaperRulePruning'"),
         (["train.epochs=many"], "Value 'many' of type 'str' could not be converted to Integer"),
         (["pruning.std=median"], "Invalid value 'median', expected one of [surviving, dense]"),

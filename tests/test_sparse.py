@@ -316,7 +316,12 @@ def test_cli_exports_a_run_directory(tmp_path):
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("none", ["--model", "resnet50"], "unknown model 'resnet50'"),
+        (
+            "none",
+            ["--model", "resnet5000"],
+            "unknown model 'resnet5000'; choose one of lenet300, lenet5, alexnet, vgg16 or a torchvision classifier "
+            "with --model",
+        ),
         ("no_model", [], "model.pt does not exist"),
         ("no_config", [], "no run.json (a run of a version before run.json, or one that never started), so the model"),
         ("run", ["--model", "lenet5"], "model.pt does not fit model lenet5: missing keys conv1.bias"),

@@ -1,7 +1,5 @@
-"""ImageNet from a local folder (ImageFolder layout), with the standard training and evaluation transforms.
-
-ImageNet cannot be downloaded by torchvision any more; the user points `dataset.root` at a folder holding
-`train/<class>/*.JPEG` and `val/<class>/*.JPEG` (the validation images sorted into class folders).
+"""Images from a local folder (ImageFolder layout), with the standard training and evaluation transforms: ImageNet
+(which torchvision cannot download any more) or a user's own, `train/<class>/*` and `val/<class>/*`.
 """
 
 from pathlib import Path
@@ -17,7 +15,7 @@ if TYPE_CHECKING:
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def train_transform(size: int = 224) -> "transforms.Compose":
+def train_transform(size: int = 224, mean=MEAN, std=STD) -> "transforms.Compose":
     from torchvision import transforms  # imported here: see models/imagenet.py
 
     return transforms.Compose(
@@ -25,12 +23,12 @@ def train_transform(size: int = 224) -> "transforms.Compose":
             transforms.RandomResizedCrop(size),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
+            transforms.Normalize(mean, std),
         ]
     )
 
 
-def eval_transform(size: int = 224) -> "transforms.Compose":
+def eval_transform(size: int = 224, mean=MEAN, std=STD) -> "transforms.Compose":
     from torchvision import transforms
 
     return transforms.Compose(
@@ -38,29 +36,31 @@ def eval_transform(size: int = 224) -> "transforms.Compose":
             transforms.Resize(size * 256 // 224),
             transforms.CenterCrop(size),
             transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
+            transforms.Normalize(mean, std),
         ]
     )
 
 
-def _image_folder(folder: Path, transform: "transforms.Compose") -> "datasets.ImageFolder":
+def _image_folder(folder: Path, transform: "transforms.Compose", what: str) -> "datasets.ImageFolder":
     """The ImageFolder at `folder`, or a one-line error naming the folder when it is missing or holds no images."""
     hint = "dataset.root must hold train/<class>/*.JPEG and val/<class>/*.JPEG"
     if not folder.is_dir():
-        raise UserError(f"ImageNet folder {folder} does not exist; {hint}")
+        raise UserError(f"{what} folder {folder} does not exist; {hint}")
     try:
         from torchvision import datasets
 
         return datasets.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as error:
-        raise UserError(f"ImageNet folder {folder} has no class folders with images; {hint}") from error
+        raise UserError(f"{what} folder {folder} has no class folders with images; {hint}") from error
 
 
-def load_imagenet(root: Path, num_workers: int, seed: int) -> ImageData:
+def load_imagenet(
+    root: Path, num_workers: int, seed: int, size: int = 224, mean=MEAN, std=STD, what: str = "ImageNet"
+) -> ImageData:
     """Both splits as DataLoader-backed splits; the class list comes from the training folder."""
     root = Path(root).expanduser()
-    train = _image_folder(root / "train", train_transform())
-    val = _image_folder(root / "val", eval_transform())
+    train = _image_folder(root / "train", train_transform(size, mean, std), what)
+    val = _image_folder(root / "val", eval_transform(size, mean, std), what)
     if val.classes != train.classes:
         raise UserError(
             f"{root / 'val'} has {len(val.classes)} class folders and {root / 'train'} has {len(train.classes)}; "

@@ -14,6 +14,17 @@ def normalise(pixels: Tensor, mean: float, std: float) -> Tensor:
     return ((pixels.float() / 255 - mean) / std).unsqueeze(1)
 
 
+def fit_images(images: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """(N, C, H, W) images as a model taking `shape` needs them: resized (bilinear) to its height and width, a
+    single channel repeated to its channels (a view: no copy). ValueError for channels that cannot be repeated."""
+    channels, height, width = shape
+    if images.shape[1] not in (1, channels):
+        raise ValueError(f"{images.shape[1]}-channel images cannot feed a model that takes {channels} channels")
+    if tuple(images.shape[2:]) != (height, width):
+        images = torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+    return images.expand(-1, channels, -1, -1)
+
+
 @dataclass
 class TensorSplit:
     """One split (train or test): images and integer labels, on one device."""

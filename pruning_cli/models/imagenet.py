@@ -39,4 +39,6 @@ def torchvision_builder(name: str) -> Callable[[int], nn.Module]:
 def _build(name: str, num_classes: int) -> nn.Module:
     import torchvision  # imported where it is used: it takes a second, which LeNet runs need not pay
 
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    # Inception's auxiliary heads run only in training, and change what the model returns there: left out.
+    auxiliary = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **auxiliary)

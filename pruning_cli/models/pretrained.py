@@ -20,7 +20,10 @@ def build_model(spec: ModelSpec, name: str, num_classes: int, weights: str | Non
     import torchvision  # imported here: see models/imagenet.py
 
     if spec.torchvision_name is None:
-        raise UserError(f"model.weights={weights} needs a torchvision model (alexnet, vgg16); model={name} is not one")
+        raise UserError(
+            f"model.weights={weights} needs a torchvision model (alexnet, vgg16, or model=torchvision); "
+            f"model={name} is not one"
+        )
     if num_classes != IMAGENET_CLASSES:
         raise UserError(
             f"model.weights={weights} are for {IMAGENET_CLASSES} ImageNet classes but the data set has {num_classes}; "

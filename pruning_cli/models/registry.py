@@ -1,11 +1,14 @@
 """Which models exist, how to build them, and which of their modules the pruning strategies may touch."""
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from pruning_cli.errors import UserError
+from pruning_cli.models.discover import discovered_layers, feeding_dropouts, prunable_paths, torchvision_classifiers
 from pruning_cli.models.imagenet import (
     ALEXNET_DROPOUTS,
     ALEXNET_LAYERS,
@@ -31,6 +34,24 @@ class ModelSpec:
     dropouts: Mapping[str, str] = field(default_factory=dict)
     # The name torchvision.models.get_model knows it by (pretrained weights come from there); None for our own.
     torchvision_name: str | None = None
+    # Whether each prunable layer feeds the next through ReLU, pooling, dropout and flatten only (the four paper
+    # networks): then prune-export can remove dead hidden units. False for a discovered model.
+    chained: bool = True
+
+    def without(self, excluded: Collection[str]) -> "ModelSpec":
+        """This spec with the layers `excluded` left dense (ValueError naming an unknown one, and the choices)."""
+        unknown = [name for name in excluded if name not in self.layers]
+        if unknown:
+            raise ValueError(
+                f"pruning.exclude names {', '.join(unknown)}, which this model does not have; its prunable layers: "
+                f"{', '.join(self.layers)}"
+            )
+        layers = {name: path for name, path in self.layers.items() if name not in excluded}
+        if not layers:
+            raise ValueError("pruning.exclude leaves no layer to prune; exclude fewer")
+        dropouts = {name: path for name, path in self.dropouts.items() if name in layers}
+        # a dense layer between two pruned ones: their units no longer feed each other directly
+        return replace(self, layers=layers, dropouts=dropouts, chained=self.chained and not excluded)
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Module]:
         """The prunable modules of a built model, by paper name, in forward order."""
@@ -49,12 +70,16 @@ class ModelSpec:
         return {name: module.weight.numel() for name, module in modules.items()}
 
     def output_positions(self, model: nn.Module) -> dict[str, int]:
-        """Output positions per sample of each prunable layer (H x W for a conv, 1 for a linear layer)."""
+        """Output positions per sample of each prunable layer: H x W for a conv, 1 for a linear layer on a vector,
+        the tokens of one on a sequence. A one-line error naming the layers a forward pass never calls as modules."""
         positions: dict[str, int] = {}
+
+        def count(name: str, module: nn.Module, output: Tensor) -> None:
+            linear = isinstance(module, nn.Linear)
+            positions[name] = output[0].numel() // module.out_features if linear else output[0, 0].numel()
+
         hooks = [
-            module.register_forward_hook(
-                lambda _m, _i, output, name=name: positions.__setitem__(name, output[0, 0].numel())
-            )
+            module.register_forward_hook(lambda module, _i, output, name=name: count(name, module, output))
             for name, module in self.prunable(model).items()
         ]
         device = next(model.parameters()).device
@@ -64,6 +89,12 @@ class ModelSpec:
         finally:
             for hook in hooks:
                 hook.remove()
+        unreached = [name for name in self.layers if name not in positions]
+        if unreached:
+            raise UserError(
+                f"a forward pass never calls {', '.join(unreached[:5])}{' ...' if len(unreached) > 5 else ''} as a "
+                "module (used functionally, or an auxiliary head): leave it dense with pruning.exclude=[...]"
+            )
         return positions
 
 
@@ -75,6 +106,59 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def get_model_spec(name: str) -> ModelSpec:
-    """The spec registered under `name`."""
-    return MODELS[name]
+# `model=torchvision model.arch=NAME`: any torchvision classifier, its layers discovered (models/discover.py).
+TORCHVISION = "torchvision"
+IMAGENET_SHAPE = (3, 224, 224)
+
+
+def model_key(name: str, arch: str | None = None, target: str | None = None) -> str:
+    """What a run's model is called in its CSVs, reports and exported files: the registered name, the torchvision
+    architecture of `model=torchvision`, or the import path of `model=custom`."""
+    if name == TORCHVISION and arch:
+        return arch
+    return target if name == CUSTOM and target else name
+
+
+CUSTOM = "custom"
+
+
+def custom_spec(target: str, args: Mapping | None, input_shape: tuple[int, int, int]) -> ModelSpec:
+    """Your own module (`model=custom`): `target(**args)` built by hydra.utils.instantiate, its layers discovered
+    as a torchvision classifier's. ValueError when it cannot be built or has no layer to prune."""
+    if args is not None and not isinstance(args, Mapping):
+        raise ValueError(f"model.args is {args!r}; give keyword arguments, e.g. model.args={{hidden:64}}")
+    build = partial(_instantiate, target, dict(args or {}))
+    try:
+        with torch.device("meta"):  # no memory for the weights
+            model = build(0)
+    except ValueError:
+        model = build(0)  # a module that reads its own values while it is built (.item()) cannot be built on meta
+    layers = prunable_paths(model)
+    if not layers:
+        raise ValueError(f"model._target_={target} has no Conv2d or Linear layer: nothing to prune")
+    return ModelSpec(build, layers, input_shape, feeding_dropouts(model, layers), None, False)
+
+
+def _instantiate(target: str, args: dict, _num_classes: int) -> nn.Module:
+    """`target(**args)`; its output size is the user's to match with the data set (checked at the run's start)."""
+    from hydra.utils import instantiate
+
+    try:
+        model = instantiate({"_target_": target, **args}, _convert_="all")
+    except Exception as error:  # an import path that does not import, arguments it does not take
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model._target_={target} cannot be built: {reason}") from error
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model._target_={target} built a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def get_model_spec(name: str, input_shape: tuple[int, int, int] | None = None) -> ModelSpec:
+    """The spec registered under `name`, or the discovered spec of torchvision's classifier `name` (its input
+    shape `input_shape`, 3 x 224 x 224 by default); KeyError for neither."""
+    if name in MODELS:
+        return MODELS[name]
+    if name not in torchvision_classifiers():
+        raise KeyError(name)
+    layers, dropouts = discovered_layers(name)
+    return ModelSpec(torchvision_builder(name), layers, input_shape or IMAGENET_SHAPE, dropouts, name, False)

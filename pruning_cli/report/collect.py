@@ -16,6 +16,7 @@ import pandas as pd
 from pruning_cli.artifacts import load_model_state
 from pruning_cli.config import RunConfig
 from pruning_cli.errors import UserError
+from pruning_cli.models.registry import model_key
 from pruning_cli.policies import POLICIES
 from pruning_cli.records import (
     LAYERS,
@@ -30,6 +31,7 @@ from pruning_cli.records import (
     flatten,
     read_run_record,
 )
+from pruning_cli.sparse.cli import excluded_layers
 from pruning_cli.sparse.export import export_state_dict, file_sizes, is_quantized
 
 TEXT_COLUMNS = ("phase", "layer")
@@ -296,7 +298,7 @@ def _read_storage(run_dir: Path, model: str) -> pd.DataFrame:
     quantized model; one row per prunable layer, "biases+other" and "total"."""
     try:
         state = load_model_state(run_dir / MODEL_FILE)
-        exported, report = export_state_dict(state, model, remove_dead=True)
+        exported, report = export_state_dict(state, model, True, excluded_layers(run_dir))
         for encoding in ("quantized", "deep"):
             sizes = file_sizes(exported, model, encoding) if is_quantized(exported) is None else {}
             report[f"{encoding}_bytes"] = pd.array(report.layer.map(sizes), dtype="Int64")
@@ -393,6 +395,7 @@ def _collect_run(gathered: _Gathered, run_id: str, run_dir: Path) -> None:
         gathered.skipped.append(Skipped(run_dir, str(problem)))
         return
     model, dataset, seed = (_select(config, key) for key in ("model.name", "dataset.name", "seed"))
+    model = model_key(model, _select(config, "model.arch"), _select(config, "model._target_")) if model else model
     if not isinstance(model, str):
         gathered.skipped.append(Skipped(run_dir, f"{RUN_RECORD} has no model.name"))
         return

@@ -175,13 +175,15 @@ def _finish_compression_axes(plt: Any, figure: Any, axes: Any, ylabel: str, titl
 
 def histogram_layer(model: str) -> tuple[str, str] | None:
     """The layer of Fig. 7: the model's first fully connected layer (paper name, module path), if the model is known."""
-    from pruning_cli.models import MODELS
+    from pruning_cli.models import get_model_spec
 
-    if model not in MODELS:
+    try:
+        spec = get_model_spec(model)
+    except KeyError:
         return None
-    layers = MODELS[model].layers
-    name = next((name for name in layers if name.startswith("fc")), next(iter(layers)))
-    return name, layers[name]
+    kinds = spec.layer_kinds()
+    name = next((name for name, kind in kinds.items() if kind == "fc"), next(iter(kinds)))
+    return name, spec.layers[name]
 
 
 def _weights(path: Path, key: str) -> Any:

@@ -14,6 +14,7 @@ from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mism
 from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
+from pruning_cli.models.registry import model_key
 from pruning_cli.records import MODEL_FILE, RUN_RECORD, read_run_record
 from pruning_cli.sparse.export import export_state_dict, file_sizes, format_report, is_quantized
 
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a prune-run output directory with model.pt")
     parser.add_argument(
         "--model",
-        help=f"model name ({', '.join(MODELS)}); default: model.name in RUN_DIR/{RUN_RECORD}",
+        help=f"model name ({', '.join(MODELS)}, or a torchvision classifier such as resnet18); default: the model of "
+        f"RUN_DIR/{RUN_RECORD}",
     )
     parser.add_argument(
         "--keep-dead",
@@ -53,15 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_name_from_run(run_dir: Path) -> str:
-    """The run's `model.name` from its record (run.json)."""
+    """The run's model from its record (run.json): `model.name`, or `model.arch` of `model=torchvision`."""
     try:
         model = read_run_record(run_dir)["config"].get("model")
-        name = model.get("name") if isinstance(model, dict) else None
+        name = (
+            model_key(model.get("name"), model.get("arch"), model.get("_target_")) if isinstance(model, dict) else None
+        )
     except ValueError as problem:
-        raise UserError(f"{run_dir}: {problem}, so the model is unknown; pass --model {'|'.join(MODELS)}") from problem
+        raise UserError(
+            f"{run_dir}: {problem}, so the model is unknown; pass --model {'|'.join(MODELS)}|<torchvision name>"
+        ) from problem
     if not isinstance(name, str):
-        raise UserError(f"{run_dir / RUN_RECORD} has no model.name; pass --model {'|'.join(MODELS)}")
+        raise UserError(f"{run_dir / RUN_RECORD} has no model.name; pass --model {'|'.join(MODELS)}|<torchvision name>")
     return name
+
+
+def excluded_layers(run_dir: Path) -> list[str]:
+    """The layers the run left dense (pruning.exclude in its record; none for an older run or no record)."""
+    try:
+        pruning = read_run_record(run_dir)["config"].get("pruning") or {}
+    except ValueError:
+        return []
+    return list(pruning.get("exclude") or [])
 
 
 def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_format: str = "csr") -> str:
@@ -72,18 +87,11 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
     name = model_name or model_name_from_run(run_dir)
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} with --model")
-    state = load_model_state(model_file)
-    if not isinstance(state, dict) or not all(hasattr(value, "shape") for value in state.values()):
-        raise UserError(f"{model_file} is not a state_dict of tensors")
-    spec = get_model_spec(name)
-    last_weight = state.get(f"{list(spec.layers.values())[-1]}.weight")
-    num_classes = last_weight.shape[0] if last_weight is not None else 10
-    mismatch = state_dict_mismatch(spec.build(num_classes).state_dict(), state)
-    if mismatch:
-        raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
-    exported, report = export_state_dict(state, name, remove_dead=remove_dead)
+    state = _checked_state(model_file, name)
+    try:
+        exported, report = export_state_dict(state, name, remove_dead, excluded_layers(run_dir))
+    except ValueError as error:  # the record's pruning.exclude names layers --model does not have
+        raise UserError(f"{model_file}: {error}") from error
     formats = list(OUTPUTS) if file_format == ALL else [file_format]
     quantized = is_quantized(exported)
     if quantized is not None and file_format in QUANTIZED_FORMATS:
@@ -97,6 +105,28 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
         dense = int(report.set_index("layer").dense_bytes["total"])
         lines.append(f"wrote {run_dir / OUTPUTS[each]}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32")
     return "\n".join([format_report(report), *lines])
+
+
+def _checked_state(model_file: Path, name: str) -> dict:
+    """model.pt's state_dict, or a one-line error when model `name` is unknown or the file does not fit it."""
+    if "." in name:  # model=custom: the import path of the user's module
+        raise UserError(f"{model_file.parent} is a model=custom run ({name}); prune-export cannot rebuild your module "
+                        "yet: load model.pt into it with torch.load and load_state_dict")  # fmt: skip
+    try:
+        spec = get_model_spec(name)
+    except KeyError:
+        raise UserError(
+            f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a torchvision classifier with --model"
+        ) from None
+    state = load_model_state(model_file)
+    if not isinstance(state, dict) or not all(hasattr(value, "shape") for value in state.values()):
+        raise UserError(f"{model_file} is not a state_dict of tensors")
+    last_weight = state.get(f"{list(spec.layers.values())[-1]}.weight")
+    num_classes = last_weight.shape[0] if last_weight is not None else 10
+    mismatch = state_dict_mismatch(spec.build(num_classes).state_dict(), state)
+    if mismatch:
+        raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
+    return state
 
 
 def _write(output: Path, file_format: str, name: str, exported: dict, report: pd.DataFrame) -> int:

@@ -3,11 +3,13 @@ and Deep Compression's quantized and Huffman-coded variants of it.
 
 Layout (little-endian; README.md "The compact file" has it for a C reader):
 
-    file      := "PRNC" | version u8 (1: dense and compact entries only; 2: any) | model name (u8 length, ASCII)
+    file      := "PRNC" | version u8 (1: dense and compact entries only; 2: float32 entries of any kind; 3: any,
+                 integer entries too) | model name (u8 length, ASCII)
                  | entries u16 | entry ... | CRC-32 u32
-    entry     := name (u16 length, UTF-8) | kind u8 (0 dense, 1 compact, 2 quantized, 3 deep) | ndim u8
+    entry     := name (u16 length, UTF-8) | kind u8 (0 dense, 1 compact, 2 quantized, 3 deep, 4 integer) | ndim u8
                  | shape: ndim x u32 | body
     dense     := numel x float32, row-major
+    integer   := numel x int64, row-major (a norm layer's num_batches_tracked)
     compact   := order u8 (0 by rows, 1 by columns) | bits u8 | count u32 | pointer width u8 (1, 2, 4 or 8 bytes)
                  | values: count x float32 | gaps: ceil(count x bits / 8) bytes, least significant bit first
                  | pointers: (lines + 1) x unsigned of that width (lines: rows, or columns of the flattened kernel)
@@ -39,8 +41,8 @@ from torch import Tensor
 from pruning_cli.sparse import huffman
 from pruning_cli.sparse.formats import Compact, decode_compact, encode_compact, pack_bits, unpack_bits
 
-MAGIC, VERSION = b"PRNC", 2
-DENSE, COMPACT, QUANTIZED, DEEP = 0, 1, 2, 3
+MAGIC, VERSION = b"PRNC", 3
+DENSE, COMPACT, QUANTIZED, DEEP, INTEGER = 0, 1, 2, 3, 4
 # What `write_compact`'s `encoding` makes of the prunable layers' weights.
 ENCODINGS = {"compact": COMPACT, "quantized": QUANTIZED, "deep": DEEP}
 POINTER_DTYPES = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -64,14 +66,17 @@ def encode_file(
     """The file of `state`: the keys in `compact_keys` in `encoding` (ENCODINGS), the others dense float32; and the
     bytes of each entry and of the whole file (key "total"). ValueError if a weight cannot be stored so (a
     quantized encoding of a layer with more than 255 distinct values)."""
-    version = 1 if ENCODINGS[encoding] == COMPACT else VERSION  # a device reader of version 1 reads compact files
+    integers = any(tensor.dtype == torch.int64 for tensor in state.values())
+    # The lowest version that holds every entry: a device reader of version 1 reads the compact files of the paper's
+    # networks, which have no integer tensors.
+    version = 3 if integers else 1 if ENCODINGS[encoding] == COMPACT else 2
     header = [MAGIC, struct.pack("<B", version), _text(model, "<B"), struct.pack("<H", len(state))]
     entries = {}
     for key, tensor in state.items():
         tensor = tensor.detach().cpu()
-        if tensor.dtype != torch.float32:
-            raise ValueError(f"{key} is {tensor.dtype}; the compact file holds float32 tensors only")
-        kind = ENCODINGS[encoding] if key in compact_keys else DENSE
+        if tensor.dtype not in (torch.float32, torch.int64):
+            raise ValueError(f"{key} is {tensor.dtype}; the compact file holds float32 and int64 tensors only")
+        kind = INTEGER if tensor.dtype == torch.int64 else ENCODINGS[encoding] if key in compact_keys else DENSE
         entry = [_text(key, "<H"), struct.pack(f"<BB{tensor.dim()}I", kind, tensor.dim(), *tensor.shape)]
         entries[key] = b"".join(entry) + _body(kind, key, tensor)
     body = b"".join(header + list(entries.values()))
@@ -82,6 +87,8 @@ def encode_file(
 def _body(kind: int, key: str, tensor: Tensor) -> bytes:
     if kind == DENSE:
         return _floats(tensor)
+    if kind == INTEGER:
+        return tensor.contiguous().numpy().astype("<i8", copy=False).tobytes()
     compact = encode_compact(tensor)
     if kind == COMPACT:
         return _compact_body(compact)
@@ -110,8 +117,8 @@ def read_compact(path: Path) -> tuple[str, dict[str, Tensor]]:
     if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise ValueError("the file is damaged or truncated (CRC-32 mismatch)")
     reader = _Reader(memoryview(data)[:-4], offset=4)
-    if (version := reader.unpack("<B")[0]) not in (1, VERSION):
-        raise ValueError(f"format version {version}; this reader knows versions 1 and {VERSION}")
+    if (version := reader.unpack("<B")[0]) not in range(1, VERSION + 1):
+        raise ValueError(f"format version {version}; this reader knows versions 1 to {VERSION}")
     model = reader.text("<B")
     state = {}
     for _ in range(reader.unpack("<H")[0]):
@@ -119,6 +126,8 @@ def read_compact(path: Path) -> tuple[str, dict[str, Tensor]]:
         shape = reader.unpack(f"<{ndim}I")
         if kind == DENSE:
             state[key] = reader.floats(math.prod(shape), shape)
+        elif kind == INTEGER:
+            state[key] = reader.integers(math.prod(shape), shape)
         elif kind == COMPACT:
             state[key] = _read_compact_body(reader, shape)
         elif kind in (QUANTIZED, DEEP):
@@ -237,4 +246,8 @@ class _Reader:
 
     def floats(self, count: int, shape: tuple[int, ...]) -> Tensor:
         array = np.frombuffer(self.take(4 * count), dtype="<f4").copy()
+        return torch.from_numpy(array).reshape(shape)
+
+    def integers(self, count: int, shape: tuple[int, ...]) -> Tensor:
+        array = np.frombuffer(self.take(8 * count), dtype="<i8").copy()
         return torch.from_numpy(array).reshape(shape)

@@ -12,7 +12,7 @@ incoming or no outgoing connection are physically removed (paper sec. 3.5), so t
 dense shapes.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +105,12 @@ def remove_dead_hidden_units(
 
 
 def export_state_dict(
-    state: Mapping[str, Tensor], model_name: str, remove_dead: bool = False
+    state: Mapping[str, Tensor], model_name: str, remove_dead: bool = False, excluded: Sequence[str] = ()
 ) -> tuple[dict, pd.DataFrame]:
-    """The export payload (see the module docstring) and its size report (`size_report`)."""
+    """The export payload (see the module docstring) and its size report (`size_report`); the layers `excluded`
+    from pruning (pruning.exclude) are stored dense, as the model's other tensors."""
     spec = get_model_spec(model_name)
+    spec = spec.without(excluded) if excluded else spec
     layers = spec.layers
     missing = [f"{path}.weight" for path in layers.values() if f"{path}.weight" not in state]
     if missing:
@@ -116,7 +118,7 @@ def export_state_dict(
     original = {name: state[f"{path}.weight"].detach().cpu() for name, path in layers.items()}
     biases = {name: _cpu(state.get(f"{path}.bias")) for name, path in layers.items()}
     weights, removed = dict(original), {}
-    if remove_dead:
+    if remove_dead and spec.chained:  # a discovered model's layers need not feed each other (residuals, norms)
         with torch.device("meta"):  # only the module types and paddings are needed, not the weights
             modules = spec.prunable(spec.build(10))
         weights, biases, removed = remove_dead_hidden_units(original, biases, links(modules))
@@ -130,6 +132,7 @@ def export_state_dict(
         },
         "tensors": {key: _cpu(value) for key, value in state.items() if key not in layer_keys},
         "removed_units": removed,
+        "order": list(state),  # the state_dict's own key order (norm layers sit between the prunable ones)
     }
     dense_rest = sum(value.numel() for key, value in state.items() if key not in weight_keys)
     return exported, size_report(original, exported, dense_rest)
@@ -234,7 +237,7 @@ def exported_state_dict(exported: dict) -> dict[str, Tensor]:
         state[f"{layer['module']}.weight"] = decode_csr(layer)
         if layer["bias"] is not None:
             state[f"{layer['module']}.bias"] = layer["bias"]
-    return state
+    return {key: state[key] for key in exported.get("order", state)}  # a model with norm layers interleaves them
 
 
 def build_dense_model(exported: dict) -> nn.Module:

@@ -1,0 +1,58 @@
+"""Small modules of a user's own, for `model=custom model._target_=own_nets.<Name>` in the tests."""
+
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A convolution, a depthwise one, and a classifier behind a dropout: every kind of prunable layer."""
+
+    def __init__(self, classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, groups=width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(16 * width, classes))
+
+    def forward(self, images):
+        return self.head(self.features(images))
+
+
+class NoWeights(nn.Module):
+    def forward(self, images):
+        return images.flatten(1)[:, :10]
+
+
+class TokenMixer(nn.Module):
+    """A Linear applied to a sequence (7 x 7 = 49 tokens), as in ConvNeXt and ViT blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 4, stride=4)  # 28 x 28 -> 7 x 7
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, images):
+        tokens = self.stem(images).flatten(2).transpose(1, 2)  # (N, 49, 8)
+        return self.head(self.mix(tokens).mean(dim=1))
+
+
+class Functional(nn.Module):
+    """A Linear whose weight is used through torch.nn.functional, never called as a module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(784, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, images):
+        return self.head(nn.functional.linear(images.flatten(1), self.hidden.weight, self.hidden.bias))
+
+
+class Raises(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(784, 10)
+
+    def forward(self, images):
+        raise ValueError("this module wants 32 x 32 images")

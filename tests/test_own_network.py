@@ -254,3 +254,34 @@ def test_an_input_the_data_will_not_deliver_is_refused_in_one_line(overrides, ex
     with pytest.raises(UserError) as refused:
         plan_run(compose_config(*overrides))
     assert str(refused.value).startswith(expected) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        ["pruning=global", "pruning.target=4", "pruning.iterations=1"],
+        ["pruning=lamp", "pruning.target=4", "pruning.iterations=1"],
+        ["pruning=gradual", "pruning.target=4", "pruning.end=1", "pruning.frequency=2"],
+        ["pruning=auto", "dataset.val_split=64", "pruning.candidates=2", "pruning.end=1", "pruning.frequency=2",
+         "pruning.budget=100"],
+    ],
+    ids=["global", "lamp", "gradual", "auto"],
+)  # fmt: skip
+def test_every_policy_prunes_your_own_module(policy, tmp_path):
+    run_in_process(tmp_path, *CUSTOM[:-1], *policy)
+    layers = pd.read_csv(tmp_path / "layers.csv")
+    final = layers[layers.iteration == layers.iteration.max()]
+    final = final[final.phase == final.phase.iloc[-1]]
+    assert set(final.layer) == {"features.0", "features.2", "head.1"}
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    kept = sum(int(torch.count_nonzero(state[f"{name}.weight"])) for name in final.layer)
+    assert kept == final.weights_nonzero.sum() and kept < final.weights_total.sum() / 1.5
+
+
+def test_a_sensitivity_analysis_walks_a_torchvision_models_layers(tmp_path):
+    overrides = [*TORCHVISION, "model.arch=mobilenet_v3_small", "task=sensitivity", "dataset.val_split=16",
+                 "task.levels=[0.5]", "pruning.exclude=[features.0.0]"]  # fmt: skip
+    run_in_process(tmp_path, *overrides)
+    table = pd.read_csv(tmp_path / "sensitivity.csv")
+    analysed = set(table.layer) - {"none"}
+    assert analysed == set(get_model_spec("mobilenet_v3_small").layers) - {"features.0.0"}

@@ -47,7 +47,8 @@ def fitted(data: ImageData, input_shape: tuple[int, int, int]) -> ImageData:
     shape = tuple(data.train.images.shape[1:])
     if shape == tuple(input_shape):
         return data
-    changes = ["resized" if shape[1:] != tuple(input_shape[1:]) else "", "channel repeated" if shape[0] != input_shape[0] else ""]
+    resized, repeated = shape[1:] != tuple(input_shape[1:]), shape[0] != input_shape[0]
+    changes = ["resized" if resized else "", "channel repeated" if repeated else ""]
     log.info(f"images adapted to the model's input {list(input_shape)} (model.input_shape): {list(shape)} "
              f"{' and '.join(change for change in changes if change)}")  # fmt: skip
     splits = (TensorSplit(fit_images(split.images, input_shape), split.labels) for split in (data.train, data.test))

@@ -191,6 +191,9 @@ class PruningConfig:
     # Prunable layers left dense, by their names in layers.csv (e.g. [conv1,fc]: the first convolution and the
     # classifier, a common choice for torchvision models).
     exclude: list[str] = field(default_factory=list)
+    # N:M semi-structured sparsity on top of the policy's masks (e.g. 2:4, NVIDIA's sparse tensor cores): at most N of
+    # every M weights along the input of each layer whose shape the kernels take; the other layers as before.
+    pattern: str | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ The pure modules (`pruning/`) raise ValueError; here every check becomes the one
 and the core receives plain values and the pruning policy, its settings checked.
 """
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,11 @@ from pruning_cli.models.discover import torchvision_classifiers
 from pruning_cli.models.registry import CUSTOM, MODELS, TORCHVISION, custom_spec, model_key
 from pruning_cli.policies import PolicyContext, PruningPolicy, build_policy
 from pruning_cli.policies.base import NoPruning
+from pruning_cli.policies.pattern import Patterned
+from pruning_cli.pruning.pattern import fits_semi_structured, parse_pattern
 from pruning_cli.ranges import range_problems
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
         return RunPlan(spec, NoPruning(config.pruning, context), analysis_plan(config.task, list(spec.layers)))
     bits = quantize_plan(config.quantize, spec, processes)
     try:
-        return RunPlan(spec, build_policy(config.pruning, context), quantize_bits=bits)
+        return RunPlan(spec, patterned(build_policy(config.pruning, context), config, spec), quantize_bits=bits)
     except ValueError as error:
         raise UserError(str(error)) from error
 
@@ -127,6 +132,19 @@ def native_shape(config: RunConfig) -> tuple[int, int, int]:
     if isinstance(dataset, SyntheticDataset) and dataset.name == "synthetic_imagenet":
         return 3, 224, 224
     return channels, 28, 28
+
+
+def patterned(policy: PruningPolicy, config: RunConfig, spec: ModelSpec) -> PruningPolicy:
+    """The policy with `pruning.pattern` (N:M) on the layers the semi-structured kernels take, said in the log."""
+    if config.pruning.pattern is None:
+        return policy
+    n, m = parse_pattern(config.pruning.pattern)
+    shapes = spec.layer_shapes()
+    layers = [name for name, shape in shapes.items() if fits_semi_structured(shape, m)]
+    others = [name for name in shapes if name not in layers]
+    log.info(f"pruning.pattern={n}:{m} on {', '.join(layers) or 'no layer'}; the kernels do not take "
+             f"{', '.join(others) or 'none'} (pruned as before)")  # fmt: skip
+    return Patterned(policy, n, m, layers)
 
 
 def quantize_plan(quantize: QuantizeConfig, spec: ModelSpec, processes: int) -> dict[str, int] | None:

@@ -56,3 +56,16 @@ class Raises(nn.Module):
 
     def forward(self, images):
         raise ValueError("this module wants 32 x 32 images")
+
+
+class Wide(nn.Module):
+    """Three Linear layers; only the middle one (64 x 64) has a shape the 2:4 kernels take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
+
+    def forward(self, images):
+        return self.layers(images)

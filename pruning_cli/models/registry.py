@@ -1,5 +1,6 @@
 """Which models exist, how to build them, and which of their modules the pruning strategies may touch."""
 
+import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -65,9 +66,13 @@ class ModelSpec:
 
     def layer_sizes(self, num_classes: int = 10) -> dict[str, int]:
         """Weights per prunable layer, in forward order (built on the meta device: no memory)."""
+        return {name: math.prod(shape) for name, shape in self.layer_shapes(num_classes).items()}
+
+    def layer_shapes(self, num_classes: int = 10) -> dict[str, tuple[int, ...]]:
+        """Weight shape per prunable layer, in forward order (built on the meta device: no memory)."""
         with torch.device("meta"):
             modules = self.prunable(self.build(num_classes))
-        return {name: module.weight.numel() for name, module in modules.items()}
+        return {name: tuple(module.weight.shape) for name, module in modules.items()}
 
     def output_positions(self, model: nn.Module) -> dict[str, int]:
         """Output positions per sample of each prunable layer: H x W for a conv, 1 for a linear layer on a vector,

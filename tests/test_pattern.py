@@ -1,0 +1,59 @@
+"""2:4 semi-structured sparsity: at most 2 of every 4 weights along a layer's input, on the layers the kernels take."""
+
+import pandas as pd
+import pytest
+import torch
+from runs import run_in_process
+
+from pruning_cli.cli import compose_config
+from pruning_cli.errors import UserError
+from pruning_cli.plan import plan_run
+from pruning_cli.pruning.pattern import fits_semi_structured, n_of_m_mask, parse_pattern
+
+
+def test_each_group_of_four_keeps_its_two_largest_survivors():
+    weight = torch.tensor([[4.0, -1.0, 3.0, 2.0, 0.5, -0.1, 0.2, -0.3]])
+    full = torch.ones_like(weight, dtype=torch.bool)
+    assert n_of_m_mask(weight, full, 2, 4).tolist() == [[True, False, True, False, True, False, False, True]]
+    thresholded = weight.abs() > 1.5  # the layer's own rule removed -1, 0.5, -0.1, 0.2, -0.3
+    assert n_of_m_mask(weight, thresholded, 2, 4).tolist() == [[True, False, True, False, False, False, False, False]]
+    ties = torch.ones(1, 4)
+    assert n_of_m_mask(ties, torch.ones_like(ties, dtype=torch.bool), 2, 4).tolist() == [[True, True, False, False]]
+
+
+def test_no_group_keeps_more_than_two_and_nothing_pruned_comes_back():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 128, generator=generator)
+    mask = torch.rand(64, 128, generator=generator) > 0.3
+    patterned = n_of_m_mask(weight, mask, 2, 4)
+    groups, survivors = patterned.reshape(64, 32, 4).sum(dim=2), mask.reshape(64, 32, 4).sum(dim=2)
+    assert (groups <= 2).all() and not (patterned & ~mask).any()
+    assert torch.equal(groups, survivors.clamp(max=2))  # every group keeps min(2, its survivors)
+
+
+def test_the_kernels_take_linear_weights_of_32_rows_and_64_columns_multiples():
+    assert fits_semi_structured((4096, 9216)) and fits_semi_structured((64, 64))  # AlexNet's fc6
+    assert not fits_semi_structured((1000, 4096))  # AlexNet's fc8: 1000 rows
+    assert not fits_semi_structured((300, 784)) and not fits_semi_structured((64, 3, 3, 3))
+
+
+@pytest.mark.parametrize("text", ["2-4", "4:2", "0:4", "2:4:8", "two:four"])
+def test_a_pattern_that_is_not_n_of_m_is_refused_in_one_line(text):
+    with pytest.raises(ValueError, match=f"pruning.pattern is {text}; give N:M with 1 <= N < M"):
+        parse_pattern(text)
+    with pytest.raises(UserError, match="e.g. pruning.pattern=2:4"):
+        plan_run(compose_config(f"pruning.pattern={text}"))
+
+
+def test_a_run_with_2_4_patterns_the_layers_that_fit_and_prunes_the_others_as_before(tmp_path):
+    overrides = ["model=custom", "model._target_=own_nets.Wide", "dataset=synthetic", "dataset.num_train=256",
+                 "dataset.num_test=64", "train.epochs=1", "retrain.epochs=1", "pruning.iterations=2",
+                 "pruning.sensitivity=0.5", "pruning.pattern=2:4"]  # fmt: skip
+    run_in_process(tmp_path, *overrides)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    middle = state["layers.3.weight"] != 0
+    assert (middle.reshape(64, 16, 4).sum(dim=2) <= 2).all() and middle.sum() < 0.5 * middle.numel()
+    first = state["layers.1.weight"] != 0  # 784 columns: not a shape the kernels take, the threshold alone
+    assert (first.reshape(64, 196, 4).sum(dim=2) > 2).any()
+    layers = pd.read_csv(tmp_path / "layers.csv").query("iteration == 2 and phase == 'retrain'").set_index("layer")
+    assert layers.loc["layers.3", "weights_nonzero"] == int(middle.sum())

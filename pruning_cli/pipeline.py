@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 
 from pruning_cli.artifacts import CsvLog, load_checkpoint, state_dict_mismatch
 from pruning_cli.config import PhaseConfig, RunConfig
-from pruning_cli.data import ImageData, TensorSplit, load_data
+from pruning_cli.data import ImageData, TensorSplit, decoding, load_data
 from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED
 from pruning_cli.distributed import SINGLE_PROCESS, Shard, process_group
 from pruning_cli.errors import UserError
@@ -404,7 +404,8 @@ def open_run(
     torch.manual_seed(config.seed)
     with process_group(shard, runtime.device) as shard:
         with shard.main_first():  # a download into dataset.root happens once
-            data = adjust_data(load_data(config.dataset, plan.spec.input_shape, config.seed)).to(runtime.device)
+            on_gpu = runtime.device.type == "cuda"  # image folders: decoded there (data/decode.py)
+            data = adjust_data(load_data(config.dataset, plan.spec.input_shape, config.seed, on_gpu)).to(runtime.device)
         trained_on = training_data(config, data, plan)
         out_dir.mkdir(parents=True, exist_ok=True)
         store = RunStore(out_dir, fingerprint(config), trained_on, shard.is_main)
@@ -412,7 +413,7 @@ def open_run(
         if shard.is_main:
             phases = {"train": config.train.precision, "retrain": config.retrain.precision}
             phases |= {"quantize": config.quantize.precision} if plan.quantize_bits is not None else {}
-            write_run_record(out_dir, config, trained_on, runtime.describe(phases))
+            write_run_record(out_dir, config, trained_on, {**runtime.describe(phases), "decode": decoding(data)})
         yield experiment
 
 

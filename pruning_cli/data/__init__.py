@@ -17,8 +17,11 @@ __all__ = ["ImageData", "TensorSplit", "load_data"]
 IMAGENET_SHAPE = (3, 224, 224)
 
 
-def load_data(config: DatasetConfig, input_shape: tuple[int, int, int], seed: int) -> ImageData:
-    """The data set `config` names, shaped for a model that takes `input_shape` images, with its validation split."""
+def load_data(
+    config: DatasetConfig, input_shape: tuple[int, int, int], seed: int, decode_on_device: bool = False
+) -> ImageData:
+    """The data set `config` names, shaped for a model that takes `input_shape` images, with its validation split;
+    image folders decoded on the run's device when `decode_on_device` (a GPU: data/decode.py)."""
     if isinstance(config, SyntheticDataset):
         shape = IMAGENET_SHAPE if config.name == "synthetic_imagenet" else input_shape
         data = make_synthetic(config.num_train, config.num_test, config.num_classes, shape, seed)
@@ -27,7 +30,9 @@ def load_data(config: DatasetConfig, input_shape: tuple[int, int, int], seed: in
         if not len(config.mean) == len(config.std) == input_shape[0]:
             raise UserError(f"dataset.mean and dataset.std need one value per channel of the model's input "
                             f"({input_shape[0]}), not {len(config.mean)} and {len(config.std)}")  # fmt: skip
-        data = load_imagenet(Path(config.root), config.num_workers, seed, config.size, config.mean, config.std, what)
+        data = load_imagenet(
+            Path(config.root), config.num_workers, seed, config.size, config.mean, config.std, what, decode_on_device
+        )
     elif isinstance(config, MnistLikeDataset) and config.name in MNIST_LIKE:
         system_dir = Path(config.system_dir) if config.system_dir else None
         data = load_mnist_like(config.name, Path(config.root), config.download, system_dir)
@@ -53,3 +58,13 @@ def fitted(data: ImageData, input_shape: tuple[int, int, int]) -> ImageData:
              f"{' and '.join(change for change in changes if change)}")  # fmt: skip
     splits = (TensorSplit(fit_images(split.images, input_shape), split.labels) for split in (data.train, data.test))
     return ImageData(*splits, num_classes=data.num_classes)
+
+
+def decoding(data: ImageData) -> str:
+    """Where the training images are decoded (run.json's runtime.decode)."""
+    from pruning_cli.data.decode import DecodedSplit
+    from pruning_cli.data.loader import LoaderSplit
+
+    if isinstance(data.train, DecodedSplit):
+        return f"on {data.train.device.type} (torchvision.io.decode_jpeg, transforms on tensors)"
+    return "PIL in DataLoader workers" if isinstance(data.train, LoaderSplit) else "in memory"

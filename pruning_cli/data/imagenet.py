@@ -55,17 +55,35 @@ def _image_folder(folder: Path, transform: "transforms.Compose", what: str) -> "
 
 
 def load_imagenet(
-    root: Path, num_workers: int, seed: int, size: int = 224, mean=MEAN, std=STD, what: str = "ImageNet"
+    root: Path,
+    num_workers: int,
+    seed: int,
+    size: int = 224,
+    mean=MEAN,
+    std=STD,
+    what: str = "ImageNet",
+    on_device: bool = False,
 ) -> ImageData:
-    """Both splits as DataLoader-backed splits; the class list comes from the training folder."""
+    """Both splits as DataLoader-backed splits; the class list comes from the training folder. `on_device`: the
+    workers read the files and the run's device decodes and augments them (data/decode.py)."""
     root = Path(root).expanduser()
-    train = _image_folder(root / "train", train_transform(size, mean, std), what)
-    val = _image_folder(root / "val", eval_transform(size, mean, std), what)
+    transforms = (None, None) if on_device else (train_transform(size, mean, std), eval_transform(size, mean, std))
+    train = _image_folder(root / "train", transforms[0], what)
+    val = _image_folder(root / "val", transforms[1], what)
     if val.classes != train.classes:
         raise UserError(
             f"{root / 'val'} has {len(val.classes)} class folders and {root / 'train'} has {len(train.classes)}; "
             "both need the same class folder names"
         )
+    if on_device:
+        from pruning_cli.data.decode import DecodedSplit, EncodedImages, collate_encoded
+
+        splits = [
+            DecodedSplit(LoaderSplit(EncodedImages(folder), num_workers, seed=seed, collate=collate_encoded), training,
+                         size, mean, std)
+            for folder, training in ((train, True), (val, False))
+        ]  # fmt: skip
+        return ImageData(*splits, len(train.classes))
     return ImageData(
         LoaderSplit(train, num_workers, seed=seed), LoaderSplit(val, num_workers, seed=seed), len(train.classes)
     )

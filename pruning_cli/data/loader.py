@@ -32,9 +32,9 @@ class LoaderSplit:
     """One split of a map-style dataset of (image tensor, label), batched by a DataLoader, moved to `device`."""
 
     def __init__(
-        self, dataset: Dataset, num_workers: int = 0, device: torch.device | str = "cpu", seed: int = 0
+        self, dataset: Dataset, num_workers: int = 0, device: torch.device | str = "cpu", seed: int = 0, collate=None
     ) -> None:
-        self.dataset, self.num_workers, self.seed = dataset, num_workers, seed
+        self.dataset, self.num_workers, self.seed, self.collate = dataset, num_workers, seed, collate
         self.device = torch.device(device)
         self._loader: tuple[DataLoader, _BatchOrder] | None = None
 
@@ -54,6 +54,9 @@ class LoaderSplit:
         batch_order.batches = [batch.tolist() for batch in shard.global_batches(order, batch_size)]
         non_blocking = self.device.type == "cuda"
         for images, labels in loader:
+            if isinstance(images, list):  # encoded files (data/decode.py): their decoder puts them on the device
+                yield images, labels
+                continue
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
 
     def _batch_loader(self, shard: Shard) -> tuple[DataLoader, _BatchOrder]:
@@ -62,7 +65,7 @@ class LoaderSplit:
             batch_order = _BatchOrder()
             loader = DataLoader(
                 self.dataset, batch_sampler=batch_order, num_workers=self.num_workers,
-                pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0, collate_fn=self.collate,
                 # each process augments with its own stream; the batch order is shared (see `batches`)
                 generator=torch.Generator().manual_seed(self.seed + 1_000_003 * shard.rank),
             )  # fmt: skip
@@ -70,7 +73,7 @@ class LoaderSplit:
         return self._loader
 
     def to(self, device: torch.device | str) -> "LoaderSplit":
-        return LoaderSplit(self.dataset, self.num_workers, device, self.seed)
+        return LoaderSplit(self.dataset, self.num_workers, device, self.seed, self.collate)
 
     def subset(self, index: Tensor) -> "LoaderSplit":
-        return LoaderSplit(Subset(self.dataset, index.tolist()), self.num_workers, self.device, self.seed)
+        return LoaderSplit(Subset(self.dataset, index.tolist()), self.num_workers, self.device, self.seed, self.collate)

@@ -1,0 +1,93 @@
+"""Image folders decoded on the GPU: DataLoader workers only read each file's bytes, nvJPEG decodes the batch on the
+device (torchvision.io.decode_jpeg), and the crop, resize, flip and normalisation run there on tensors, with the
+CPU path's semantics (transforms.v2 on tensors instead of PIL). On CUDA a CPU core decodes about 500 images/s
+(scripts/bench_input.py), far below what one GPU trains on; this path takes the decoding off the CPU.
+
+The same code runs on the CPU (decode_jpeg there, decode_image for other formats), which is how it is tested.
+torchvision 0.29 marks its decoders deprecated in favour of TorchCodec: the successor to move to once it is pinned.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from pruning_cli.data.loader import LoaderSplit
+from pruning_cli.distributed import SINGLE_PROCESS, Shard
+
+if TYPE_CHECKING:
+    from torchvision import datasets
+
+
+class EncodedImages(Dataset):
+    """An ImageFolder's files as (encoded bytes, label): the workers read, they do not decode. Plain bytes, not
+    tensors: a batch of many small tensors would cross from the workers as as many shared-memory descriptors."""
+
+    def __init__(self, folder: "datasets.ImageFolder") -> None:
+        self.samples = folder.samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[bytes, int]:
+        path, label = self.samples[index]
+        return Path(path).read_bytes(), label
+
+
+def collate_encoded(batch: list[tuple[bytes, int]]) -> tuple[list[bytes], Tensor]:
+    """A batch of files of different lengths: their bytes, and the labels."""
+    return [data for data, _ in batch], torch.tensor([label for _, label in batch])
+
+
+class DecodedSplit:
+    """One split of an image folder, decoded and augmented on `device` (the TensorSplit interface)."""
+
+    def __init__(
+        self, files: LoaderSplit, train: bool, size: int, mean: list[float], std: list[float], device="cpu"
+    ) -> None:
+        self.files, self.train, self.size, self.mean, self.std = files, train, size, mean, std
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def num_batches(self, batch_size: int, shard: Shard = SINGLE_PROCESS) -> int:
+        return self.files.num_batches(batch_size, shard)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, shard: Shard = SINGLE_PROCESS
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of the file loader (its order, its sharding), decoded and transformed on the device."""
+        for encoded, labels in self.files.batches(batch_size, generator, shard):
+            yield self.decode(encoded), labels.to(self.device)
+
+    def decode(self, files: list[bytes]) -> Tensor:
+        """Normalised float images (N, 3, size, size) on the device from a batch of encoded files."""
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in files]
+        jpeg = all(data[:2] == b"\xff\xd8" for data in files)
+        if jpeg:
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+        else:  # nvJPEG decodes JPEG only: other formats on the CPU
+            images = [decode_image(data, mode=ImageReadMode.RGB).to(self.device) for data in encoded]
+        transform = self._transform()
+        batch = torch.stack([transform(image) for image in images]).float() / 255
+        mean, std = (torch.tensor(values, device=self.device).view(1, -1, 1, 1) for values in (self.mean, self.std))
+        return (batch - mean) / std
+
+    def _transform(self):
+        from torchvision.transforms import v2
+
+        if self.train:
+            return v2.Compose([v2.RandomResizedCrop(self.size, antialias=True), v2.RandomHorizontalFlip()])
+        return v2.Compose([v2.Resize(self.size * 256 // 224, antialias=True), v2.CenterCrop(self.size)])
+
+    def to(self, device: torch.device | str) -> "DecodedSplit":
+        return DecodedSplit(self.files, self.train, self.size, self.mean, self.std, device)
+
+    def subset(self, index: Tensor) -> "DecodedSplit":
+        return DecodedSplit(self.files.subset(index), self.train, self.size, self.mean, self.std, self.device)

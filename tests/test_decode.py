@@ -1,0 +1,60 @@
+"""The on-device decoding path of image folders (data/decode.py), run on the CPU: the same labels, shapes and
+transforms' semantics as the PIL path, and run.json says which path a run used."""
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from runs import run_in_process
+from torch import nn
+
+from pruning_cli.cli import compose_config
+from pruning_cli.config import PhaseConfig
+from pruning_cli.data import decoding, load_data
+from pruning_cli.data.imagenet import load_imagenet
+from pruning_cli.training.loop import MaskedWeights, train_phase
+
+
+def _folder(root: Path, fmt: str = "JPEG") -> Path:
+    generator = torch.Generator().manual_seed(0)
+    for split, count in {"train": 4, "val": 3}.items():
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for index in range(count):
+                pixels = torch.randint(256, (40 + 7 * index, 52, 3), generator=generator, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(root / split / label / f"{index}.{fmt.lower()}", format=fmt)
+    return root
+
+
+def test_the_decoded_path_gives_the_pil_paths_labels_shapes_and_near_values(tmp_path):
+    root = _folder(tmp_path / "images")
+    pil = load_imagenet(root, num_workers=0, seed=0, size=32)
+    decoded = load_imagenet(root, num_workers=0, seed=0, size=32, on_device=True)
+    assert (len(decoded.train), len(decoded.test), decoded.num_classes) == (8, 6, 2)
+    (ours, our_labels), (theirs, their_labels) = (next(data.test.batches(6)) for data in (decoded, pil))
+    assert torch.equal(our_labels, their_labels) and ours.shape == theirs.shape == (6, 3, 32, 32)
+    assert ours.dtype == torch.float32 and (ours - theirs).abs().mean() < 0.05  # resize + centre crop, two libraries
+    images, labels = next(decoded.train.batches(8, torch.Generator().manual_seed(1)))
+    assert images.shape == (8, 3, 32, 32) and sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_png_files_are_decoded_too_and_a_model_trains_on_the_decoded_batches(tmp_path):
+    root = _folder(tmp_path / "images", fmt="PNG")
+    data = load_imagenet(root, num_workers=1, seed=0, size=16, on_device=True)
+    model = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.Flatten(), nn.Linear(64, 2))
+    masked = MaskedWeights([model[0].weight], [torch.ones_like(model[0].weight, dtype=torch.bool)])
+    loss = train_phase(model, data.train, PhaseConfig(epochs=1, batch_size=4), masked, torch.Generator(), "test")
+    assert loss == loss and loss > 0
+    assert decoding(data) == "on cpu (torchvision.io.decode_jpeg, transforms on tensors)"
+
+
+def test_run_json_says_where_the_images_were_decoded(tmp_path):
+    root = _folder(tmp_path / "images")
+    overrides = ["model=torchvision", "model.arch=mobilenet_v3_small", "dataset=image_folder", f"dataset.root={root}",
+                 "dataset.size=32", "dataset.num_workers=0", "train.epochs=1", "retrain.epochs=0",
+                 "pruning.iterations=1", "train.batch_size=4"]  # fmt: skip
+    run_in_process(tmp_path / "run", *overrides)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["runtime"]["decode"] == "PIL in DataLoader workers"
+    data = load_data(compose_config("dataset=synthetic").dataset, (1, 28, 28), 0)
+    assert decoding(data) == "in memory"

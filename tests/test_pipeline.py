@@ -99,7 +99,8 @@ def test_run_json_records_the_config_and_the_training_data(lenet5_run):
     ]
     arithmetic = "bf16" if cpu_has_amx() else "fp32"  # precision=auto: the device policy's choice, recorded
     assert record["runtime"] == {
-        "device": "cpu", "memory_format": "channels_last", "arithmetic": {"train": arithmetic, "retrain": arithmetic}
+        "device": "cpu", "memory_format": "channels_last", "arithmetic": {"train": arithmetic, "retrain": arithmetic},
+        "decode": "in memory",
     }  # fmt: skip
 
 

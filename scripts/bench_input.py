@@ -1,6 +1,9 @@
-"""The ImageNet input pipeline alone: JPEG decoding and augmentation, in images/s on one CPU core.
+"""The ImageNet input pipeline alone: JPEG decoding and augmentation, in images/s on one CPU core, and with
+`--device cuda` the on-device path of a CUDA run (data/decode.py: nvJPEG decoding and tensor transforms on the GPU,
+batches of `--batch-size`), in images/s per GPU.
 
     python scripts/bench_input.py [--images 256] [--rounds 3] [--size 500x375] [--train-images-per-second N ...]
+                                  [--device cpu|cuda] [--batch-size 128]
 
 It writes a folder of generated JPEGs (ImageNet's typical 500x375, quality 90) in ImageFolder layout, then times
 `dataset=imagenet`'s own training and evaluation transforms (pruning_cli.data.imagenet: decode with PIL,
@@ -48,6 +51,25 @@ def images_per_second(paths: list[Path], transform) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def device_images_per_second(folder: Path, device: str, batch_size: int, train: bool) -> float:
+    """The on-device path over the folder once: files read in this process, each batch decoded and transformed on
+    `device` (synchronised before the clock stops)."""
+    from pruning_cli.data.imagenet import load_imagenet
+
+    root = folder.parent / "layout"  # the ImageFolder layout load_imagenet reads: train/ and val/, the same files
+    if not root.exists():
+        root.mkdir()
+        for split in ("train", "val"):
+            (root / split).symlink_to(folder, target_is_directory=True)
+    data = load_imagenet(root, num_workers=0, seed=0, on_device=True).to(device)
+    split = data.train if train else data.test
+    started = time.perf_counter()
+    count = sum(len(labels) for _, labels in split.batches(batch_size))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
@@ -57,11 +79,14 @@ def main() -> None:
         "--train-images-per-second", type=float, nargs="*", default=[], metavar="N",
         help="training speeds (images/s) of the model(s) to feed: prints the decoding cores each needs",
     )  # fmt: skip
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="also time the on-device path (data/decode.py) on this device")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=128, help="batch of the on-device path")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one worker, one core
     width, height = (int(part) for part in args.size.split("x"))
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_jpegs(Path(folder), args.images, (width, height))
+        paths = write_jpegs(Path(folder) / "images", args.images, (width, height))
         size = sum(path.stat().st_size for path in paths) / len(paths)
         print(f"{len(paths)} JPEGs of {width}x{height}, {size / 1e3:.0f} KB each; one process, one thread")
         for name, transform in (
@@ -73,6 +98,12 @@ def main() -> None:
             print(f"{name}: {per_core:.0f} images/s per core (rounds: {', '.join(f'{s:.0f}' for s in speeds)})")
             for needed in args.train_images_per_second:
                 print(f"  to feed {needed:,.0f} images/s: {needed / per_core:.0f} cores")
+        for name, train in (("train", True), ("eval", False)):
+            speeds = [device_images_per_second(Path(folder) / "images", args.device, args.batch_size, train)
+                      for _ in range(args.rounds)]  # fmt: skip
+            rounds = ", ".join(f"{speed:.0f}" for speed in speeds)
+            print(f"{name}, decoded on {args.device} (data/decode.py, batch {args.batch_size}): "
+                  f"{statistics.median(speeds):.0f} images/s (rounds: {rounds})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The CUDA path end to end and GPU throughput (docs/results.md, "GPU"): AlexNet in fp32, bf16 and bf16 with
-# torch.compile, VGG-16 in bf16, on generated images, then the export and the masked-training benchmark.
-# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (logs in OUT_DIR, default outputs/gpu_check; needs a CUDA GPU)
+# The CUDA path end to end and GPU throughput (docs/results.md, "GPU"): the project's pinned versions installed
+# first (where a package index is reachable), AlexNet in fp32, bf16 and bf16 with torch.compile, VGG-16 in bf16,
+# AlexNet with 2:4 masks, on generated images; then the export, the masked-training benchmark, the on-device JPEG
+# decoding benchmark, and the test suite on the GPU (device=auto picks it).
+# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (logs in OUT_DIR, default outputs/gpu_check; needs a CUDA GPU;
+# SKIP_TESTS=1 leaves the test suite out)
 set -u
 out=${1:-outputs/gpu_check}
 mkdir -p "$out"
+python -m pip install --quiet -c constraints.txt -e ".[dev]" >"$out/install.log" 2>&1 ||
+  echo "== install: failed (no package index?), running with what is installed; see $out/install.log"
+python -c "import torch, torchvision; print('== torch', torch.__version__, 'torchvision', torchvision.__version__)"
 run="python -m pruning_cli.cli"
 images="dataset=synthetic_imagenet dataset.num_train=1024 dataset.num_test=256 dataset.eval_batch_size=128
   model.weights=null device=cuda train.epochs=2 retrain.epochs=1 pruning.iterations=2 train.batch_size=64
@@ -24,3 +30,7 @@ step vgg16_bf16 $run experiment=vgg16_paper $images train.precision=bf16 retrain
 step export python -m pruning_cli.sparse.cli "$out/a16" --format all
 step bench_masked python scripts/bench_masked_training.py --device cuda --precision bf16 --batch-size 128 --steps 20 \
   --rounds 3
+step alexnet_2_4 $run experiment=alexnet_paper $images pruning.pattern=2:4 train.precision=bf16 retrain.precision=bf16 \
+  hydra.run.dir="$out/a24"
+step decode python scripts/bench_input.py --device cuda --images 512 --rounds 3 --batch-size 128
+[[ ${SKIP_TESTS:-0} == 1 ]] || step tests python -m pytest -q

@@ -60,6 +60,9 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
         config.retrain.freeze, config.retrain.epochs, config.dataset.val_split > 0,
     )  # fmt: skip
     if isinstance(config.task, SensitivityTask):
+        if config.pruning.pattern is not None:
+            raise UserError("task=sensitivity prunes one layer at a time by its threshold alone: leave out "
+                            "pruning.pattern")  # fmt: skip
         if config.dataset.val_split == 0:
             raise UserError("a sensitivity analysis evaluates on held-out training data: set dataset.val_split=N")
         if config.quantize.enabled:

@@ -37,19 +37,41 @@ def test_the_kernels_take_linear_weights_of_32_rows_and_64_columns_multiples():
     assert not fits_semi_structured((300, 784)) and not fits_semi_structured((64, 3, 3, 3))
 
 
-@pytest.mark.parametrize("text", ["2-4", "4:2", "0:4", "2:4:8", "two:four"])
-def test_a_pattern_that_is_not_n_of_m_is_refused_in_one_line(text):
-    with pytest.raises(ValueError, match=f"pruning.pattern is {text}; give N:M with 1 <= N < M"):
+@pytest.mark.parametrize("text", ["2-4", "4:2", "0:4", "2:4:8", "two:four", "3:5", "2:8"])
+def test_a_pattern_the_kernels_do_not_run_is_refused_in_one_line(text):
+    with pytest.raises(ValueError, match=f"pruning.pattern is {text}; the sparse tensor cores run 2:4 "):
         parse_pattern(text)
     with pytest.raises(UserError, match="e.g. pruning.pattern=2:4"):
         plan_run(compose_config(f"pruning.pattern={text}"))
 
 
+def test_a_sensitivity_analysis_with_a_pattern_is_refused():
+    with pytest.raises(UserError, match="task=sensitivity prunes one layer at a time by its threshold alone"):
+        plan_run(compose_config("task=sensitivity", "dataset.val_split=128", "pruning.pattern=2:4"))
+
+
+WIDE = ["model=custom", "model._target_=own_nets.Wide", "dataset=synthetic", "dataset.num_train=256",
+        "dataset.num_test=64", "train.epochs=1", "retrain.epochs=1", "pruning.pattern=2:4"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [["pruning=global", "pruning.target=1.5", "pruning.iterations=1"],
+     ["pruning=gradual", "pruning.target=1.5", "pruning.end=1", "pruning.frequency=2"]],
+    ids=["global", "gradual"],
+)  # fmt: skip
+def test_a_policys_target_is_met_exactly_within_the_pattern(policy, tmp_path):
+    """The policy chooses within the 2:4 masks: its count is exact and the patterned layer stays 2:4."""
+    run_in_process(tmp_path, *WIDE, *policy)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    weights = [state[f"layers.{index}.weight"] for index in (1, 3, 5)]
+    total, kept = sum(w.numel() for w in weights), sum(int(torch.count_nonzero(w)) for w in weights)
+    assert kept == round(total / 1.5)  # dense enough that a pattern applied after the cut would remove more
+    assert ((state["layers.3.weight"] != 0).reshape(64, 16, 4).sum(dim=2) <= 2).all()
+
+
 def test_a_run_with_2_4_patterns_the_layers_that_fit_and_prunes_the_others_as_before(tmp_path):
-    overrides = ["model=custom", "model._target_=own_nets.Wide", "dataset=synthetic", "dataset.num_train=256",
-                 "dataset.num_test=64", "train.epochs=1", "retrain.epochs=1", "pruning.iterations=2",
-                 "pruning.sensitivity=0.5", "pruning.pattern=2:4"]  # fmt: skip
-    run_in_process(tmp_path, *overrides)
+    run_in_process(tmp_path, *WIDE, "pruning.iterations=2", "pruning.sensitivity=0.5")
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     middle = state["layers.3.weight"] != 0
     assert (middle.reshape(64, 16, 4).sum(dim=2) <= 2).all() and middle.sum() < 0.5 * middle.numel()

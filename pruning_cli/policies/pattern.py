@@ -1,5 +1,7 @@
-"""`pruning.pattern=N:M` on top of any policy: the masks it chooses, then at most N of every M weights along the input
-of each layer the semi-structured kernels take (pruning/pattern.py); the other layers keep the policy's masks."""
+"""`pruning.pattern=N:M` under any policy: on each layer the semi-structured kernels take, at most N of every M
+weights along the input survive (pruning/pattern.py), and the policy chooses within that. It sees the run's masks
+with the pattern already applied, so whatever it keeps is a subset of them (still N:M) and its own count of the
+weights (a compression target, a schedule) holds exactly; the other layers are the policy's alone."""
 
 import logging
 from collections.abc import Mapping
@@ -12,6 +14,16 @@ from pruning_cli.policies.base import PruneStep, PruningPolicy, RunView, Verdict
 from pruning_cli.pruning.pattern import n_of_m_mask
 
 log = logging.getLogger(__name__)
+
+
+class _PatternedView:
+    """The run as the inner policy sees it: its weights and predictions, its masks with the pattern applied."""
+
+    def __init__(self, run: RunView, masks: dict[str, Tensor]) -> None:
+        self.weights, self.masks, self.run = run.weights, masks, run
+
+    def validation_correct(self) -> Tensor:
+        return self.run.validation_correct()
 
 
 class Patterned(PruningPolicy):
@@ -33,13 +45,19 @@ class Patterned(PruningPolicy):
             for name, mask in masks.items()
         }
 
+    def view(self, run: RunView) -> _PatternedView:
+        return _PatternedView(run, self.apply(run.weights, run.masks))
+
     def prune(self, iteration: int, run: RunView) -> PruneStep | None:
-        step = self.inner.prune(iteration, run)
-        return None if step is None else PruneStep(self.apply(run.weights, step.masks), step.records)
+        view = self.view(run)
+        step = self.inner.prune(iteration, view)
+        if step is None:
+            return None
+        # a policy that keeps the masks as they are (gradual before its schedule) still gets the pattern
+        return PruneStep({name: mask & view.masks[name] for name, mask in step.masks.items()}, step.records)
 
     def during_retraining(self, iteration: int, step: int, steps: int, run: RunView) -> dict[str, Tensor] | None:
-        masks = self.inner.during_retraining(iteration, step, steps, run)
-        return None if masks is None else self.apply(run.weights, masks)
+        return self.inner.during_retraining(iteration, step, steps, self.view(run))
 
     def freeze(self, iteration: int) -> Freeze:
         return self.inner.freeze(iteration)

@@ -12,10 +12,12 @@ ROWS, COLUMNS = 32, 64
 
 
 def parse_pattern(text: str) -> tuple[int, int]:
-    """(N, M) of an "N:M" pattern; ValueError for anything else (N and M at least 1, N < M)."""
+    """(N, 4) of an "N:4" pattern with N 1 or 2, the ones the 2:4 kernels run; ValueError for anything else."""
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
-    if match is None or not 1 <= int(match[1]) < int(match[2]):
-        raise ValueError(f"pruning.pattern is {text}; give N:M with 1 <= N < M, e.g. pruning.pattern=2:4")
+    if match is None or int(match[2]) != 4 or int(match[1]) not in (1, 2):
+        raise ValueError(
+            f"pruning.pattern is {text}; the sparse tensor cores run 2:4 (or 1:4), e.g. pruning.pattern=2:4"
+        )
     return int(match[1]), int(match[2])
 
 

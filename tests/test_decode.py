@@ -4,6 +4,7 @@ transforms' semantics as the PIL path, and run.json says which path a run used."
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from runs import run_in_process
@@ -46,7 +47,26 @@ def test_png_files_are_decoded_too_and_a_model_trains_on_the_decoded_batches(tmp
     masked = MaskedWeights([model[0].weight], [torch.ones_like(model[0].weight, dtype=torch.bool)])
     loss = train_phase(model, data.train, PhaseConfig(epochs=1, batch_size=4), masked, torch.Generator(), "test")
     assert loss == loss and loss > 0
-    assert decoding(data) == "on cpu (torchvision.io.decode_jpeg, transforms on tensors)"
+    assert decoding(data).startswith("on cpu (JPEG batches by torchvision.io.decode_jpeg, other files by PIL")
+
+
+def test_cmyk_jpegs_and_other_formats_are_read_as_the_pil_path_reads_them(tmp_path):
+    """A CMYK JPEG (which nvJPEG refuses), a BMP and a grayscale JPEG in one folder: the same RGB pixels as PIL's."""
+    for split in ("train", "val"):
+        folder = tmp_path / split / "a"
+        folder.mkdir(parents=True)
+        pixels = torch.randint(256, (24, 24, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).convert("CMYK").save(folder / "cmyk.jpg", format="JPEG", quality=95)
+        Image.fromarray(pixels).save(folder / "plain.bmp", format="BMP")
+        Image.fromarray(pixels[:, :, 0]).save(folder / "gray.jpg", format="JPEG", quality=95)
+    decoded = load_imagenet(tmp_path, num_workers=0, seed=0, size=24, on_device=True).test
+    files = [Path(path).read_bytes() for path, _ in decoded.files.dataset.samples]
+    for image, path in zip(decoded._decoded(files), decoded.files.dataset.samples, strict=True):
+        with Image.open(path[0]) as reference:
+            expected = torch.from_numpy(np.asarray(reference.convert("RGB")).copy()).permute(2, 0, 1)
+        assert image.shape == expected.shape and (image.int() - expected.int()).abs().max() <= 2, path[0]
+    images, _ = next(decoded.batches(3))
+    assert images.shape == (3, 3, 24, 24)
 
 
 def test_run_json_says_where_the_images_were_decoded(tmp_path):

@@ -66,5 +66,6 @@ def decoding(data: ImageData) -> str:
     from pruning_cli.data.loader import LoaderSplit
 
     if isinstance(data.train, DecodedSplit):
-        return f"on {data.train.device.type} (torchvision.io.decode_jpeg, transforms on tensors)"
+        where = data.train.device.type
+        return f"on {where} (JPEG batches by torchvision.io.decode_jpeg, other files by PIL; transforms on tensors)"
     return "PIL in DataLoader workers" if isinstance(data.train, LoaderSplit) else "in memory"

@@ -66,18 +66,31 @@ class DecodedSplit:
 
     def decode(self, files: list[bytes]) -> Tensor:
         """Normalised float images (N, 3, size, size) on the device from a batch of encoded files."""
-        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
-        encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in files]
-        jpeg = all(data[:2] == b"\xff\xd8" for data in files)
-        if jpeg:
-            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
-        else:  # nvJPEG decodes JPEG only: other formats on the CPU
-            images = [decode_image(data, mode=ImageReadMode.RGB).to(self.device) for data in encoded]
+        images = self._decoded(files)
         transform = self._transform()
         batch = torch.stack([transform(image) for image in images]).float() / 255
         mean, std = (torch.tensor(values, device=self.device).view(1, -1, 1, 1) for values in (self.mean, self.std))
         return (batch - mean) / std
+
+    def _decoded(self, files: list[bytes]) -> list[Tensor]:
+        """uint8 (3, H, W) images on the device: a batch of JPEGs by decode_jpeg there; any other file, and a JPEG
+        the device's decoder refuses (nvJPEG and CMYK), by PIL as the CPU path reads it."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        jpegs = [index for index, data in enumerate(files) if data[:2] == b"\xff\xd8"]
+        images: list[Tensor | None] = [None] * len(files)
+        if jpegs:
+            try:
+                encoded = [torch.frombuffer(bytearray(files[index]), dtype=torch.uint8) for index in jpegs]
+                decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+                for index, image in zip(jpegs, decoded, strict=True):
+                    images[index] = image
+            except RuntimeError:  # one file the decoder cannot take: the whole batch goes through PIL
+                pass
+        return [
+            image if image is not None else _pil(data).to(self.device)
+            for image, data in zip(images, files, strict=True)
+        ]
 
     def _transform(self):
         from torchvision.transforms import v2
@@ -91,3 +104,14 @@ class DecodedSplit:
 
     def subset(self, index: Tensor) -> "DecodedSplit":
         return DecodedSplit(self.files.subset(index), self.train, self.size, self.mean, self.std, self.device)
+
+
+def _pil(data: bytes) -> Tensor:
+    """One file decoded as the CPU path does (PIL, converted to RGB), as a uint8 (3, H, W) tensor."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)

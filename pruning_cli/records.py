@@ -185,3 +185,12 @@ def training_history(inherited: TrainedOn, own: TrainingData) -> TrainedOn:
 def as_records(trained_on: TrainedOn) -> list[dict[str, Any]] | None:
     """`trained_on` as it is written into run.json and the checkpoints."""
     return None if trained_on is None else [asdict(entry) for entry in trained_on]
+
+
+def excluded_layers(run_dir: Path) -> list[str]:
+    """The layers the run left dense (pruning.exclude in its record; none for an older run or no record)."""
+    try:
+        pruning = read_run_record(run_dir)["config"].get("pruning") or {}
+    except ValueError:
+        return []
+    return list(pruning.get("exclude") or [])

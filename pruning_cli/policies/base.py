@@ -118,9 +118,14 @@ class NoPruning(PruningPolicy):
         return 0
 
 
+def floor_total(min_kept: float, context: PolicyContext) -> int:
+    """Weights a per-layer floor of `min_kept` (a share of each layer, at least one weight) keeps in all."""
+    return sum(max(1, math.ceil(min_kept * size)) for size in context.layer_sizes.values()) if min_kept else 0
+
+
 def check_floors(keep: int, min_kept: float, context: PolicyContext) -> None:
     """ValueError when the per-layer floor alone keeps more weights than the target allows."""
-    floors = sum(max(1, math.ceil(min_kept * size)) for size in context.layer_sizes.values()) if min_kept else 0
+    floors = floor_total(min_kept, context)
     if floors > keep:
         raise ValueError(
             f"pruning.min_kept={min_kept} keeps at least {floors:,} weights of model={context.model}, more than the "

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, Verdict
+from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, Verdict, floor_total
 from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning, GradualSchedule
 from pruning_cli.pruning.allocation import Allocation
 from pruning_cli.pruning.paired import PairedDrop
@@ -107,9 +107,9 @@ class BudgetedSearch(PruningPolicy):
 
     def floors(self) -> int:
         """Weights the per-layer floor of a global or LAMP cut keeps whatever the compression."""
-        if Allocation(self.config.allocation) not in (Allocation.global_, Allocation.lamp) or not self.config.min_kept:
+        if Allocation(self.config.allocation) not in (Allocation.global_, Allocation.lamp):
             return 0
-        return sum(max(1, math.ceil(self.config.min_kept * size)) for size in self.context.layer_sizes.values())
+        return floor_total(self.config.min_kept, self.context)
 
     def candidate(self, compression: float, initial: float) -> GradualMagnitude:
         """Gradual pruning to `compression` within one retraining phase, from sparsity `initial`."""

@@ -27,11 +27,11 @@ from pruning_cli.records import (
     SENSITIVITY,
     CsvSchema,
     config_tree,
+    excluded_layers,
     experiment_settings,
     flatten,
     read_run_record,
 )
-from pruning_cli.sparse.cli import excluded_layers
 from pruning_cli.sparse.export import export_state_dict, file_sizes, is_quantized
 
 TEXT_COLUMNS = ("phase", "layer")

@@ -15,7 +15,7 @@ from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
 from pruning_cli.models.registry import model_key
-from pruning_cli.records import MODEL_FILE, RUN_RECORD, read_run_record
+from pruning_cli.records import MODEL_FILE, RUN_RECORD, excluded_layers, read_run_record
 from pruning_cli.sparse.export import export_state_dict, file_sizes, format_report, is_quantized
 
 PROG = "prune-export"
@@ -68,15 +68,6 @@ def model_name_from_run(run_dir: Path) -> str:
     if not isinstance(name, str):
         raise UserError(f"{run_dir / RUN_RECORD} has no model.name; pass --model {'|'.join(MODELS)}|<torchvision name>")
     return name
-
-
-def excluded_layers(run_dir: Path) -> list[str]:
-    """The layers the run left dense (pruning.exclude in its record; none for an older run or no record)."""
-    try:
-        pruning = read_run_record(run_dir)["config"].get("pruning") or {}
-    except ValueError:
-        return []
-    return list(pruning.get("exclude") or [])
 
 
 def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_format: str = "csr") -> str:

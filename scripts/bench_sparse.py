@@ -1,15 +1,18 @@
-"""Dense vs sparse (torch.sparse CSR) inference time, and dense / CSR / compact / quantized storage of the paper's
-networks.
+"""Dense vs sparse (torch.sparse CSR) inference time, dense vs 2:4 on a GPU's sparse tensor cores, and dense / CSR /
+compact / quantized storage of the paper's networks.
 
-    python scripts/bench_sparse.py [--repeats 20] [--threads N] [--device cpu|cuda] [--storage-only]
+    python scripts/bench_sparse.py [--repeats 20] [--threads N] [--device cpu|cuda] [--storage-only | --timing-only]
 
 Timing: the LeNets (whole model; conv layers stay dense) and the fc layers of AlexNet and VGG-16, with random
 weights pruned by magnitude to the given kept fractions, at batch 1 and 64, median of `--repeats` runs after a
-warm-up, under torch.inference_mode. Storage: all four networks (AlexNet and VGG-16 are torchvision's, randomly
-initialised, no download) pruned per layer to the paper's kept fractions (PAPER.md, Tables 2-5), conv layers too,
-sized by prune-export's report without dead-unit removal; then each layer's survivors quantized by k-means (conv
-8 bits, fc 5 bits, as quantize=kmeans does before its fine-tuning) and the files of `prune-export --format
-quantized` and `--format deep` encoded (their exact byte counts).
+warm-up, under torch.inference_mode. On CUDA, also the fc layers the 2:4 kernels take (AlexNet's and VGG-16's
+fc6 / fc7) in fp16, dense against 2:4 (torch.sparse.to_sparse_semi_structured, as the model of prune-export
+--format semi_structured runs them) at batch 1, 64 and 256.
+Storage: all four networks (AlexNet and VGG-16 are torchvision's, randomly initialised, no download) pruned per
+layer to the paper's kept fractions (PAPER.md, Tables 2-5), conv layers too, sized by prune-export's report
+without dead-unit removal; then each layer's survivors quantized by k-means (conv 8 bits, fc 5 bits, as
+quantize=kmeans does before its fine-tuning) and the files of `prune-export --format quantized` and `--format
+deep` encoded (their exact byte counts).
 Weights are random, so the positions of the survivors are unstructured: a trained network's fillers may differ.
 """
 
@@ -25,9 +28,11 @@ from torch import Tensor, nn
 
 from pruning_cli.models import get_model_spec
 from pruning_cli.paper import PAPER_KEPT, network_name
+from pruning_cli.pruning.pattern import fits_semi_structured, n_of_m_mask
 from pruning_cli.quantize.kmeans import quantize_layer
 from pruning_cli.sparse.export import export_state_dict, file_sizes
 from pruning_cli.sparse.model import SparseLinear, sparsify
+from pruning_cli.sparse.semi_structured import to_semi_structured
 
 # (label, in_features, out_features, kept) of the single fc layers timed, at the paper's kept fractions (PAPER.md).
 TIMED_FC_LAYERS = [
@@ -39,6 +44,9 @@ TIMED_FC_LAYERS = [
     ("VGG-16 fc8", 4096, 1000, 0.23),
 ]
 BATCHES = (1, 64)
+TWO_FOUR_LAYERS = [(label, inputs, outputs) for label, inputs, outputs, _ in TIMED_FC_LAYERS
+                   if fits_semi_structured((outputs, inputs))]  # fmt: skip
+TWO_FOUR_BATCHES = (1, 64, 256)
 LENETS = ("lenet300", "lenet5")
 
 
@@ -140,12 +148,37 @@ def timing_rows(device: torch.device, repeats: int) -> Iterator[dict]:
         del dense, sparse
 
 
+def two_four_rows(
+    device: torch.device,
+    repeats: int,
+    layers: list[tuple[str, int, int]] = TWO_FOUR_LAYERS,
+    convert: Callable[[nn.Module, list[str]], nn.Module] = to_semi_structured,
+) -> Iterator[dict]:
+    """Dense fp16 against the same layer pruned 2:4 by magnitude and `convert`ed (the semi-structured kernels)."""
+    for label, in_features, out_features in layers:
+        torch.manual_seed(0)
+        dense = nn.Linear(in_features, out_features).to(device, torch.float16).eval()
+        with torch.no_grad():
+            dense.weight.mul_(n_of_m_mask(dense.weight, torch.ones_like(dense.weight, dtype=torch.bool), 2, 4))
+        sparse = convert(copy.deepcopy(dense), [""])  # "": the module itself
+        for batch in TWO_FOUR_BATCHES:
+            inputs = torch.randn(batch, in_features, device=device, dtype=torch.float16)
+            with torch.inference_mode():
+                difference = (dense(inputs) - sparse(inputs)).abs().max().item()
+                dense_ms = median_ms(lambda d=dense, x=inputs: d(x), repeats, device)
+                sparse_ms = median_ms(lambda s=sparse, x=inputs: s(x), repeats, device)
+            yield {"layer": label, "batch": batch, "dense_ms": dense_ms, "two_four_ms": sparse_ms,
+                   "speedup": dense_ms / sparse_ms, "max_abs_diff": difference}  # fmt: skip
+        del dense, sparse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per case (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--storage-only", action="store_true", help="skip the timing, print the storage table")
+    parser.add_argument("--timing-only", action="store_true", help="skip the storage table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,6 +188,15 @@ def main() -> None:
 
     if not args.storage_only:
         print_timing(device, args.repeats)
+        if device.type == "cuda":
+            print("\n2:4 (fp16, torch.sparse.to_sparse_semi_structured) against dense fp16")
+            print(
+                pd.DataFrame(two_four_rows(device, args.repeats)).to_string(index=False, float_format="{:.3f}".format)
+            )
+        else:
+            print("\n2:4 timing skipped: the 2:4 kernels run on a CUDA GPU (--device cuda)")
+    if args.timing_only:
+        return
     print("\nstorage at the paper's kept fractions (biases dense in every format; MB = 10^6 bytes)")
     storage = pd.DataFrame(storage_row(name) for name in PAPER_KEPT)
     storage["kept"] = storage["nonzero"] / storage["params"]

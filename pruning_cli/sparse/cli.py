@@ -16,14 +16,16 @@ from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, get_model_spec
 from pruning_cli.models.registry import model_key
 from pruning_cli.records import MODEL_FILE, RUN_RECORD, excluded_layers, read_run_record
-from pruning_cli.sparse.export import export_state_dict, file_sizes, format_report, is_quantized
+from pruning_cli.sparse.export import FLOAT32_BYTES, export_state_dict, file_sizes, format_report, is_quantized
+from pruning_cli.sparse.semi_structured import NO_TWO_FOUR, export_semi_structured, two_four_layers
 
 PROG = "prune-export"
 OUTPUTS = {
     "csr": "model_sparse.pt", "compact": "model_compact.bin", "quantized": "model_quantized.bin",
-    "deep": "model_deep.bin",
+    "deep": "model_deep.bin", "semi_structured": "model_semi_structured.pt",
 }  # fmt: skip
 QUANTIZED_FORMATS = ("quantized", "deep")  # for a model whose layers share values (quantize=kmeans)
+SEMI_STRUCTURED = "semi_structured"  # the 2:4 layers of a pruning.pattern=2:4 run, for the sparse tensor cores
 ALL = "all"  # every format; the quantized ones only for a quantized model
 
 
@@ -48,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="csr: model_sparse.pt, a torch file of CSR layers; compact: model_compact.bin, the paper's relative "
         "indices bit-packed (5 bits fc, 8 bits conv; layout in README.md); quantized: model_quantized.bin, the "
         "same with each value an index into the layer's shared values (a model trained with quantize=kmeans); "
-        "deep: model_deep.bin, those indices and gaps Huffman-coded (Deep Compression); all: every one of them "
-        "that applies. The .bin files are read back by pruning_cli.sparse.compact_file.read_compact",
+        "deep: model_deep.bin, those indices and gaps Huffman-coded (Deep Compression); semi_structured: "
+        "model_semi_structured.pt, the 2:4 layers of a pruning.pattern=2:4 run compressed for the sparse tensor "
+        "cores (pruning_cli.sparse.semi_structured.semi_structured_model runs them on a GPU; shapes kept); all: "
+        "every one of them that applies. The .bin files are read back by pruning_cli.sparse.compact_file.read_compact",
     )
     return parser
 
@@ -77,24 +81,30 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     model_file = run_dir / MODEL_FILE
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
-    name = model_name or model_name_from_run(run_dir)
+    name, excluded = model_name or model_name_from_run(run_dir), excluded_layers(run_dir)
     state = _checked_state(model_file, name)
     try:
-        exported, report = export_state_dict(state, name, remove_dead, excluded_layers(run_dir))
+        exported, report = export_state_dict(state, name, remove_dead, excluded)
     except ValueError as error:  # the record's pruning.exclude names layers --model does not have
         raise UserError(f"{model_file}: {error}") from error
-    formats = list(OUTPUTS) if file_format == ALL else [file_format]
     quantized = is_quantized(exported)
-    if quantized is not None and file_format in QUANTIZED_FORMATS:
-        raise UserError(f"{model_file} is not quantized: {quantized}")
+    not_applicable = {each: f"is not quantized: {quantized}" for each in QUANTIZED_FORMATS if quantized is not None}
+    if not two_four_layers(state, name, excluded):
+        not_applicable[SEMI_STRUCTURED] = f"has {NO_TWO_FOUR}"
+    if file_format in not_applicable:
+        raise UserError(f"{model_file} {not_applicable[file_format]}")
     lines = []
-    for each in formats:
-        if quantized is not None and each in QUANTIZED_FORMATS:
-            lines.append(f"skipped {OUTPUTS[each]}: {quantized}")
-            continue
-        size = _write(run_dir / OUTPUTS[each], each, name, exported, report)
-        dense = int(report.set_index("layer").dense_bytes["total"])
-        lines.append(f"wrote {run_dir / OUTPUTS[each]}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32")
+    for each in list(OUTPUTS) if file_format == ALL else [file_format]:
+        if each in not_applicable:
+            lines.append(f"skipped {OUTPUTS[each]}: {model_file.name} {not_applicable[each]}")
+        elif each == SEMI_STRUCTURED:
+            lines.append(_write_semi_structured(run_dir / OUTPUTS[each], state, name, excluded))
+        else:
+            size = _write(run_dir / OUTPUTS[each], each, name, exported, report)
+            dense = int(report.set_index("layer").dense_bytes["total"])
+            lines.append(
+                f"wrote {run_dir / OUTPUTS[each]}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32"
+            )
     return "\n".join([format_report(report), *lines])
 
 
@@ -133,6 +143,19 @@ def _write(output: Path, file_format: str, name: str, exported: dict, report: pd
         raise UserError(f"cannot write {output}: {error.strerror or error}") from error
     report[f"{file_format}_file"] = pd.array(report.layer.map(sizes), dtype="Int64")
     return sizes["total"]
+
+
+def _write_semi_structured(output: Path, state: dict, name: str, excluded: list[str]) -> str:
+    """Write model_semi_structured.pt from the run's state (shapes kept: the kernels need them); say what it holds."""
+    payload = export_semi_structured(state, name, excluded)
+    try:
+        save_atomic(payload, output)
+    except OSError as error:
+        raise UserError(f"cannot write {output}: {error.strerror or error}") from error
+    dense = sum(value.numel() * FLOAT32_BYTES for value in state.values())
+    size = output.stat().st_size
+    return (f"wrote {output}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32; 2:4 layers: "
+            f"{', '.join(payload['layers'])}")  # fmt: skip
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from runs import run_in_process
@@ -13,7 +14,8 @@ from torch import nn
 from pruning_cli.cli import compose_config
 from pruning_cli.config import PhaseConfig
 from pruning_cli.data import decoding, load_data
-from pruning_cli.data.imagenet import load_imagenet
+from pruning_cli.data.imagenet import eval_transform, load_imagenet
+from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED, hold_out_validation
 from pruning_cli.training.loop import MaskedWeights, train_phase
 
 
@@ -78,3 +80,20 @@ def test_run_json_says_where_the_images_were_decoded(tmp_path):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["runtime"]["decode"] == "PIL in DataLoader workers"
     data = load_data(compose_config("dataset=synthetic").dataset, (1, 28, 28), 0)
     assert decoding(data) == "in memory"
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["pil", "decoded"])
+def test_held_out_splits_are_read_as_evaluation_reads_them_the_training_split_augmented(tmp_path, on_device):
+    """A validation split drawn from the training images is centre-cropped, not randomly augmented: a decision sees
+    the same images every time, those the evaluation transform gives; the training images still vary."""
+    root = _folder(tmp_path / "images")
+    loaded = load_imagenet(root, num_workers=0, seed=0, size=32, on_device=on_device)
+    data = hold_out_validation(loaded, 3, 2)
+    first, second = (next(data.val.batches(3))[0] for _ in range(2))
+    assert torch.equal(first, second) and torch.equal(*(next(data.confirm.batches(2))[0] for _ in range(2)))
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))[:3]
+    samples = (loaded.train.files if on_device else loaded.train).dataset.samples
+    with_eval_transform = [eval_transform(32)(Image.open(samples[index][0]).convert("RGB")) for index in order]
+    assert (first - torch.stack(with_eval_transform)).abs().mean() < (0.05 if on_device else 1e-6)
+    train_draws = [next(data.train.batches(5, torch.Generator().manual_seed(0)))[0] for _ in range(2)]
+    assert not torch.equal(*train_draws)  # random crops and flips: the same order, other pixels

@@ -102,8 +102,10 @@ class DecodedSplit:
     def to(self, device: torch.device | str) -> "DecodedSplit":
         return DecodedSplit(self.files, self.train, self.size, self.mean, self.std, device)
 
-    def subset(self, index: Tensor) -> "DecodedSplit":
-        return DecodedSplit(self.files.subset(index), self.train, self.size, self.mean, self.std, self.device)
+    def subset(self, index: Tensor, held_out: bool = False) -> "DecodedSplit":
+        """The files at `index`; `held_out`: transformed as evaluation does (a validation split: no augmentation)."""
+        training = self.train and not held_out
+        return DecodedSplit(self.files.subset(index), training, self.size, self.mean, self.std, self.device)
 
 
 def _pil(data: bytes) -> Tensor:

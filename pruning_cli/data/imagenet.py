@@ -2,6 +2,7 @@
 (which torchvision cannot download any more) or a user's own, `train/<class>/*` and `val/<class>/*`.
 """
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,7 @@ def load_imagenet(
             for folder, training in ((train, True), (val, False))
         ]  # fmt: skip
         return ImageData(*splits, len(train.classes))
-    return ImageData(
-        LoaderSplit(train, num_workers, seed=seed), LoaderSplit(val, num_workers, seed=seed), len(train.classes)
-    )
+    held_out = copy.copy(train)  # the same files (no second scan of the folder) with the evaluation transform
+    held_out.transform = transforms[1]
+    training = LoaderSplit(train, num_workers, seed=seed, held_out_dataset=held_out)
+    return ImageData(training, LoaderSplit(val, num_workers, seed=seed), len(train.classes))

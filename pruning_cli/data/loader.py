@@ -29,12 +29,15 @@ class _BatchOrder(Sampler[list[int]]):
 
 
 class LoaderSplit:
-    """One split of a map-style dataset of (image tensor, label), batched by a DataLoader, moved to `device`."""
+    """One split of a map-style dataset of (image tensor, label), batched by a DataLoader, moved to `device`.
+    `held_out_dataset`: the same images read with the evaluation transform, for the splits held out of it."""
 
     def __init__(
-        self, dataset: Dataset, num_workers: int = 0, device: torch.device | str = "cpu", seed: int = 0, collate=None
-    ) -> None:
+        self, dataset: Dataset, num_workers: int = 0, device: torch.device | str = "cpu", seed: int = 0, collate=None,
+        held_out_dataset: Dataset | None = None,
+    ) -> None:  # fmt: skip
         self.dataset, self.num_workers, self.seed, self.collate = dataset, num_workers, seed, collate
+        self.held_out_dataset = held_out_dataset
         self.device = torch.device(device)
         self._loader: tuple[DataLoader, _BatchOrder] | None = None
 
@@ -73,7 +76,11 @@ class LoaderSplit:
         return self._loader
 
     def to(self, device: torch.device | str) -> "LoaderSplit":
-        return LoaderSplit(self.dataset, self.num_workers, device, self.seed, self.collate)
+        return LoaderSplit(self.dataset, self.num_workers, device, self.seed, self.collate, self.held_out_dataset)
 
-    def subset(self, index: Tensor) -> "LoaderSplit":
-        return LoaderSplit(Subset(self.dataset, index.tolist()), self.num_workers, self.device, self.seed, self.collate)
+    def subset(self, index: Tensor, held_out: bool = False) -> "LoaderSplit":
+        """The images at `index`; `held_out`: read as evaluation reads them (a validation split: no augmentation)."""
+        indices = index.tolist()
+        evaluated = self.held_out_dataset and Subset(self.held_out_dataset, indices)
+        dataset = evaluated if held_out and evaluated else Subset(self.dataset, indices)
+        return LoaderSplit(dataset, self.num_workers, self.device, self.seed, self.collate, evaluated or None)

@@ -58,7 +58,8 @@ class TensorSplit:
     def to(self, device: torch.device | str) -> "TensorSplit":
         return TensorSplit(self.images.to(device), self.labels.to(device))
 
-    def subset(self, index: Tensor) -> "TensorSplit":
+    def subset(self, index: Tensor, held_out: bool = False) -> "TensorSplit":
+        """The images at `index` (in memory there is no augmentation, so `held_out` changes nothing)."""
         return TensorSplit(self.images[index], self.labels[index])
 
 
@@ -87,10 +88,11 @@ VALIDATION_SPLIT_SEED = 0  # the same images are held out whatever the run's see
 
 def hold_out_validation(data: ImageData, size: int, confirm: int = 0) -> ImageData:
     """Move `size` training images, drawn at random (fixed seed), into a validation split, and the next `confirm`
-    of the same draw into a confirmation split (the validation images stay those of a run without one)."""
+    of the same draw into a confirmation split (the validation images stay those of a run without one). Both are
+    read as the test split is (no augmentation), so a decision sees the same images every time."""
     if size + confirm == 0:
         return data
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
-    val = data.train.subset(order[:size]) if size else None
-    confirmation = data.train.subset(order[size : size + confirm]) if confirm else None
+    val = data.train.subset(order[:size], held_out=True) if size else None
+    confirmation = data.train.subset(order[size : size + confirm], held_out=True) if confirm else None
     return ImageData(data.train.subset(order[size + confirm :]), data.test, data.num_classes, val, confirmation)

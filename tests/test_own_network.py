@@ -1,22 +1,30 @@
 """Any torchvision classifier by name: its prunable layers found by walking the module, every feature on them."""
 
+import json
+
 import pandas as pd
 import pytest
 import torch
 import torchvision
 from independent_reader import read_file
+from own_nets import TinyNet
 from PIL import Image
-from runs import run_in_process
+from runs import run_in_process, without_wall_time
 from torch import nn
 
 from pruning_cli.cli import compose_config
 from pruning_cli.data.tensors import fit_images
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
+from pruning_cli.pipeline import run
 from pruning_cli.plan import plan_run
 from pruning_cli.pruning.stats import layer_stats
-from pruning_cli.sparse.cli import export_run
+from pruning_cli.records import RUN_RECORD
+from pruning_cli.sparse.cli import export_run, model_spec
+from pruning_cli.sparse.cli import run as export_cli
 from pruning_cli.sparse.compact_file import read_compact
+from pruning_cli.sparse.export import exported_state_dict, load_export, model_from_state
+from pruning_cli.training.loop import StopRequested
 
 TORCHVISION = ["model=torchvision", "dataset=synthetic", "dataset.num_train=64", "dataset.num_test=32",
                "model.input_shape=[3,32,32]", "train.epochs=1", "retrain.epochs=1", "pruning.iterations=1",
@@ -285,3 +293,66 @@ def test_a_sensitivity_analysis_walks_a_torchvision_models_layers(tmp_path):
     table = pd.read_csv(tmp_path / "sensitivity.csv")
     analysed = set(table.layer) - {"none"}
     assert analysed == set(get_model_spec("mobilenet_v3_small").layers) - {"features.0.0"}
+
+
+def test_your_own_modules_run_is_exported_and_decodes_to_model_pt(tmp_path, capsys):
+    """prune-export rebuilds the module from the run's record (model._target_, model.args) and writes every format
+    that applies; both readers decode the compact file to model.pt, and the rebuilt model gives its logits."""
+    run_in_process(tmp_path, *CUSTOM, "model.args={width:6}")
+    assert export_cli([str(tmp_path), "--format", "all"]) == 0
+    printed = capsys.readouterr().out
+    assert all(
+        f"wrote {tmp_path / name}: " in printed for name in ("model_sparse.pt", "model_compact.bin", "model_deep.bin")
+    )
+    assert "skipped model_semi_structured.pt: model.pt has no layer 2:4 sparse" in printed  # few weights: < 255 values
+    expected = torch.load(tmp_path / "model.pt", weights_only=True)
+    name, ours = read_compact(tmp_path / "model_compact.bin")
+    assert name == "own_nets.TinyNet"
+    for decoded in (ours, read_file(tmp_path / "model_compact.bin")):
+        assert list(decoded) == list(expected) and all(torch.equal(decoded[key], expected[key]) for key in expected)
+    rebuilt = model_from_state(name, exported_state_dict(load_export(tmp_path / "model_sparse.pt")),
+                               model_spec(tmp_path, name))  # fmt: skip
+    own = TinyNet(width=6).eval()
+    own.load_state_dict(expected)
+    images = torch.randn(4, 1, 28, 28)
+    assert torch.equal(rebuilt(images), own(images))
+
+
+def test_a_custom_run_whose_module_no_longer_imports_is_refused_in_one_line(tmp_path, capsys):
+    run_in_process(tmp_path, *CUSTOM, "pruning.iterations=1")
+    record = json.loads((tmp_path / RUN_RECORD).read_text())
+    record["config"]["model"]["_target_"] = "own_nets.Renamed"
+    (tmp_path / RUN_RECORD).write_text(json.dumps(record))
+    assert export_cli([str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"prune-export: error: {tmp_path} is a model=custom run of own_nets.Renamed: "
+                            "model._target_=own_nets.Renamed cannot be built: ")  # fmt: skip
+    assert error.endswith("; run prune-export where the module imports, as prune-run did\n") and error.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "model",
+    [["model=torchvision", "model.arch=mobilenet_v3_small", "model.input_shape=[3,32,32]"],
+     ["model=custom", "model._target_=own_nets.TinyNet"]],
+    ids=["mobilenet", "custom"],
+)  # fmt: skip
+def test_a_discovered_model_stopped_mid_retraining_resumes_to_the_uninterrupted_run(model, tmp_path):
+    """Norm layers' running statistics and counters, and a user's module, come back with the run's state."""
+    overrides = [*model, "dataset=synthetic", "dataset.num_train=64", "dataset.num_test=32", "train.epochs=1",
+                 "retrain.epochs=2", "pruning.iterations=2", "train.batch_size=16",
+                 "retrain.batch_size=16"]  # fmt: skip
+    uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
+    run_in_process(uninterrupted, *overrides)
+
+    def in_second_retraining() -> bool:  # train, 2 retraining epochs of iteration 1, the first of iteration 2
+        epochs = stopped / "epochs.csv"
+        return epochs.is_file() and len(pd.read_csv(epochs)) == 4
+
+    with pytest.raises(StopRequested):
+        run(compose_config(*overrides), stopped, stop_requested=in_second_retraining)
+    assert not (stopped / "model.pt").exists()
+    run(compose_config(*overrides), stopped)
+    for name in ("metrics.csv", "layers.csv", "epochs.csv"):
+        pd.testing.assert_frame_equal(without_wall_time(stopped / name), without_wall_time(uninterrupted / name))
+    resumed, expected = (torch.load(d / "model.pt", weights_only=True) for d in (stopped, uninterrupted))
+    assert list(resumed) == list(expected) and all(torch.equal(resumed[key], expected[key]) for key in expected)

@@ -13,8 +13,8 @@ import pandas as pd
 from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mismatch
 from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
-from pruning_cli.models import MODELS, get_model_spec
-from pruning_cli.models.registry import model_key
+from pruning_cli.models import MODELS, ModelSpec, get_model_spec
+from pruning_cli.models.registry import IMAGENET_SHAPE, custom_spec, model_key
 from pruning_cli.records import MODEL_FILE, RUN_RECORD, excluded_layers, read_run_record
 from pruning_cli.sparse.export import FLOAT32_BYTES, export_state_dict, file_sizes, format_report, is_quantized
 from pruning_cli.sparse.semi_structured import NO_TWO_FOUR, export_semi_structured, two_four_layers
@@ -82,14 +82,16 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
     name, excluded = model_name or model_name_from_run(run_dir), excluded_layers(run_dir)
-    state = _checked_state(model_file, name)
+    spec = model_spec(run_dir, name)
+    state = _checked_state(model_file, name, spec)
     try:
-        exported, report = export_state_dict(state, name, remove_dead, excluded)
+        exported, report = export_state_dict(state, name, remove_dead, excluded, spec)
     except ValueError as error:  # the record's pruning.exclude names layers --model does not have
         raise UserError(f"{model_file}: {error}") from error
     quantized = is_quantized(exported)
     not_applicable = {each: f"is not quantized: {quantized}" for each in QUANTIZED_FORMATS if quantized is not None}
-    if not two_four_layers(state, name, excluded):
+    patterned = two_four_layers(state, spec)
+    if not patterned:
         not_applicable[SEMI_STRUCTURED] = f"has {NO_TWO_FOUR}"
     if file_format in not_applicable:
         raise UserError(f"{model_file} {not_applicable[file_format]}")
@@ -98,7 +100,7 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
         if each in not_applicable:
             lines.append(f"skipped {OUTPUTS[each]}: {model_file.name} {not_applicable[each]}")
         elif each == SEMI_STRUCTURED:
-            lines.append(_write_semi_structured(run_dir / OUTPUTS[each], state, name, excluded))
+            lines.append(_write_semi_structured(run_dir / OUTPUTS[each], state, name, patterned))
         else:
             size = _write(run_dir / OUTPUTS[each], each, name, exported, report)
             dense = int(report.set_index("layer").dense_bytes["total"])
@@ -108,17 +110,26 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     return "\n".join([format_report(report), *lines])
 
 
-def _checked_state(model_file: Path, name: str) -> dict:
-    """model.pt's state_dict, or a one-line error when model `name` is unknown or the file does not fit it."""
-    if "." in name:  # model=custom: the import path of the user's module
-        raise UserError(f"{model_file.parent} is a model=custom run ({name}); prune-export cannot rebuild your module "
-                        "yet: load model.pt into it with torch.load and load_state_dict")  # fmt: skip
+def model_spec(run_dir: Path, name: str) -> ModelSpec:
+    """The spec of model `name`: registered, torchvision's, or (an import path) the run's own module rebuilt from
+    its record's model._target_ and model.args; a one-line error when there is none."""
+    if "." not in name:
+        try:
+            return get_model_spec(name)
+        except KeyError:
+            raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a torchvision classifier "
+                            "with --model") from None  # fmt: skip
     try:
-        spec = get_model_spec(name)
-    except KeyError:
-        raise UserError(
-            f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a torchvision classifier with --model"
-        ) from None
+        model = read_run_record(run_dir)["config"].get("model") or {}
+        args = model.get("args") if model.get("_target_") == name else None
+        return custom_spec(name, args, tuple(model.get("input_shape") or IMAGENET_SHAPE))
+    except ValueError as problem:  # no record, or the module does not import here
+        raise UserError(f"{run_dir} is a model=custom run of {name}: {problem}; run prune-export where the module "
+                        "imports, as prune-run did") from problem  # fmt: skip
+
+
+def _checked_state(model_file: Path, name: str, spec: ModelSpec) -> dict:
+    """model.pt's state_dict, or a one-line error when the file does not fit model `name`."""
     state = load_model_state(model_file)
     if not isinstance(state, dict) or not all(hasattr(value, "shape") for value in state.values()):
         raise UserError(f"{model_file} is not a state_dict of tensors")
@@ -145,9 +156,9 @@ def _write(output: Path, file_format: str, name: str, exported: dict, report: pd
     return sizes["total"]
 
 
-def _write_semi_structured(output: Path, state: dict, name: str, excluded: list[str]) -> str:
+def _write_semi_structured(output: Path, state: dict, name: str, patterned: list[str]) -> str:
     """Write model_semi_structured.pt from the run's state (shapes kept: the kernels need them); say what it holds."""
-    payload = export_semi_structured(state, name, excluded)
+    payload = export_semi_structured(state, name, patterned)
     try:
         save_atomic(payload, output)
     except OSError as error:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from pruning_cli.models import get_model_spec
+from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.pruning.stats import dead_units
 from pruning_cli.sparse.compact_file import MAX_SHARED_VALUES, encode_file, write_compact
 from pruning_cli.sparse.formats import (
@@ -105,11 +105,16 @@ def remove_dead_hidden_units(
 
 
 def export_state_dict(
-    state: Mapping[str, Tensor], model_name: str, remove_dead: bool = False, excluded: Sequence[str] = ()
+    state: Mapping[str, Tensor],
+    model_name: str,
+    remove_dead: bool = False,
+    excluded: Sequence[str] = (),
+    spec: ModelSpec | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """The export payload (see the module docstring) and its size report (`size_report`); the layers `excluded`
-    from pruning (pruning.exclude) are stored dense, as the model's other tensors."""
-    spec = get_model_spec(model_name)
+    from pruning (pruning.exclude) are stored dense, as the model's other tensors. `spec`: the model's (default:
+    the registered or torchvision model `model_name`; a model=custom run's own, from its record)."""
+    spec = spec or get_model_spec(model_name)
     spec = spec.without(excluded) if excluded else spec
     layers = spec.layers
     missing = [f"{path}.weight" for path in layers.values() if f"{path}.weight" not in state]
@@ -221,7 +226,8 @@ def check_export(exported: object) -> dict:
     """The payload if it is an export of a known model, else ValueError saying what it is not."""
     if not isinstance(exported, dict) or exported.get("format") != EXPORT_FORMAT:
         raise ValueError(f"not a sparse export (no format {EXPORT_FORMAT!r}); write one with prune-export")
-    get_model_spec(exported["model"])  # KeyError for an unknown model
+    if "." not in exported["model"]:  # not a model=custom import path, which only its run can rebuild
+        get_model_spec(exported["model"])  # KeyError for an unknown model
     return exported
 
 
@@ -245,10 +251,10 @@ def build_dense_model(exported: dict) -> nn.Module:
     return model_from_state(exported["model"], exported_state_dict(exported))
 
 
-def model_from_state(model_name: str, state: Mapping[str, Tensor]) -> nn.Module:
-    """The registered model with `state` loaded, in eval mode; prunable layers resized to the state's shapes (an
-    export with dead units removed)."""
-    spec = get_model_spec(model_name)
+def model_from_state(model_name: str, state: Mapping[str, Tensor], spec: ModelSpec | None = None) -> nn.Module:
+    """The registered model (or `spec`'s) with `state` loaded, in eval mode; prunable layers resized to the state's
+    shapes (an export with dead units removed)."""
+    spec = spec or get_model_spec(model_name)
     paths = list(spec.layers.values())
     model = spec.build(state[f"{paths[-1]}.weight"].shape[0])
     for path in paths:

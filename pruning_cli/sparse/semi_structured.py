@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pruning_cli.models import get_model_spec
+from pruning_cli.models import ModelSpec
 from pruning_cli.pruning.pattern import fits_semi_structured
 from pruning_cli.sparse.export import model_from_state
 from pruning_cli.sparse.formats import pack_bits, unpack_bits
@@ -68,18 +68,15 @@ def decode_two_four(layer: Mapping) -> Tensor:
     return groups.scatter_(2, slots.reshape(rows, columns // GROUP, KEPT), values).reshape(rows, columns)
 
 
-def two_four_layers(state: Mapping[str, Tensor], model_name: str, excluded: Sequence[str] = ()) -> list[str]:
-    """The module paths of the model's prunable Linear layers whose weights in `state` are 2:4 (`is_two_four`)."""
-    spec = get_model_spec(model_name)
-    spec = spec.without(excluded) if excluded else spec
-    weights = (state.get(f"{path}.weight") for path in spec.layers.values())
-    return [path for path, weight in zip(spec.layers.values(), weights, strict=True) if weight is not None
-            and weight.dim() == 2 and is_two_four(weight)]  # fmt: skip
+def two_four_layers(state: Mapping[str, Tensor], spec: ModelSpec) -> list[str]:
+    """The module paths of the model's prunable layers whose weights in `state` are 2:4 (`is_two_four`)."""
+    weights = {path: state.get(f"{path}.weight") for path in spec.layers.values()}
+    return [path for path, weight in weights.items() if weight is not None and is_two_four(weight)]
 
 
-def export_semi_structured(state: Mapping[str, Tensor], model_name: str, excluded: Sequence[str] = ()) -> dict:
-    """The payload of `model_semi_structured.pt` (module docstring); ValueError when no layer is 2:4."""
-    paths = two_four_layers(state, model_name, excluded)
+def export_semi_structured(state: Mapping[str, Tensor], model_name: str, paths: Sequence[str]) -> dict:
+    """The payload of `model_semi_structured.pt` (module docstring), the layers at `paths` (`two_four_layers`)
+    compressed; ValueError when there is none."""
     if not paths:
         raise ValueError(f"the state_dict has {NO_TWO_FOUR}")
     keys = {f"{path}.weight": path for path in paths}
@@ -110,17 +107,18 @@ def semi_structured_state(payload: Mapping) -> dict[str, Tensor]:
 
 
 def semi_structured_model(
-    payload: Mapping, device: torch.device | str, dtype: torch.dtype = torch.float16
+    payload: Mapping, device: torch.device | str, dtype: torch.dtype = torch.float16, spec: ModelSpec | None = None
 ) -> nn.Module:
     """The exported model in eval mode on `device` in `dtype`, its 2:4 layers run by the sparse tensor cores
-    (`to_sparse_semi_structured`); the others stay dense. Needs a CUDA GPU of compute capability 8.0 or later."""
+    (`to_sparse_semi_structured`); the others stay dense. Needs a CUDA GPU of compute capability 8.0 or later.
+    `spec`: how to build the model (default: the registered or torchvision model the payload names)."""
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"the 2:4 kernels run on a CUDA GPU, not on {device}; on the CPU load the dense weights: "
                          "model_from_state(payload['model'], semi_structured_state(payload))")  # fmt: skip
     if dtype not in KERNEL_DTYPES:
         raise ValueError(f"the 2:4 kernels take {' or '.join(map(str, KERNEL_DTYPES))} weights, not {dtype}")
-    model = model_from_state(payload["model"], semi_structured_state(payload)).to(device, dtype)
+    model = model_from_state(payload["model"], semi_structured_state(payload), spec).to(device, dtype)
     return to_semi_structured(model, list(payload["layers"]))
 
 

@@ -304,7 +304,8 @@ def test_your_own_modules_run_is_exported_and_decodes_to_model_pt(tmp_path, caps
     assert all(
         f"wrote {tmp_path / name}: " in printed for name in ("model_sparse.pt", "model_compact.bin", "model_deep.bin")
     )
-    assert "skipped model_semi_structured.pt: model.pt has no layer 2:4 sparse" in printed  # few weights: < 255 values
+    assert "skipped model_semi_structured.pt: model.pt has no layer 2:4 sparse" in printed  # (and so few weights that
+    # every layer has under 255 distinct values: the quantized files are written too)
     expected = torch.load(tmp_path / "model.pt", weights_only=True)
     name, ours = read_compact(tmp_path / "model_compact.bin")
     assert name == "own_nets.TinyNet"
@@ -316,6 +317,19 @@ def test_your_own_modules_run_is_exported_and_decodes_to_model_pt(tmp_path, caps
     own.load_state_dict(expected)
     images = torch.randn(4, 1, 28, 28)
     assert torch.equal(rebuilt(images), own(images))
+
+
+def test_a_custom_runs_model_needs_its_record_and_its_own_module(tmp_path, capsys):
+    run_in_process(tmp_path, *CUSTOM, "pruning.iterations=1")
+    with pytest.raises(ValueError, match=r"model own_nets.TinyNet is a module of your own \(model=custom\): pass"):
+        model_from_state("own_nets.TinyNet", torch.load(tmp_path / "model.pt", weights_only=True))
+    assert export_cli([str(tmp_path), "--model", "own_nets.Wide"]) == 2
+    assert capsys.readouterr().err == (f"prune-export: error: --model own_nets.Wide is not the module of "
+                                       f"{tmp_path / RUN_RECORD} (own_nets.TinyNet), whose arguments prune-export "
+                                       "takes; leave --model out\n")  # fmt: skip
+    (tmp_path / RUN_RECORD).unlink()
+    assert export_cli([str(tmp_path), "--model", "own_nets.TinyNet"]) == 2
+    assert capsys.readouterr().err.startswith(f"prune-export: error: {tmp_path}: no {RUN_RECORD} (a run of a version")
 
 
 def test_a_custom_run_whose_module_no_longer_imports_is_refused_in_one_line(tmp_path, capsys):

@@ -20,6 +20,7 @@ from pruning_cli.sparse.semi_structured import (
     load_semi_structured,
     semi_structured_model,
     semi_structured_state,
+    to_semi_structured,
 )
 
 MOBILENET = ["model=torchvision", "model.arch=mobilenet_v3_small", "dataset=synthetic", "dataset.num_train=64",
@@ -153,3 +154,10 @@ def test_the_2_4_benchmark_hands_the_kernels_2_4_fp16_layers_and_times_every_bat
     assert [(row["layer"], row["batch"]) for row in rows] == [("tiny", 1), ("tiny", 64), ("tiny", 256)]
     assert all(row["max_abs_diff"] == 0 and row["speedup"] > 0 for row in rows)
     assert [label for label, *_ in bench.TWO_FOUR_LAYERS] == ["AlexNet fc6", "AlexNet fc7", "VGG-16 fc6", "VGG-16 fc7"]
+
+
+def test_a_linear_subclass_stays_dense_as_fused_attention_reads_its_weight_directly():
+    attention = torch.nn.MultiheadAttention(64, 4)  # out_proj: a Linear subclass, read by the fused attention path
+    attention.out_proj.weight.data = two_four_weight(64, 64)
+    before = attention.out_proj.weight
+    assert to_semi_structured(attention, ["out_proj"]).out_proj.weight is before  # not converted, no CUDA asked for

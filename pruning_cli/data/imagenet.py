@@ -85,7 +85,9 @@ def load_imagenet(
             for folder, training in ((train, True), (val, False))
         ]  # fmt: skip
         return ImageData(*splits, len(train.classes))
+    from torchvision.datasets.vision import StandardTransform
+
     held_out = copy.copy(train)  # the same files (no second scan of the folder) with the evaluation transform
-    held_out.transform = transforms[1]
+    held_out.transform, held_out.transforms = transforms[1], StandardTransform(transforms[1])
     training = LoaderSplit(train, num_workers, seed=seed, held_out_dataset=held_out)
     return ImageData(training, LoaderSplit(val, num_workers, seed=seed), len(train.classes))

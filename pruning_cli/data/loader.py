@@ -81,6 +81,6 @@ class LoaderSplit:
     def subset(self, index: Tensor, held_out: bool = False) -> "LoaderSplit":
         """The images at `index`; `held_out`: read as evaluation reads them (a validation split: no augmentation)."""
         indices = index.tolist()
-        evaluated = self.held_out_dataset and Subset(self.held_out_dataset, indices)
-        dataset = evaluated if held_out and evaluated else Subset(self.dataset, indices)
-        return LoaderSplit(dataset, self.num_workers, self.device, self.seed, self.collate, evaluated or None)
+        evaluated = None if self.held_out_dataset is None else Subset(self.held_out_dataset, indices)
+        dataset = evaluated if held_out and evaluated is not None else Subset(self.dataset, indices)
+        return LoaderSplit(dataset, self.num_workers, self.device, self.seed, self.collate, evaluated)

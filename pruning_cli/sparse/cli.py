@@ -121,9 +121,15 @@ def model_spec(run_dir: Path, name: str) -> ModelSpec:
                             "with --model") from None  # fmt: skip
     try:
         model = read_run_record(run_dir)["config"].get("model") or {}
-        args = model.get("args") if model.get("_target_") == name else None
-        return custom_spec(name, args, tuple(model.get("input_shape") or IMAGENET_SHAPE))
-    except ValueError as problem:  # no record, or the module does not import here
+    except ValueError as problem:
+        raise UserError(f"{run_dir}: {problem}, and model {name}'s arguments (model.args) are recorded there; "
+                        f"restore {RUN_RECORD} from the run") from problem  # fmt: skip
+    if model.get("_target_") != name:
+        raise UserError(f"--model {name} is not the module of {run_dir / RUN_RECORD} ({model.get('_target_')}), "
+                        "whose arguments prune-export takes; leave --model out")  # fmt: skip
+    try:
+        return custom_spec(name, model.get("args"), tuple(model.get("input_shape") or IMAGENET_SHAPE))
+    except ValueError as problem:  # the module does not import here
         raise UserError(f"{run_dir} is a model=custom run of {name}: {problem}; run prune-export where the module "
                         "imports, as prune-run did") from problem  # fmt: skip
 

@@ -246,14 +246,18 @@ def exported_state_dict(exported: dict) -> dict[str, Tensor]:
     return {key: state[key] for key in exported.get("order", state)}  # a model with norm layers interleaves them
 
 
-def build_dense_model(exported: dict) -> nn.Module:
-    """The model with the exported weights, in eval mode; layers shrunk to their exported shapes if needed."""
-    return model_from_state(exported["model"], exported_state_dict(exported))
+def build_dense_model(exported: dict, spec: ModelSpec | None = None) -> nn.Module:
+    """The model with the exported weights, in eval mode; layers shrunk to their exported shapes if needed. `spec`:
+    a model=custom run's (`pruning_cli.sparse.cli.model_spec`)."""
+    return model_from_state(exported["model"], exported_state_dict(exported), spec)
 
 
 def model_from_state(model_name: str, state: Mapping[str, Tensor], spec: ModelSpec | None = None) -> nn.Module:
     """The registered model (or `spec`'s) with `state` loaded, in eval mode; prunable layers resized to the state's
     shapes (an export with dead units removed)."""
+    if spec is None and "." in model_name:
+        raise ValueError(f"model {model_name} is a module of your own (model=custom): pass its spec, "
+                         f"pruning_cli.sparse.cli.model_spec(run_dir, {model_name!r})")  # fmt: skip
     spec = spec or get_model_spec(model_name)
     paths = list(spec.layers.values())
     model = spec.build(state[f"{paths[-1]}.weight"].shape[0])

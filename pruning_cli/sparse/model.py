@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from pruning_cli.models import get_model_spec
+from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.sparse.export import build_dense_model, layer_csr
 from pruning_cli.sparse.formats import Csr, encode_csr, to_sparse_csr_tensor
 
@@ -52,9 +52,10 @@ def sparsify(model: nn.Module, module_paths: Iterable[str]) -> nn.Module:
     return model
 
 
-def build_sparse_model(exported: dict) -> nn.Module:
-    """The inference model of an export: fc layers straight from the stored CSR, conv layers dense; eval mode."""
-    model = build_dense_model(exported)
+def build_sparse_model(exported: dict, spec: ModelSpec | None = None) -> nn.Module:
+    """The inference model of an export: fc layers straight from the stored CSR, conv layers dense; eval mode.
+    `spec`: a model=custom run's (`pruning_cli.sparse.cli.model_spec`)."""
+    model = build_dense_model(exported, spec)
     for layer in exported["layers"].values():
         if isinstance(model.get_submodule(layer["module"]), nn.Linear):
             model.set_submodule(layer["module"], SparseLinear(layer_csr(layer), layer["bias"]))

@@ -33,6 +33,7 @@ NO_TWO_FOUR = (
     "no layer 2:4 sparse with a shape the 2:4 kernels take (a Linear of rows a multiple of 32 and columns a "
     "multiple of 64); prune with pruning.pattern=2:4"
 )
+MIN_CAPABILITY = (8, 0)  # sparse tensor cores: Ampere and later
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)  # what the 2:4 kernels take for the shapes fits_semi_structured accepts
 
 
@@ -118,16 +119,23 @@ def semi_structured_model(
                          "model_from_state(payload['model'], semi_structured_state(payload))")  # fmt: skip
     if dtype not in KERNEL_DTYPES:
         raise ValueError(f"the 2:4 kernels take {' or '.join(map(str, KERNEL_DTYPES))} weights, not {dtype}")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        raise ValueError(f"{torch.cuda.get_device_name(device)} (compute capability {capability[0]}.{capability[1]}) "
+                         "has no sparse tensor cores; the 2:4 kernels need 8.0 (Ampere) or later")  # fmt: skip
     model = model_from_state(payload["model"], semi_structured_state(payload), spec).to(device, dtype)
     return to_semi_structured(model, list(payload["layers"]))
 
 
 def to_semi_structured(model: nn.Module, paths: Sequence[str]) -> nn.Module:
     """Swap each Linear's weight at `paths` (on CUDA, fp16/bf16, 2:4) for its semi-structured sparse tensor, in
-    place, as PyTorch's recipe does: `F.linear` then dispatches to the 2:4 kernels."""
+    place, as PyTorch's recipe does: `F.linear` then dispatches to the 2:4 kernels. Only a plain `nn.Linear`: a
+    subclass may be read by another operator (attention's `out_proj`, in its fused path) that the sparse tensor
+    does not take, so it stays dense."""
     from torch.sparse import to_sparse_semi_structured
 
     for path in paths:
         linear = model.get_submodule(path)
-        linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach().contiguous()), False)
+        if type(linear) is nn.Linear:
+            linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach().contiguous()), False)
     return model

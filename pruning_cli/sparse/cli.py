@@ -1,5 +1,6 @@
-"""`prune-export RUN_DIR`: write a run's model.pt as sparse layers (CSR, the paper's compact file, or Deep
-Compression's quantized and Huffman-coded files); print the sizes of what it wrote.
+"""`prune-export RUN_DIR`: write a run's model.pt as sparse layers (CSR, the paper's compact file, Deep
+Compression's quantized and Huffman-coded files, or 2:4 layers for a GPU's sparse tensor cores); print the sizes of
+what it wrote.
 
 Bad input gets one line `prune-export: error: ...` on stderr and exit code 2, never a traceback.
 """
@@ -30,12 +31,12 @@ ALL = "all"  # every format; the quantized ones only for a quantized model
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = OneLineParser(prog=PROG, description=" ".join(__doc__.split("\n\n")[0].split(": ", 1)[1].split()))
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a prune-run output directory with model.pt")
     parser.add_argument(
         "--model",
         help=f"model name ({', '.join(MODELS)}, or a torchvision classifier such as resnet18); default: the model of "
-        f"RUN_DIR/{RUN_RECORD}",
+        f"RUN_DIR/{RUN_RECORD} (a model=custom run's module is rebuilt from it, with its model.args)",
     )
     parser.add_argument(
         "--keep-dead",

@@ -159,11 +159,17 @@ def plot_methods(curves: pd.DataFrame, model: str, path: Path) -> str | None:
     return None
 
 
+def _minor_tick(value: float, _position: int) -> str:
+    """2x, 3x, 5x (20x, 30x, 50x ...) labelled between the decades; 4x and 6x-9x not, so labels never crowd."""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
+    return f"{value:g}x" if mantissa in (2, 3, 5) else ""
+
+
 def _finish_compression_axes(plt: Any, figure: Any, axes: Any, ylabel: str, title: str, path: Path) -> None:
     """Compression on a log axis (ticks as 12x, 24x ...), the zero line, labels, legend; then save the figure."""
     axes.set_xscale("log")
-    for ticks in (axes.xaxis.set_major_formatter, axes.xaxis.set_minor_formatter):
-        ticks(plt.FuncFormatter(lambda value, _position: f"{value:g}x"))
+    axes.xaxis.set_major_formatter(plt.FuncFormatter(lambda value, _position: f"{value:g}x"))
+    axes.xaxis.set_minor_formatter(plt.FuncFormatter(_minor_tick))
     axes.axhline(0, color="grey", linewidth=1)
     axes.set_xlabel("compression (parameters before / after, log scale)")
     axes.set_ylabel(ylabel)

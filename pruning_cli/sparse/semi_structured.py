@@ -3,7 +3,8 @@ that runs those layers with `torch.sparse.to_sparse_semi_structured` on a CUDA G
 
 A layer is stored 2:4 when every group of 4 consecutive weights along each row holds at most 2 non-zeros and its
 shape is one the kernels take (pruning/pattern.py); the group's two slots are its non-zeros in column order, then
-its first zero positions if it has fewer. That is the kernels' own compression, kept portable:
+its first zero positions if it has fewer. That is what the kernels' compressed form holds (half the values and a
+2-bit index each), in a layout of its own that any machine reads (the kernels' metadata order is the GPU's):
 
     {"format": SEMI_STRUCTURED_FORMAT, "model": name, "pattern": "2:4",
      "layers": {module path: {"shape": (rows, columns), "values": (rows, columns / 2) float32,

@@ -17,7 +17,7 @@ from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, ModelSpec, get_model_spec
 from pruning_cli.models.registry import IMAGENET_SHAPE, custom_spec, model_key
 from pruning_cli.records import MODEL_FILE, RUN_RECORD, excluded_layers, read_run_record
-from pruning_cli.sparse.export import FLOAT32_BYTES, export_state_dict, file_sizes, format_report, is_quantized
+from pruning_cli.sparse.export import export_state_dict, file_sizes, format_report, is_quantized
 from pruning_cli.sparse.semi_structured import NO_TWO_FOUR, export_semi_structured, two_four_layers
 
 PROG = "prune-export"
@@ -96,18 +96,20 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
         not_applicable[SEMI_STRUCTURED] = f"has {NO_TWO_FOUR}"
     if file_format in not_applicable:
         raise UserError(f"{model_file} {not_applicable[file_format]}")
-    lines = []
+    dense, lines = int(report.set_index("layer").dense_bytes["total"]), []
     for each in list(OUTPUTS) if file_format == ALL else [file_format]:
+        output = run_dir / OUTPUTS[each]
         if each in not_applicable:
             lines.append(f"skipped {OUTPUTS[each]}: {model_file.name} {not_applicable[each]}")
-        elif each == SEMI_STRUCTURED:
-            lines.append(_write_semi_structured(run_dir / OUTPUTS[each], state, name, patterned))
-        else:
-            size = _write(run_dir / OUTPUTS[each], each, name, exported, report)
-            dense = int(report.set_index("layer").dense_bytes["total"])
-            lines.append(
-                f"wrote {run_dir / OUTPUTS[each]}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32"
+            continue
+        if each == SEMI_STRUCTURED:
+            size, which = (
+                _write_semi_structured(output, state, name, patterned),
+                f"; 2:4 layers: {', '.join(patterned)}",
             )
+        else:
+            size, which = _write(output, each, name, exported, report), ""
+        lines.append(f"wrote {output}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32{which}")
     return "\n".join([format_report(report), *lines])
 
 
@@ -163,17 +165,13 @@ def _write(output: Path, file_format: str, name: str, exported: dict, report: pd
     return sizes["total"]
 
 
-def _write_semi_structured(output: Path, state: dict, name: str, patterned: list[str]) -> str:
-    """Write model_semi_structured.pt from the run's state (shapes kept: the kernels need them); say what it holds."""
-    payload = export_semi_structured(state, name, patterned)
+def _write_semi_structured(output: Path, state: dict, name: str, patterned: list[str]) -> int:
+    """Write model_semi_structured.pt from the run's state (shapes kept: the kernels need them); return its size."""
     try:
-        save_atomic(payload, output)
+        save_atomic(export_semi_structured(state, name, patterned), output)
     except OSError as error:
         raise UserError(f"cannot write {output}: {error.strerror or error}") from error
-    dense = sum(value.numel() * FLOAT32_BYTES for value in state.values())
-    size = output.stat().st_size
-    return (f"wrote {output}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32; 2:4 layers: "
-            f"{', '.join(payload['layers'])}")  # fmt: skip
+    return output.stat().st_size
 
 
 def run(argv: list[str] | None = None) -> int:

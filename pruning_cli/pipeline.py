@@ -135,9 +135,9 @@ class PruningRun:
         self._rescale_dropout()
         with frozen(self.layers.values(), self.pruning.freeze(iteration)):
             train_loss = self._train(self.config.retrain, f"retraining {iteration}", iteration)
-        self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss)
         self.store.save_checkpoint(f"iteration_{iteration}", self.model, iteration, self.masks)
         verdict = self.pruning.verdict(iteration, self)
+        self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss, verdict=verdict.figures)
         self.kept_iteration, self.stopped = verdict.kept(iteration), verdict.stop
         if verdict.rollback_to is not None:
             state, masks = self.store.load_iteration(verdict.rollback_to)
@@ -252,12 +252,20 @@ class PruningRun:
         return state["rows"]
 
     def _record(
-        self, iteration: int, phase: str, epochs: int, start: float, train_loss: float, pruned=None, bits=None
+        self,
+        iteration: int,
+        phase: str,
+        epochs: int,
+        start: float,
+        train_loss: float,
+        pruned=None,
+        bits=None,
+        verdict: Mapping[str, float | int | str] | None = None,
     ) -> None:
         """Check the masks hold, then evaluate and log this phase's rows (rank 0)."""
         check_masks(self.weights, self.masks, "the model")
         key = {"iteration": iteration, "phase": phase}
-        self.recorder.phase(self.model, key, epochs, start, train_loss, pruned, bits)
+        self.recorder.phase(self.model, key, epochs, start, train_loss, pruned, bits, verdict)
 
 
 def log_compilations(compiled: bool) -> None:

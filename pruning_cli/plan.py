@@ -5,6 +5,7 @@ and the core receives plain values and the pruning policy, its settings checked.
 """
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,7 +148,24 @@ def patterned(policy: PruningPolicy, config: RunConfig, spec: ModelSpec) -> Prun
     others = [name for name in shapes if name not in layers]
     log.info(f"pruning.pattern={n}:{m} on {', '.join(layers) or 'no layer'}; the kernels do not take "
              f"{', '.join(others) or 'none'} (pruned as before)")  # fmt: skip
+    check_pattern_target(getattr(config.pruning, "target", None), policy.context, layers, n, m)
     return Patterned(policy, n, m, layers)
+
+
+def check_pattern_target(target: float | None, context: PolicyContext, layers: list[str], n: int, m: int) -> None:
+    """ValueError for a compression `target` that the N:M pattern alone exceeds: the policy, choosing within the
+    patterned masks, would have nothing to prune and the run would end past its target instead of on it."""
+    sizes = context.layer_sizes
+    total = sum(sizes.values())
+    kept = total - sum(sizes[name] // m * (m - n) for name in layers)  # a pattern layer's columns divide into groups
+    if target is None or round(total / target) <= kept:
+        return
+    reached = total / kept
+    raise ValueError(
+        f"pruning.target={target:g} is below the {reached:.2f}x that pruning.pattern={n}:{m} alone reaches on "
+        f"model={context.model}: raise pruning.target to at least {math.ceil(reached * 100) / 100:.2f} or drop "
+        "pruning.pattern"
+    )
 
 
 def quantize_plan(quantize: QuantizeConfig, spec: ModelSpec, processes: int) -> dict[str, int] | None:

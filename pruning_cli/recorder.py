@@ -73,10 +73,12 @@ class Recorder:
         train_loss: float,
         pruned: Mapping[str, LayerPruned] | None = None,
         bits: Mapping[str, int] | None = None,
+        verdict: Mapping[str, float | int | str] | None = None,
     ) -> None:
         """Evaluate `model` on the test (and validation) split and append the rows of the phase `key` (iteration,
         phase) that began at `started` (time.perf_counter); `bits` gives a quantized layer's index width, and its row
-        then counts the distinct values its survivors share."""
+        then counts the distinct values its survivors share; `verdict`, what a policy's decision on this model read
+        (a walk step's test)."""
         if not self.writes:
             return
         with InputDensity(self.layers) as density:
@@ -91,6 +93,7 @@ class Recorder:
         metrics = {
             **key, "epochs": epochs, "params_total": total, "params_nonzero": nonzero, "compression": total / nonzero,
             **asdict(evaluation), **validation, "train_loss": train_loss, "seconds": time.perf_counter() - started,
+            **(verdict or {}),
         }  # fmt: skip
         self.logs[METRICS.file].write([metrics])
         self.logs[LAYERS.file].write(self._layer_rows(key, density.fractions(), pruned or {}, bits or {}))

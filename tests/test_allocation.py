@@ -105,3 +105,63 @@ def test_the_cubic_schedule_prunes_most_early_and_only_every_frequency_steps():
     schedule = [cubic_sparsity(step, 100, 1100, 100, 0.9) for step in (0, 100, 150, 199, 200, 600, 1099, 1100, 5000)]
     # s_t = 0.9 + (0 - 0.9) (1 - (t - 100) / 1000)^3 at t = 100, 200, ..., held between raises
     assert schedule == pytest.approx([0, 0, 0, 0, 0.9 * (1 - 0.9**3), 0.9 * (1 - 0.5**3), 0.9 * (1 - 0.1**3), 0.9, 0.9])
+
+
+def test_lamp_keeps_one_weight_in_every_layer_even_one_whose_survivors_are_all_zero():
+    weights = {"a": torch.tensor([1.0, 2.0, 3.0]), "zero": torch.zeros(3), "b": torch.tensor([4.0, 5.0])}
+    # LAMP scores: a 1/14, 4/13, 1; zero 0, 0, 0 (its tail sums are 0); b 16/41, 1. Without a floor a cut of 3
+    # keeps a's 3, b's 5 and b's 4, and empties "zero"; the floor (one weight, the lowest index among its ties)
+    # keeps it.
+    masks = allocate(Allocation.lamp, weights, _full(weights), 3)
+    assert {name: mask.tolist() for name, mask in masks.items()} == {
+        "a": [False, False, True],
+        "zero": [True, False, False],
+        "b": [False, True],
+    }
+    masks = allocate(Allocation.lamp, weights, _full(weights), 4)  # the fourth goes to the next score, b's 4
+    assert masks["b"].tolist() == [True, True] and sum(int(mask.sum()) for mask in masks.values()) == 4
+
+
+def test_lamp_asked_for_fewer_weights_than_layers_is_refused_as_the_global_cut_is():
+    weights = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3.0, 4.0]), "c": torch.tensor([5.0, 6.0])}
+    with pytest.raises(ValueError, match="the per-layer floor keeps 3 weights, more than the 2 asked for"):
+        allocate(Allocation.lamp, weights, _full(weights), 2)  # one of the three layers would be emptied
+    with pytest.raises(ValueError, match="the per-layer floor keeps 3 weights, more than the 2 asked for"):
+        allocate(Allocation.global_, weights, _full(weights), 2, 0.01)
+
+
+def test_lamp_keeps_the_min_kept_floor_of_every_layer():
+    weights = {"big": torch.arange(1.0, 101.0), "small": torch.full((50,), 0.01)}
+    # Without a floor, LAMP shares 15 weights 7 / 8 (small's equal magnitudes score 1, 1/2, 1/3, ...); with
+    # min_kept=0.1 each layer keeps its 10% first: big its 10 largest, small its 5 lowest indices (all tied).
+    bare = allocate(Allocation.lamp, weights, _full(weights), 15)
+    assert int(bare["big"].sum()) == 7 and int(bare["small"].sum()) == 8
+    floored = allocate(Allocation.lamp, weights, _full(weights), 15, 0.1)
+    assert floored["big"].nonzero().flatten().tolist() == list(range(90, 100))
+    assert floored["small"].nonzero().flatten().tolist() == list(range(5))
+    more = allocate(Allocation.lamp, weights, _full(weights), 20, 0.1)
+    assert int(more["big"].sum()) >= 10 and int(more["small"].sum()) >= 5
+    assert sum(int(mask.sum()) for mask in more.values()) == 20
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    ("allocation", "expected"),
+    [
+        (Allocation.global_, {"a": list(range(10)), "b": []}),  # one order: layer a, then b, each by index
+        (Allocation.uniform, {"a": list(range(6)), "b": list(range(4))}),  # 12:8 of 10 is 6 and 4
+        (Allocation.lamp, {"a": list(range(5)), "b": list(range(5))}),  # each layer's ties score 1, 1/2, 1/3, ...
+    ],
+    ids=["global", "uniform", "lamp"],
+)
+def test_equal_magnitudes_keep_the_lowest_indices_and_the_exact_count(allocation, expected, device):
+    """Ties at the cut are broken by position (layer order, then flat index: the lowest first), the same on every
+    device."""
+    signs = torch.tensor([1.0, -1.0]).repeat(10)
+    weights = {"a": (0.5 * signs[:12]).view(3, 4).to(device), "b": (0.5 * signs[12:]).to(device)}
+    masks = allocate(allocation, weights, _full(weights), 10)
+    kept = {name: mask.flatten().nonzero().flatten().tolist() for name, mask in masks.items()}
+    assert kept == expected

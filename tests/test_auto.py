@@ -1,4 +1,5 @@
-"""pruning=auto: the highest compression within the budget, searched one candidate per retraining phase."""
+"""pruning=auto through the real run: one walk of fixed walk steps, each tested against the dense model on the
+validation split; metrics.csv holds each test's figures, model.pt the last walk step within the budget."""
 
 from dataclasses import replace
 
@@ -8,14 +9,17 @@ import torch
 from runs import SMOKE, pruning_run_in_process
 from torch import nn
 
-from pruning_cli.cli import compose_config, one_line
+from pruning_cli.cli import compose_config
 from pruning_cli.data import ImageData, TensorSplit
 from pruning_cli.errors import UserError
 from pruning_cli.plan import plan_run
+from pruning_cli.pruning.paired import tango_upper_bound
 from pruning_cli.training.loop import evaluate
 
-AUTO = [*SMOKE, "retrain.epochs=2", "pruning=auto", "dataset.val_split=128", "pruning.candidates=3",
-        "pruning.end=1", "pruning.frequency=4"]  # fmt: skip
+AUTO = [
+    *SMOKE, "retrain.epochs=2", "pruning=auto", "dataset.val_split=128", "pruning.max_steps=3", "pruning.end=1",
+    "pruning.frequency=4",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -28,55 +32,54 @@ def _rows(metrics: pd.DataFrame) -> list[tuple[int, str]]:
     return list(zip(metrics.iteration, metrics.phase, strict=True))
 
 
-def _candidates(out_dir) -> list[float]:
-    """Each retrained candidate's compression of the prunable weights (metrics.csv's counts biases too)."""
+def _walk_steps(out_dir) -> list[float]:
+    """Each retrained walk step's compression of the prunable weights (metrics.csv's counts biases too)."""
     layers = pd.read_csv(out_dir / "layers.csv")
     retrained = layers[layers.phase == "retrain"].groupby("iteration")[["weights_total", "weights_nonzero"]].sum()
     return (retrained.weights_total / retrained.weights_nonzero).round(2).tolist()
 
 
-def test_each_candidate_is_a_retraining_row_and_model_pt_is_the_highest_kept(auto_run):
-    """The measured curve is in metrics.csv: one retrain row per candidate at its compression; a candidate past
-    the budget is followed by a rollback row; model.pt is the highest compression within the budget."""
+def test_each_walk_steps_test_is_in_metrics_csv_and_model_pt_is_the_last_within(auto_run):
+    """Every retraining row holds its walk step's test, checked here from the validation top-1 columns and an
+    independent call of the bound: lost - gained is the validation images the dense model's top-1 has over it."""
     out_dir, experiment = auto_run
     metrics = pd.read_csv(out_dir / "metrics.csv")
-    candidates = metrics[metrics.phase == "retrain"]
-    assert len(candidates) == 3 and _candidates(out_dir)[0] == 8
-    rolled_back = set(metrics[metrics.phase == "rollback"].iteration)
-    kept = candidates[~candidates.iteration.isin(rolled_back)]
-    expected = kept.iloc[kept.compression.argmax()] if len(kept) else metrics.iloc[0]
-    assert experiment.kept_iteration == expected.iteration
+    steps, dense = metrics[metrics.phase == "retrain"], metrics.iloc[0]
+    assert len(steps) >= 1 and _walk_steps(out_dir)[0] == 8
+    images = 128
+    assert ((steps.val_lost - steps.val_gained) == ((dense.val_top1 - steps.val_top1) * images).round()).all()
+    assert steps.val_drop.tolist() == pytest.approx(((steps.val_lost - steps.val_gained) / images).tolist(), abs=1e-7)
+    bounds = tango_upper_bound(torch.tensor(steps.val_lost.values), torch.tensor(steps.val_gained.values), images, 0.8)
+    assert steps.val_bound.tolist() == pytest.approx(bounds.tolist(), abs=1e-7)
+    assert steps.verdict.tolist() == ["within" if bound <= 0.003 else "past" for bound in bounds.tolist()]
+    within = steps[steps.verdict == "within"]
+    assert list(steps.verdict[:-1]) == ["within"] * (len(steps) - 1)  # the walk ends at its first step past
+    assert experiment.kept_iteration == (within.iteration.max() if len(within) else 0)
+    kept = within.iloc[-1] if len(within) else dense
     state = torch.load(out_dir / "model.pt", weights_only=True)
-    assert sum(int(torch.count_nonzero(value)) for value in state.values()) == expected.params_nonzero
+    assert sum(int(torch.count_nonzero(value)) for value in state.values()) == kept.params_nonzero
 
 
-def test_with_room_in_the_budget_the_candidates_grow_from_the_last_one_kept(tmp_path):
-    experiment = pruning_run_in_process(tmp_path, *AUTO, "pruning.budget=100")  # every candidate within it
+def test_with_room_in_the_budget_the_walk_takes_every_step_it_was_given(tmp_path):
+    experiment = pruning_run_in_process(tmp_path, *AUTO, "pruning.budget=100")  # every walk step within it
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert _rows(metrics)[1:] == [(i, phase) for i in (1, 2, 3) for phase in ("prune", "retrain")]
     retrained = metrics[metrics.phase == "retrain"]
-    assert _candidates(tmp_path) == [8, 16, 32]  # pruning.first, times pruning.growth
+    assert _walk_steps(tmp_path) == [8, 10, 12.5]  # pruning.first, times pruning.ratio
     pruned = metrics[metrics.phase == "prune"]
     assert (pruned.params_nonzero.iloc[1:].values == retrained.params_nonzero.iloc[:-1].values).all()  # continued
-    assert experiment.kept_iteration == 3
+    assert experiment.kept_iteration == 3 and (retrained.verdict == "within").all()
 
 
 PAST = ["pruning.budget=0", "pruning.first=100", "pruning.min_kept=0"]  # 100x loses images a budget of 0 cannot afford
 
 
-def test_a_candidate_past_the_budget_is_rolled_back_and_the_search_halves_the_step(tmp_path):
-    """The first candidate, at 100x, is past the budget: rolled back to the dense model, the next candidate is
-    halfway there in log-compression, 10x, again from the dense model."""
-    pruning_run_in_process(tmp_path, *AUTO, *PAST, "pruning.candidates=2")
+def test_a_first_walk_step_past_the_budget_ends_the_walk_on_the_dense_model(tmp_path):
+    """100x is past a budget of 0: rolled back to the dense model, and no second try at any compression."""
+    experiment = pruning_run_in_process(tmp_path, *AUTO, *PAST)
     metrics = pd.read_csv(tmp_path / "metrics.csv")
-    assert _rows(metrics)[1:4] == [(1, "prune"), (1, "retrain"), (1, "rollback")]
-    assert metrics.params_nonzero.iloc[3] == metrics.params_total.iloc[0]  # back to the dense model
-    assert _candidates(tmp_path) == [100, 10]
-    assert metrics[metrics.phase == "prune"].params_nonzero.iloc[1] == metrics.params_total.iloc[0]
-
-
-def test_when_no_candidate_is_within_the_budget_model_pt_is_the_dense_model(tmp_path):
-    experiment = pruning_run_in_process(tmp_path, *AUTO, *PAST, "pruning.candidates=1")
+    assert _rows(metrics)[1:] == [(1, "prune"), (1, "retrain"), (1, "rollback")]
+    assert metrics.verdict.iloc[2] == "past" and metrics.params_nonzero.iloc[3] == metrics.params_total.iloc[0]
     assert experiment.kept_iteration == 0 and experiment.stopped
     dense = torch.load(tmp_path / "checkpoints" / "dense.pt", weights_only=True)["model"]
     final = torch.load(tmp_path / "model.pt", weights_only=True)
@@ -105,9 +108,10 @@ def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
         (["pruning.budget=-1"], "pruning.budget is -1.0; it must be >= 0, e.g. pruning.budget=0.3, its default"),
         (["pruning.confidence=1"], "pruning.confidence is 1.0; it must be in [0.5, 1), e.g. pruning.confidence=0.8"),
         (["pruning.confidence=0.3"], "pruning.confidence is 0.3; it must be in [0.5, 1)"),
-        (["pruning.growth=1"], "pruning.growth is 1.0; it must be > 1, e.g. pruning.growth=2.0, its default"),
+        (["pruning.ratio=1"], "pruning.ratio is 1.0; it must be > 1, e.g. pruning.ratio=1.25, its default"),
+        (["pruning.ratio=0.8"], "pruning.ratio is 0.8; it must be > 1"),
         (["pruning.first=0.5"], "pruning.first is 0.5; it must be > 1"),
-        (["pruning.candidates=0"], "pruning.candidates is 0; it must be >= 1, e.g. pruning.candidates=8"),
+        (["pruning.max_steps=0"], "pruning.max_steps is 0; it must be >= 1, e.g. pruning.max_steps=20"),
         (["pruning.end=3"], "pruning.start is 0.0 and pruning.end 3.0: pruning must start before it ends, within"),
         (["pruning.allocation=random"], "pruning.allocation is random; choose one of global, lamp, uniform, paper"),
     ],
@@ -118,16 +122,8 @@ def test_bad_auto_settings_are_one_line(overrides, expected):
     assert str(refused.value).startswith(expected) and "\n" not in str(refused.value)
 
 
-def test_an_unknown_restart_is_refused_with_its_choices():
-    with pytest.raises(Exception) as refused:
-        compose_config(*AUTO, "pruning.restart=random")
-    assert one_line(refused.value) == (
-        "Error merging override pruning.restart=random: Invalid value 'random', expected one of [kept, dense]"
-    )
-
-
 def test_quantization_after_a_rollback_quantizes_the_model_that_was_kept(tmp_path):
-    pruning_run_in_process(tmp_path, *AUTO, *PAST, "pruning.candidates=1", "quantize=kmeans", "quantize.epochs=1")
+    pruning_run_in_process(tmp_path, *AUTO, *PAST, "quantize=kmeans", "quantize.epochs=1")
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert _rows(metrics)[-2:] == [(1, "rollback"), (0, "quantize")]
     assert metrics.params_nonzero.iloc[-1] == metrics.params_total.iloc[-1]  # the dense model, now quantized
@@ -145,7 +141,7 @@ def test_validation_accuracy_is_an_exact_fraction_of_the_images():
 
 def test_a_confirmation_split_is_reported_and_poisoning_its_labels_changes_no_decision(auto_run, tmp_path):
     """dataset.confirm_split holds out images after the validation ones: every row reports them, no choice reads
-    them (scrambled, the search takes the same steps), and the validation images stay those of a run without it."""
+    them (scrambled, the walk takes the same steps), and the validation images stay those of a run without it."""
     _, without = auto_run
     confirmed = [*AUTO, "dataset.confirm_split=128"]
     honest = pruning_run_in_process(tmp_path / "honest", *confirmed)
@@ -158,7 +154,7 @@ def test_a_confirmation_split_is_reported_and_poisoning_its_labels_changes_no_de
     assert all(torch.equal(honest.masks[name], poisoned.masks[name]) for name in honest.masks)
     ours, theirs = (pd.read_csv(tmp_path / run / "metrics.csv") for run in ("honest", "poisoned"))
     assert ours.confirm_top1.notna().all() and (theirs.confirm_top1 < 0.2).all()  # every label wrong there
-    pd.testing.assert_frame_equal(ours.drop(columns=["confirm_top1", "confirm_loss", "seconds"]),
-                                  theirs.drop(columns=["confirm_top1", "confirm_loss", "seconds"]))  # fmt: skip
+    unread = ["confirm_top1", "confirm_loss", "seconds"]
+    pd.testing.assert_frame_equal(ours.drop(columns=unread), theirs.drop(columns=unread))
     assert torch.equal(honest.data.val.images, without.data.val.images)  # the validation images stay the same
     assert len(honest.data.train) == len(without.data.train) - 128

@@ -107,7 +107,7 @@ def test_torchrun_takes_rank_0s_pruning_auto_decisions_as_one_process_does(tmp_p
     """pruning=auto under torchrun: every process keeps, rolls back and stops on rank 0's validation predictions
     (broadcast), and the rows and kept model are one process's."""
     overrides = [
-        *SMOKE, "train.epochs=1", "pruning=auto", "dataset.val_split=128", "pruning.candidates=3", "pruning.budget=0",
+        *SMOKE, "train.epochs=1", "pruning=auto", "dataset.val_split=128", "pruning.max_steps=3", "pruning.budget=0",
         "pruning.first=100", "pruning.min_kept=0", "pruning.end=1", "pruning.frequency=4",
     ]  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]

@@ -270,7 +270,7 @@ def test_an_input_the_data_will_not_deliver_is_refused_in_one_line(overrides, ex
         ["pruning=global", "pruning.target=4", "pruning.iterations=1"],
         ["pruning=lamp", "pruning.target=4", "pruning.iterations=1"],
         ["pruning=gradual", "pruning.target=4", "pruning.end=1", "pruning.frequency=2"],
-        ["pruning=auto", "dataset.val_split=64", "pruning.candidates=2", "pruning.end=1", "pruning.frequency=2",
+        ["pruning=auto", "dataset.val_split=64", "pruning.max_steps=2", "pruning.end=1", "pruning.frequency=2",
          "pruning.budget=100"],
     ],
     ids=["global", "lamp", "gradual", "auto"],

@@ -79,3 +79,39 @@ def test_a_run_with_2_4_patterns_the_layers_that_fit_and_prunes_the_others_as_be
     assert (first.reshape(64, 196, 4).sum(dim=2) > 2).any()
     layers = pd.read_csv(tmp_path / "layers.csv").query("iteration == 2 and phase == 'retrain'").set_index("layer")
     assert layers.loc["layers.3", "weights_nonzero"] == int(middle.sum())
+
+
+# Wide's 784 x 64 + 64 x 64 + 64 x 10 = 54,912 prunable weights; 2:4 on the 64 x 64 layer alone removes 2,048 of
+# them: 52,864 kept, 54,912 / 52,864 = 1.0387x before the policy prunes anything.
+WIDE_TOTAL, WIDE_PATTERN_KEPT = 54_912, 52_864
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [["pruning=global"], ["pruning=lamp"], ["pruning=gradual", "pruning.end=1"]],
+    ids=["global", "lamp", "gradual"],
+)
+def test_a_target_below_what_the_pattern_alone_reaches_is_refused_before_any_training(policy):
+    """Such a run would end past its target (the policy has nothing left to prune): refused in one line."""
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config(*WIDE, *policy, "pruning.target=1.02"))
+    assert str(refused.value) == (
+        "pruning.target=1.02 is below the 1.04x that pruning.pattern=2:4 alone reaches on model=own_nets.Wide: "
+        "raise pruning.target to at least 1.04 or drop pruning.pattern"
+    )
+
+
+@pytest.mark.parametrize("target", [WIDE_TOTAL / WIDE_PATTERN_KEPT, 1.04, 1.2])
+def test_a_target_at_or_above_the_patterns_own_compression_keeps_exactly_its_count(target):
+    plan = plan_run(compose_config(*WIDE, "pruning=global", f"pruning.target={target!r}", "pruning.iterations=1"))
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"layers.1": (64, 784), "layers.3": (64, 64), "layers.5": (10, 64)}
+
+    class Run:
+        weights = {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+        masks = {name: torch.ones(shape, dtype=torch.bool) for name, shape in shapes.items()}
+
+    masks = plan.policy.prune(1, Run()).masks
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    assert kept == round(WIDE_TOTAL / target) and kept <= WIDE_PATTERN_KEPT
+    assert (masks["layers.3"].reshape(64, 16, 4).sum(dim=2) <= 2).all()

@@ -4,7 +4,7 @@ then through the real run: the compression target reached exactly, state that su
 import math
 import signal
 import subprocess
-from dataclasses import fields, replace
+from dataclasses import fields
 
 import pandas as pd
 import pytest
@@ -15,13 +15,13 @@ from test_robustness import _wait_for_retraining
 from pruning_cli.cli import compose_config
 from pruning_cli.config import Freeze
 from pruning_cli.errors import UserError
+from pruning_cli.models import get_model_spec
 from pruning_cli.plan import plan_run
 from pruning_cli.policies import POLICIES, PolicyContext, Verdict, build_policy
-from pruning_cli.policies.budgeted import AutoPruning, BudgetedSearch, Restart, next_compression
+from pruning_cli.policies import gradual as gradual_module
 from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
 from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning
 from pruning_cli.policies.lamp import Lamp, LampPruning
-from pruning_cli.pruning.paired import PairedDrop
 
 SIZES = {"fc1": 600, "fc2": 300, "fc3": 100}
 
@@ -89,125 +89,30 @@ def test_gradual_raises_sparsity_on_the_cubic_schedule_and_ends_at_the_target():
     assert kept[290] == 100 and run.kept() == 100
 
 
-BIG = {"fc1": 60_000, "fc2": 30_000, "fc3": 10_000}  # fine enough for a compression to 3 significant digits
-IMAGES = 10_000
+@pytest.mark.parametrize("model", ["lenet300", "lenet5"])
+def test_gradual_ends_on_the_count_every_other_policy_gives_for_each_integer_target(model, monkeypatch):
+    """At the schedule's last point gradual keeps round(total / target), as check_target and the cut policies do:
+    1 - (1 - 1/target) in floats is not 1/target, and the count was one weight off at 80 and 176 on LeNet-300-100
+    (80: 3,327 of 266,200 instead of 3,328) and at 24, 40, 120 and 200 on LeNet-5."""
+    sizes = get_model_spec(model).layer_sizes()  # LeNet-300-100: 266,200 prunable weights; LeNet-5: 430,500
+    total, asked = sum(sizes.values()), []
+
+    def count_only(allocation, weights, masks, keep, *settings):
+        asked.append(keep)
+        return dict(masks)
+
+    monkeypatch.setattr(gradual_module, "allocate", count_only)
+    run, context = ScriptedRun(sizes=sizes), _context(sizes=sizes)
+    for target in range(2, 201):  # 400 steps of 4 epochs: pruning.end=3 is step 300, the last raise
+        GradualMagnitude(GradualPruning(target=target, min_kept=0.0), context).during_retraining(1, 400, 400, run)
+    assert asked == [round(total / target) for target in range(2, 201)]
 
 
-def _lost(compression: float) -> int:
-    """The scripted frontier: nothing lost up to 16x, then 0.2% of the images per doubling."""
-    return round(IMAGES * 0.002 * max(0.0, math.log2(compression / 16)))
-
-
-def _predictions(masks) -> torch.Tensor:
-    """The dense model gets the first 9,000 images right; a pruned one also gets 100 of the others right, and
-    loses 100 of those plus its compression's share: 200 disagreements at least, as real models have."""
-    kept = sum(int(mask.sum()) for mask in masks.values())
-    right = torch.arange(IMAGES) < 9000
-    if kept < sum(BIG.values()):
-        right[: 100 + _lost(sum(BIG.values()) / kept)], right[9000:9100] = False, True
-    return right
-
-
-def _within(compression: float, settings: AutoPruning) -> bool:
-    """The test's own verdict: the scripted predictions at `compression`, bounded as the search must."""
-    drop = PairedDrop(IMAGES, 100 + _lost(compression), 100)
-    return drop.upper_bound(settings.confidence) <= settings.budget / 100
-
-
-def _search(search: BudgetedSearch, run: ScriptedRun, steps: int = 40, swap_at=None) -> list[tuple[float, Verdict]]:
-    """Drive a search as PruningRun does: each candidate's masks fall during its retraining, then its verdict;
-    a rollback restores the masks of the iteration named. At `swap_at` (iteration, step) the search is replaced by
-    a new one given its state_dict, as a resumed run's is."""
-    held, tried = {0: dict(run.masks)}, []
-    for iteration in range(1, search.iterations + 1):
-        step = search.prune(iteration, run)
-        if step is None:
-            break
-        run.masks = step.masks
-        for done in range(1, steps + 1):
-            if (iteration, done) == swap_at:
-                state, search = search.state_dict(), BudgetedSearch(search.config, search.context)
-                search.load_state_dict(state)
-            raised = search.during_retraining(iteration, done, steps, run)
-            run.masks = run.masks if raised is None else raised
-        held[iteration] = dict(run.masks)
-        verdict = search.verdict(iteration, run)
-        tried.append((sum(BIG.values()) / run.kept(), verdict))
-        if verdict.rollback_to is not None:
-            run.masks = held[verdict.rollback_to]
-        if verdict.stop:
-            break
-    return tried
-
-
-SEARCH = AutoPruning(budget=0.3, confidence=0.8, candidates=8, end=3, frequency=10)
-FRONTIER = max(c for c in (16 * 2 ** (i / 1000) for i in range(1000)) if _within(c, SEARCH))  # the test's own scan
-
-
-def test_the_search_pins_the_frontier_of_a_scripted_curve_in_the_candidates_it_is_given():
-    """8x and 16x within the budget, 32x past it; then each failure halves the step from the last model kept, and
-    each later model kept may try 32x again (it starts from more training). In exactly 8 candidates, each judged as
-    the test judges it alone, the search keeps a compression within an eighth of an octave of the frontier."""
-    run = ScriptedRun(_predictions, BIG)
-    search = BudgetedSearch(SEARCH, _context(sizes=BIG))
-    tried = _search(search, run)
-    compressions = [round(compression, 2) for compression, _ in tried]
-    assert len(tried) == 8 and compressions[:3] == [8, 16, 32]
-    assert [verdict.rollback_to is None for _, verdict in tried] == [_within(c, SEARCH) for c, _ in tried]
-    for (before, verdict), (after, _) in zip(tried, tried[1:], strict=False):
-        assert after < before if verdict.rollback_to is not None else after > before  # back off, or go on
-    assert len({round(sum(BIG.values()) / c) for c, _ in tried}) == 8  # no compression tried twice
-    passed = max(c for c, verdict in tried if verdict.rollback_to is None)
-    assert _within(passed, SEARCH) and FRONTIER / passed < 2 ** (1 / 8)
-    assert run.kept() == round(sum(BIG.values()) / search.progress.passed)  # the run holds the highest within
-    kept = max(i for i, (_, verdict) in enumerate(tried, 1) if verdict.rollback_to is None)
-    assert tried[-1][1].stop and search.progress.kept == kept
-
-
-def test_a_first_candidate_past_the_frontier_costs_candidates_not_the_result():
-    """From 64x, past the budget, the search halves its way down to 8x, then grows again by `growth`."""
-    run = ScriptedRun(_predictions, BIG)
-    search = BudgetedSearch(replace(SEARCH, first=64), _context(sizes=BIG))
-    tried = _search(search, run)
-    assert [round(c) for c, _ in tried[:3]] == [64, 8, 16]
-    assert FRONTIER / search.progress.passed < 2 ** (1 / 8)
-
-
-def test_a_step_that_rounds_onto_the_cap_is_halved_not_the_end():
-    """16 x 2^(1/4) x 2^(1/4) lands a rounding error below 16 x 2^(1/2), where a candidate failed: the same count of
-    weights, so the search moves halfway back instead of stopping (1,700 weights are still between them)."""
-    step = 2**0.25
-    candidate = next_compression(16 * step, step, 16 * 2**0.5, [16 * 2**0.5], 266_200.0, 266_200)
-    assert candidate == pytest.approx(16 * 2 ** (3 / 8))
-    assert next_compression(20.0, 2.0, 20.0001, [20.0001], 266_200.0, 266_200) is None  # no weight left between
-
-
-def test_from_the_dense_model_each_candidate_restarts_and_the_run_ends_on_the_best():
-    settings = replace(SEARCH, restart=Restart.dense, candidates=5)
-    run = ScriptedRun(_predictions, BIG)
-    tried = _search(BudgetedSearch(settings, _context(sizes=BIG)), run)
-    assert [verdict.rollback_to for _, verdict in tried[:-1]] == [0, 0, 0, 0]  # every next one from dense
-    assert tried[-1][1].stop and run.kept() == round(sum(BIG.values()) / max(
-        c for c, _ in tried if _within(c, settings)))  # fmt: skip
-
-
-def test_a_candidates_verdict_does_not_depend_on_what_was_tried_before():
-    """The fifth candidate of a search (after four others) and the same compression tried first: one verdict."""
-    run = ScriptedRun(_predictions, BIG)
-    tried = _search(BudgetedSearch(replace(SEARCH, candidates=5), _context(sizes=BIG)), run)
-    fifth, verdict = tried[-1]
-    alone = _search(BudgetedSearch(replace(SEARCH, candidates=1, first=fifth), _context(sizes=BIG)), ScriptedRun(
-        _predictions, BIG))  # fmt: skip
-    assert alone[0][0] == pytest.approx(fifth, rel=1e-4)
-    assert (alone[0][1].rollback_to is None) == (verdict.rollback_to is None)
-
-
-def test_a_search_stopped_mid_way_continues_from_its_state_dict():
-    """Replaced by a new policy given its state in the middle of the fifth candidate's retraining (a resumed run),
-    the search tries the same compressions and reaches the same verdicts."""
-    uninterrupted = _search(BudgetedSearch(SEARCH, _context(sizes=BIG)), ScriptedRun(_predictions, BIG))
-    resumed = _search(BudgetedSearch(SEARCH, _context(sizes=BIG)), ScriptedRun(_predictions, BIG), swap_at=(5, 17))
-    assert resumed == uninterrupted and len(resumed) == 8
+def test_gradual_to_80_on_lenet300_keeps_3328_weights():
+    sizes = get_model_spec("lenet300").layer_sizes()
+    run, context = ScriptedRun(sizes=sizes), _context(sizes=sizes)
+    masks = GradualMagnitude(GradualPruning(target=80), context).during_retraining(1, 300, 400, run)
+    assert sum(int(mask.sum()) for mask in masks.values()) == 3328  # round(266,200 / 80) = round(3327.5)
 
 
 def test_every_policy_has_a_yaml_and_composes_with_its_own_schema():
@@ -246,6 +151,15 @@ def test_a_bad_target_is_refused_in_one_line(target):
             "pruning.min_kept=0.01 keeps at least 2,662 weights of model=lenet300, more than the 1,331 that pruning.",
         ),
         (["pruning=gradual", "pruning.target=50", "pruning.min_kept=0.05"], "pruning.min_kept=0.05 keeps at least"),
+        (  # 266,200 / 200,000 keeps 1 weight of 3 layers: LAMP would empty two, found only after training
+            ["pruning=lamp", "pruning.target=200000"],
+            "LAMP keeps at least one weight of each layer (3 of model=lenet300), more than the 1 that pruning.target "
+            "leaves: lower pruning.target",
+        ),
+        (
+            ["pruning=gradual", "pruning.allocation=lamp", "pruning.min_kept=0", "pruning.target=200000"],
+            "LAMP keeps at least one weight of each layer (3 of model=lenet300), more than the 1 that pruning.target ",
+        ),
         (["pruning=lamp", "pruning.target=4", "retrain.distill.weight=2"], "retrain.distill.weight is 2.0; it must be"),
     ],
 )
@@ -288,7 +202,7 @@ LONG = [
     "train.batch_size=32", "retrain.batch_size=32",
 ]  # fmt: skip
 GRADUAL = [*LONG, "pruning=gradual", "pruning.target=10", "pruning.end=2", "pruning.frequency=8"]
-AUTO = [*LONG, "pruning=auto", "dataset.val_split=256", "pruning.candidates=3", "pruning.end=2", "pruning.frequency=8"]
+AUTO = [*LONG, "pruning=auto", "dataset.val_split=256", "pruning.max_steps=3", "pruning.end=2", "pruning.frequency=8"]
 
 
 @pytest.mark.slow

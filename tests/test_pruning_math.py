@@ -221,3 +221,27 @@ def test_alternation_prunes_fc_with_conv_frozen_then_the_reverse():
 def test_alternation_refuses_what_it_cannot_do(kinds, iterations, freeze, message):
     with pytest.raises(ValueError, match=message):
         pruning_schedule(kinds, iterations, alternate=True, freeze=freeze)
+
+
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_a_kept_fraction_breaks_ties_by_index_so_the_count_and_the_weights_are_exact(device):
+    """1,000 weights of equal magnitude but three larger ones, two pruned: keeping 10% keeps the three, then the
+    97 lowest surviving indices (an unsorted top-k picks any of the ties, and not the same ones on every device)."""
+    weight = torch.full((1000,), 0.25)
+    weight[1::2] *= -1
+    weight[[500, 700, 900]] = 3.0
+    mask = torch.ones(1000, dtype=torch.bool)
+    mask[[0, 5]] = False
+    kept, threshold = top_fraction_mask(weight.to(device), 0.1, mask.to(device))
+    expected = [index for index in range(1000) if index not in (0, 5)][:97] + [500, 700, 900]
+    assert kept.nonzero().flatten().tolist() == expected and threshold == 0.25
+    new_masks, records = prune_step(
+        {"w": weight.view(20, 50)}, {"w": mask.view(20, 50)}, {"w": LayerStep(LayerTarget(kept=0.1))}
+    )
+    assert new_masks["w"].flatten().nonzero().flatten().tolist() == expected and records["w"].kept == 100
+
+
+def test_the_strongest_weight_of_a_unit_with_tied_magnitudes_is_its_first():
+    weight = torch.tensor([[0.5, -0.5, 0.5], [0.2, -0.7, 0.7]])
+    capped = strongest_per_output(weight, torch.tensor([[False, True, True], [True, True, True]]))
+    assert capped.tolist() == [[False, True, False], [False, True, False]]

@@ -58,7 +58,7 @@ def test_a_refused_run_leaves_its_directory_as_it_was(case, checkpoints, tmp_pat
 
 
 def test_a_search_from_a_checkpoint_with_its_own_split_is_allowed(checkpoints, tmp_path):
-    overrides = [*SMOKE, *AUTO, f"train.checkpoint={checkpoints}/held_out/model.pt", "pruning.candidates=1"]
+    overrides = [*SMOKE, *AUTO, f"train.checkpoint={checkpoints}/held_out/model.pt", "pruning.max_steps=1"]
     metrics = run_in_process(tmp_path, *overrides)
     assert metrics.phase.tolist()[0] == "train" and metrics.val_top1.notna().all()
 

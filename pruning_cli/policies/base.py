@@ -9,7 +9,7 @@ policy sees the run only through `RunView`, so a test can drive it with scripted
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from torch import Tensor
@@ -53,10 +53,12 @@ class PruneStep:
 @dataclass(frozen=True)
 class Verdict:
     """What becomes of a retrained model: kept (`rollback_to` None) or replaced by the model of iteration
-    `rollback_to` (0: dense); `stop` ends the pruning there."""
+    `rollback_to` (0: dense); `stop` ends the pruning there. `figures`: what the decision read, for the retraining's
+    row of metrics.csv (records.METRICS's verdict columns)."""
 
     rollback_to: int | None = None
     stop: bool = False
+    figures: Mapping[str, float | int | str] = field(default_factory=dict)
 
     def kept(self, iteration: int) -> int:
         """The iteration whose model the run holds after this verdict on iteration `iteration`."""
@@ -118,14 +120,22 @@ class NoPruning(PruningPolicy):
         return 0
 
 
-def floor_total(min_kept: float, context: PolicyContext) -> int:
-    """Weights a per-layer floor of `min_kept` (a share of each layer, at least one weight) keeps in all."""
-    return sum(max(1, math.ceil(min_kept * size)) for size in context.layer_sizes.values()) if min_kept else 0
+def floor_total(min_kept: float, context: PolicyContext, lamp: bool = False) -> int:
+    """Weights a per-layer floor of `min_kept` (a share of each layer, at least one weight) keeps in all; `lamp`: a
+    LAMP cut's, at least one weight a layer even at 0 (allocation.allocate)."""
+    floored = min_kept or lamp
+    return sum(max(1, math.ceil(min_kept * size)) for size in context.layer_sizes.values()) if floored else 0
 
 
-def check_floors(keep: int, min_kept: float, context: PolicyContext) -> None:
-    """ValueError when the per-layer floor alone keeps more weights than the target allows."""
-    floors = floor_total(min_kept, context)
+def check_floors(keep: int, min_kept: float, context: PolicyContext, lamp: bool = False) -> None:
+    """ValueError when the per-layer floor alone keeps more weights than the target allows (before any training:
+    the cut would find it only after)."""
+    floors = floor_total(min_kept, context, lamp)
+    if floors > keep and not min_kept:
+        raise ValueError(
+            f"LAMP keeps at least one weight of each layer ({floors:,} of model={context.model}), more than the "
+            f"{keep:,} that pruning.target leaves: lower pruning.target"
+        )
     if floors > keep:
         raise ValueError(
             f"pruning.min_kept={min_kept} keeps at least {floors:,} weights of model={context.model}, more than the "

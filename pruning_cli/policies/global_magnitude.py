@@ -30,7 +30,8 @@ class GlobalMagnitude(PruningPolicy):
 
     def __init__(self, settings: GlobalPruning, context: PolicyContext) -> None:
         super().__init__(settings, context)
-        check_floors(check_target(settings.target, context), settings.min_kept, context)
+        keep = check_target(settings.target, context)
+        check_floors(keep, settings.min_kept, context, lamp=self.allocation is Allocation.lamp)
 
     def prune(self, iteration: int, run: RunView) -> PruneStep:
         """The survivors of one cut at this iteration's point of the geometric walk to the target."""

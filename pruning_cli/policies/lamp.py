@@ -11,7 +11,8 @@ from pruning_cli.ranges import FRACTION, ranged
 @dataclass
 class LampPruning(GlobalPruning):
     name: str = "lamp"
-    # LAMP's largest weight of each layer scores 1, so its cut never empties a layer: no floor is needed.
+    # LAMP's cut keeps at least one weight of each layer whatever this is (each layer's largest scores 1); a share
+    # here is a floor as pruning=global's.
     min_kept: float = ranged(FRACTION, 0.0)
 
 

@@ -1,7 +1,7 @@
 """Every `pruning=<name>` choice and the policy that carries it out: one line each."""
 
 from pruning_cli.policies.base import PolicyContext, PruningPolicy
-from pruning_cli.policies.budgeted import BudgetedSearch
+from pruning_cli.policies.budgeted import BudgetedWalk
 from pruning_cli.policies.global_magnitude import GlobalMagnitude
 from pruning_cli.policies.gradual import GradualMagnitude
 from pruning_cli.policies.lamp import Lamp
@@ -10,7 +10,7 @@ from pruning_cli.policies.paper_rule import PaperRule
 POLICIES: dict[str, type[PruningPolicy]] = {
     "iterative": PaperRule,
     "oneshot": PaperRule,
-    "auto": BudgetedSearch,
+    "auto": BudgetedWalk,
     "global": GlobalMagnitude,
     "lamp": Lamp,
     "gradual": GradualMagnitude,

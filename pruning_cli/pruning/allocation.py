@@ -33,10 +33,13 @@ def allocate(
     proportions: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
     """Masks keeping `keep` weights in all, shared between the layers by `allocation`; `min_kept` is the floor of a
-    global cut, `proportions` (per layer) those of `paper`."""
+    global or LAMP cut (LAMP's is at least one weight a layer even at 0: its largest-scores-1 argument fails when
+    fewer weights than layers are kept, or a layer's survivors are all zero), `proportions` (per layer) those of
+    `paper`."""
     if allocation in (Allocation.global_, Allocation.lamp):
         score = magnitude_scores(weights) if allocation is Allocation.global_ else lamp_scores(weights, masks)
-        return global_cut(score, masks, keep, floor_counts(masks, min_kept) if min_kept else None)
+        floored = min_kept or allocation is Allocation.lamp
+        return global_cut(score, masks, keep, floor_counts(masks, min_kept) if floored else None)
     sizes = {name: weight.numel() for name, weight in weights.items()}
     shares = proportions if allocation is Allocation.paper else dict.fromkeys(sizes, 1.0)
     return layer_cut(magnitude_scores(weights), masks, proportional_counts(sizes, shares, keep))
@@ -49,11 +52,14 @@ def magnitude_scores(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def lamp_scores(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """LAMP: with a layer's surviving weights sorted by magnitude ascending, w_1 <= ... <= w_n, the score of w_u is
-    w_u^2 / sum_{v >= u} w_v^2. The largest survivor of each layer scores 1, so one cut never empties a layer."""
+    w_u^2 / sum_{v >= u} w_v^2. The largest survivor of each layer scores 1. Equal magnitudes are ranked by index,
+    the lowest last (scoring highest), so that the cut keeps the lowest indices among ties as the others do."""
     scores = {}
     for name, weight in weights.items():
         squares = (weight.detach().float() * masks[name]).flatten() ** 2
-        ascending, order = torch.sort(squares, stable=True)
+        # a stable sort of the reversed tensor: ascending magnitudes, ties in descending index
+        ascending, reversed_order = torch.sort(squares.flip(0), stable=True)
+        order = squares.numel() - 1 - reversed_order
         tail_sums = ascending.flip(0).cumsum(0).flip(0)
         sorted_scores = torch.where(tail_sums > 0, ascending / tail_sums.clamp_min(torch.finfo(torch.float32).tiny), 0)
         scores[name] = torch.empty_like(squares).scatter_(0, order, sorted_scores).view_as(weight)

@@ -20,22 +20,36 @@ def top_fraction_mask(weight: Tensor, fraction: float, mask: Tensor | None = Non
     """Keep exactly `round(fraction * numel)` largest-magnitude survivors; return the mask and its threshold.
 
     The fraction is of all the layer's weights (the paper's "% kept"), so the same call at every iteration
-    with a shrinking fraction walks the layer down to its target.
+    with a shrinking fraction walks the layer down to its target. Equal magnitudes at the threshold keep the lowest
+    flat indices (top-k picks any of them, and not the same ones on every device).
     """
     magnitudes = weight.detach().abs().flatten()
     alive = torch.ones_like(magnitudes, dtype=torch.bool) if mask is None else mask.flatten()
     keep_count = min(round(fraction * magnitudes.numel()), int(alive.sum()))
     # Pruned connections score -1 so that they are never picked over a survivor, even a zero-valued one.
     scores = magnitudes.masked_fill(~alive, -1.0)
-    kept_indices = torch.topk(scores, keep_count, sorted=False).indices
+    kept_indices = top_indices(scores, keep_count)
     new_mask = torch.zeros_like(alive)
     new_mask[kept_indices] = True
     threshold = scores[kept_indices].min().item() if keep_count else float("inf")
     return new_mask.view_as(weight), threshold
 
 
+def top_indices(scores: Tensor, count: int) -> Tensor:
+    """Flat indices of the `count` highest of 1-D `scores`, of equal ones at the cut the lowest: everything above
+    the count-th highest, then its ties in index order. Exact and the same on every device, and as fast as top-k
+    (a stable sort of 10M magnitudes took 2.5x as long on the CPU)."""
+    if count == 0:
+        return torch.empty(0, dtype=torch.long, device=scores.device)
+    threshold = scores.kthvalue(scores.numel() - count + 1).values
+    above = (scores > threshold).nonzero().flatten()
+    ties = (scores == threshold).nonzero().flatten()[: count - above.numel()]
+    return torch.cat([above, ties])
+
+
 def strongest_per_output(weight: Tensor, mask: Tensor) -> Tensor:
-    """Each output unit (row of an fc weight, filter of a conv) keeps only its largest surviving weight.
+    """Each output unit (row of an fc weight, filter of a conv) keeps only its largest surviving weight (of equal
+    ones, the first: torch.max's documented choice).
 
     The cap for a pruning step that would empty a layer and cut the network in two: every unit that still
     had an input keeps one, so signal still flows and retraining can recover.

@@ -35,8 +35,8 @@ class CsvSchema:
 METRICS = CsvSchema(
     "metrics.csv",
     ("iteration", "phase", "epochs", "params_total", "params_nonzero", "compression", "top1", "top5", "loss",
-     "val_top1", "val_loss", "confirm_top1", "confirm_loss", "train_loss", "seconds", "val_lost", "val_gained", "val_drop",
-     "val_bound", "verdict"),
+     "val_top1", "val_loss", "confirm_top1", "confirm_loss", "train_loss", "seconds", "val_lost", "val_gained",
+     "val_drop", "val_bound", "verdict"),
     ("iteration", "phase", "params_total", "params_nonzero", "top1"),
 )  # fmt: skip
 LAYERS = CsvSchema(
@@ -57,8 +57,8 @@ SENSITIVITY = CsvSchema(
 # walk went back to when a walk step went past its budget (the last walk step within it, or the dense model: the
 # walk ends there and it is model.pt). A retraining row of pruning=auto also has the walk step's test: the
 # validation images lost and gained against the dense model (`val_lost`, `val_gained`), the drop seen and its upper
-# bound (`val_drop`, `val_bound`: fractions, like top1) and the `verdict` (within or past the budget). `quantize` (quantize=kmeans) is trained quantization of
-# the final pruned model, which model.pt then holds.
+# bound (`val_drop`, `val_bound`: fractions, like top1) and the `verdict` (within or past the budget). `quantize`
+# (quantize=kmeans) is trained quantization of the final pruned model, which model.pt then holds.
 PHASES = ("train", "prune", "retrain", "rollback", "quantize")
 
 RUN_RECORD = "run.json"

@@ -2,7 +2,7 @@
 # The budgeted presets on Fashion-MNIST, one run per network and seed (docs/results.md, "Budgeted pruning"):
 # experiment=<net>_auto for NETS (default "lenet300 lenet5") and SEEDS (default "0 1 2"). Extra arguments are
 # overrides for every run: a lever is measured by running the script again into another OUT_DIR with them (e.g.
-# pruning.restart=dense). JOBS runs at once (on one GPU they share it; on a CPU keep JOBS=1). A run whose model.pt
+# pruning.ratio=1.5). JOBS runs at once (on one GPU they share it; on a CPU keep JOBS=1). A run whose model.pt
 # exists is skipped, so the script can be started again after a stop. Then: prune-report OUT_DIR.
 # Usage: [DEVICE=cuda JOBS=8] bash scripts/auto_sweep.sh OUT_DIR [overrides...]
 set -u

@@ -1,8 +1,8 @@
-"""Each budgeted search's result and the frontier it measured on the way (docs/results.md, "Budgeted pruning").
+"""Each budgeted walk's result and the frontier it measured on the way (docs/results.md, "Budgeted pruning").
 
 For every pruning=auto run below the given directories: the kept model's compression (biases counted) and its
 top-1 change on the validation (decisions), confirmation (read by no decision) and test splits against the run's
-own dense model, in points; and, from all the candidates it retrained, the highest compression whose *test*
+own dense model, in points; and, from all the walk steps it retrained, the highest compression whose *test*
 change stayed within 0.3 and 0.5 points lost (reported, never used), with the run's time.
 Usage: python scripts/search_frontier.py OUT_DIR [OUT_DIR ...]
 """
@@ -17,7 +17,7 @@ from pruning_cli.report.tables import markdown_table
 
 
 def frontier(metrics: pd.DataFrame, dense: pd.Series, lost: float) -> float:
-    """The highest compression among the retrained candidates whose test top-1 lost at most `lost` points."""
+    """The highest compression among the retrained walk steps whose test top-1 lost at most `lost` points."""
     tried = metrics[metrics.phase == "retrain"]
     within = tried[100 * (dense.top1 - tried.top1) <= lost + 1e-9]
     return within.compression.max() if len(within) else 1.0
@@ -32,7 +32,7 @@ def main(paths: list[Path]) -> None:
             continue
         dense, kept = metrics.iloc[0], metrics[metrics.phase.isin(["retrain", "rollback"])].iloc[-1]
         rows.append({
-            "run": run, "candidates": int((metrics.phase == "retrain").sum()),
+            "run": run, "walk steps": int((metrics.phase == "retrain").sum()),
             "compression": round(kept.compression, 1),
             **{f"{split} change": round(100 * (kept[column] - dense[column]), 2)
                for split, column in (("val", "val_top1"), ("confirm", "confirm_top1"), ("test", "top1"))},

@@ -118,7 +118,7 @@ def plot_tradeoff(runs: pd.DataFrame, model: str, path: Path) -> str | None:
 def plot_frontier(runs: pd.DataFrame, model: str, path: Path, searches: pd.DataFrame | None = None) -> str | None:
     """Compression (log scale) against the change in test top-1 of every run, one colour per method, with the
     paper's point and later work's published compression marked as references (measured on MNIST / ImageNet);
-    each budgeted search's candidates (tables.search_curves: validation top-1 lost) as a dotted curve."""
+    each budgeted walk's steps (tables.search_curves: validation top-1 lost) as a dotted curve."""
     started = _begin(runs, model, "no finished pruning run")
     if isinstance(started, str):
         return started
@@ -126,7 +126,7 @@ def plot_frontier(runs: pd.DataFrame, model: str, path: Path, searches: pd.DataF
     tried = searches[searches.model == model] if searches is not None else pd.DataFrame()
     for number, (_, part) in enumerate(tried.groupby("run", sort=False)):
         part = part.sort_values("compression")
-        label = "search candidates (validation)" if number == 0 else None
+        label = "walk steps (validation)" if number == 0 else None
         axes.plot(part.compression, part.val_lost, ":", marker=".", color="grey", alpha=0.7, label=label)
     for method, part in data.groupby("method", sort=False):
         axes.scatter(part.compression, part.error_change_top1, label=str(method), s=24)

@@ -105,8 +105,8 @@ def method_curves(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def search_curves(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """The candidates each budgeted search (pruning=auto) retrained, in the order tried: compression against the
-    validation top-1 each lost to its run's dense model, in points (the curve the search measured)."""
+    """The walk steps each budgeted walk (pruning=auto) retrained, in the order tested: compression against the
+    validation top-1 each lost to its run's dense model, in points (the curve the walk measured)."""
     searched = metrics[metrics.run.isin(runs.run[runs.schedule == "auto"])]
     dense = searched[searched.phase == "train"].set_index("run").val_top1
     tried = searched[searched.phase == "retrain"]

@@ -22,12 +22,12 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pruning_cli.config import GROUP_SCHEMAS, RunConfig, SensitivityTask
-from pruning_cli.distributed import Shard
+from pruning_cli.config.schema import GROUP_SCHEMAS, RunConfig, SensitivityTask
 from pruning_cli.errors import UserError
-from pruning_cli.pipeline import run
+from pruning_cli.parallel.shard import Shard
 from pruning_cli.policies import schemas as policy_schemas
-from pruning_cli.records import SENSITIVITY, STATE_FILE
+from pruning_cli.records.contract import SENSITIVITY, STATE_FILE
+from pruning_cli.run.pruning_run import run
 from pruning_cli.training.loop import StopRequested
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from pruning_cli.models import get_model_spec
 from pruning_cli.paper import PAPER_KEPT, network_name
-from pruning_cli.pruning.pattern import fits_semi_structured, n_of_m_mask
+from pruning_cli.pruning.nm_sparsity import fits_semi_structured, n_of_m_mask
 from pruning_cli.quantize.kmeans import quantize_layer
 from pruning_cli.sparse.export import export_state_dict, file_sizes
 from pruning_cli.sparse.model import SparseLinear, sparsify

@@ -24,14 +24,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pruning_cli.config import PhaseConfig
+from pruning_cli.config.schema import PhaseConfig
 from pruning_cli.data.tensors import TensorSplit
-from pruning_cli.distributed import SINGLE_PROCESS
 from pruning_cli.models import get_model_spec
 from pruning_cli.paper import PAPER_KEPT
+from pruning_cli.parallel.shard import SINGLE_PROCESS
 from pruning_cli.pruning.masks import full_masks, top_fraction_mask
-from pruning_cli.runtime import DevicePolicy, device_policy
-from pruning_cli.training.loop import MaskedWeights, train_phase
+from pruning_cli.run.runtime import DevicePolicy, device_policy
+from pruning_cli.training.loop import MaskedWeights, PhaseCallbacks, PhaseExecution, train_phase
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 
@@ -82,10 +82,11 @@ def tool_epoch(name: str, data: TensorSplit, batch_size: int, policy: DevicePoli
     masked_weights.mask_weights()
     phase = PhaseConfig(epochs=1, batch_size=batch_size, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     stats = []
-    train_phase(
-        model, data, phase, masked_weights, torch.Generator().manual_seed(0), "bench",
-        on_epoch_end=lambda _progress, epoch: stats.append(epoch), autocast=lambda: policy.autocast(phase.precision),
-    )  # fmt: skip
+    execution = PhaseExecution(
+        torch.Generator().manual_seed(0), "bench", autocast=lambda: policy.autocast(phase.precision)
+    )
+    callbacks = PhaseCallbacks(on_epoch_end=lambda _progress, epoch: stats.append(epoch))
+    train_phase(model, data, phase, masked_weights, execution, callbacks)
     return stats[0].images_per_second
 
 

@@ -27,9 +27,8 @@ def main(paths: list[Path]) -> None:
     found = collect(paths)
     rows = []
     for run, metrics in found.metrics.groupby("run", sort=False):
-        kind = found.runs.set_index("run").loc[run]
-        if kind.schedule != "auto":
-            continue
+        if "verdict" not in metrics or metrics.verdict.isna().all():
+            continue  # not a walk: no retraining was tested
         dense, kept = metrics.iloc[0], metrics[metrics.phase.isin(["retrain", "rollback"])].iloc[-1]
         rows.append({
             "run": run, "walk steps": int((metrics.phase == "retrain").sum()),

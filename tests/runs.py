@@ -12,8 +12,8 @@ import pandas as pd
 
 from pruning_cli.cli import compose_config
 from pruning_cli.data import ImageData
-from pruning_cli.pipeline import PruningRun, open_run, run
-from pruning_cli.runtime import DevicePolicy
+from pruning_cli.run.pruning_run import PruningRun, open_run, run
+from pruning_cli.run.runtime import DevicePolicy
 
 PRUNE_RUN = str(Path(sys.executable).parent / "prune-run")
 REPOSITORY = Path(__file__).resolve().parent.parent

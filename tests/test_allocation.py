@@ -6,6 +6,8 @@ import torch
 
 from pruning_cli.pruning.allocation import (
     Allocation,
+    Scoring,
+    Sharing,
     allocate,
     floor_counts,
     global_cut,
@@ -94,7 +96,12 @@ def test_proportional_counts_sum_exactly_and_cap_at_the_layer_size():
     assert proportional_counts(sizes, dict.fromkeys(sizes, 1.0), 555) == {"a": 500, "b": 50, "c": 5}
 
 
-@pytest.mark.parametrize("allocation", list(Allocation))
+EVERY_ALLOCATION = [Allocation(scoring, sharing) for scoring in Scoring for sharing in Sharing]
+GLOBAL, LAMP = Allocation(Scoring.magnitude, Sharing.global_), Allocation(Scoring.lamp, Sharing.global_)
+UNIFORM = Allocation(Scoring.magnitude, Sharing.uniform)
+
+
+@pytest.mark.parametrize("allocation", EVERY_ALLOCATION, ids=lambda a: f"{a.scoring.value}-{a.sharing.value}")
 def test_every_allocation_keeps_the_count_asked_for(allocation):
     weights = _layers(1)
     masks = allocate(allocation, weights, _full(weights), 123, 0.01, {"conv": 60, "fc1": 10, "fc2": 20})
@@ -112,34 +119,34 @@ def test_lamp_keeps_one_weight_in_every_layer_even_one_whose_survivors_are_all_z
     # LAMP scores: a 1/14, 4/13, 1; zero 0, 0, 0 (its tail sums are 0); b 16/41, 1. Without a floor a cut of 3
     # keeps a's 3, b's 5 and b's 4, and empties "zero"; the floor (one weight, the lowest index among its ties)
     # keeps it.
-    masks = allocate(Allocation.lamp, weights, _full(weights), 3)
+    masks = allocate(LAMP, weights, _full(weights), 3)
     assert {name: mask.tolist() for name, mask in masks.items()} == {
         "a": [False, False, True],
         "zero": [True, False, False],
         "b": [False, True],
     }
-    masks = allocate(Allocation.lamp, weights, _full(weights), 4)  # the fourth goes to the next score, b's 4
+    masks = allocate(LAMP, weights, _full(weights), 4)  # the fourth goes to the next score, b's 4
     assert masks["b"].tolist() == [True, True] and sum(int(mask.sum()) for mask in masks.values()) == 4
 
 
 def test_lamp_asked_for_fewer_weights_than_layers_is_refused_as_the_global_cut_is():
     weights = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3.0, 4.0]), "c": torch.tensor([5.0, 6.0])}
     with pytest.raises(ValueError, match="the per-layer floor keeps 3 weights, more than the 2 asked for"):
-        allocate(Allocation.lamp, weights, _full(weights), 2)  # one of the three layers would be emptied
+        allocate(LAMP, weights, _full(weights), 2)  # one of the three layers would be emptied
     with pytest.raises(ValueError, match="the per-layer floor keeps 3 weights, more than the 2 asked for"):
-        allocate(Allocation.global_, weights, _full(weights), 2, 0.01)
+        allocate(GLOBAL, weights, _full(weights), 2, 0.01)
 
 
 def test_lamp_keeps_the_min_kept_floor_of_every_layer():
     weights = {"big": torch.arange(1.0, 101.0), "small": torch.full((50,), 0.01)}
     # Without a floor, LAMP shares 15 weights 7 / 8 (small's equal magnitudes score 1, 1/2, 1/3, ...); with
     # min_kept=0.1 each layer keeps its 10% first: big its 10 largest, small its 5 lowest indices (all tied).
-    bare = allocate(Allocation.lamp, weights, _full(weights), 15)
+    bare = allocate(LAMP, weights, _full(weights), 15)
     assert int(bare["big"].sum()) == 7 and int(bare["small"].sum()) == 8
-    floored = allocate(Allocation.lamp, weights, _full(weights), 15, 0.1)
+    floored = allocate(LAMP, weights, _full(weights), 15, 0.1)
     assert floored["big"].nonzero().flatten().tolist() == list(range(90, 100))
     assert floored["small"].nonzero().flatten().tolist() == list(range(5))
-    more = allocate(Allocation.lamp, weights, _full(weights), 20, 0.1)
+    more = allocate(LAMP, weights, _full(weights), 20, 0.1)
     assert int(more["big"].sum()) >= 10 and int(more["small"].sum()) >= 5
     assert sum(int(mask.sum()) for mask in more.values()) == 20
 
@@ -151,9 +158,9 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 @pytest.mark.parametrize(
     ("allocation", "expected"),
     [
-        (Allocation.global_, {"a": list(range(10)), "b": []}),  # one order: layer a, then b, each by index
-        (Allocation.uniform, {"a": list(range(6)), "b": list(range(4))}),  # 12:8 of 10 is 6 and 4
-        (Allocation.lamp, {"a": list(range(5)), "b": list(range(5))}),  # each layer's ties score 1, 1/2, 1/3, ...
+        (GLOBAL, {"a": list(range(10)), "b": []}),  # one order: layer a, then b, each by index
+        (UNIFORM, {"a": list(range(6)), "b": list(range(4))}),  # 12:8 of 10 is 6 and 4
+        (LAMP, {"a": list(range(5)), "b": list(range(5))}),  # each layer's ties score 1, 1/2, 1/3, ...
     ],
     ids=["global", "uniform", "lamp"],
 )

@@ -12,8 +12,8 @@ from torch import nn
 from pruning_cli.cli import compose_config
 from pruning_cli.data import ImageData, TensorSplit
 from pruning_cli.errors import UserError
-from pruning_cli.plan import plan_run
 from pruning_cli.pruning.paired import tango_upper_bound
+from pruning_cli.run.plan import plan_run
 from pruning_cli.training.loop import evaluate
 
 AUTO = [
@@ -54,7 +54,7 @@ def test_each_walk_steps_test_is_in_metrics_csv_and_model_pt_is_the_last_within(
     assert steps.verdict.tolist() == ["within" if bound <= 0.003 else "past" for bound in bounds.tolist()]
     within = steps[steps.verdict == "within"]
     assert list(steps.verdict[:-1]) == ["within"] * (len(steps) - 1)  # the walk ends at its first step past
-    assert experiment.kept_iteration == (within.iteration.max() if len(within) else 0)
+    assert experiment.progress.kept_iteration == (within.iteration.max() if len(within) else 0)
     kept = within.iloc[-1] if len(within) else dense
     state = torch.load(out_dir / "model.pt", weights_only=True)
     assert sum(int(torch.count_nonzero(value)) for value in state.values()) == kept.params_nonzero
@@ -68,7 +68,7 @@ def test_with_room_in_the_budget_the_walk_takes_every_step_it_was_given(tmp_path
     assert _walk_steps(tmp_path) == [8, 10, 12.5]  # pruning.first, times pruning.ratio
     pruned = metrics[metrics.phase == "prune"]
     assert (pruned.params_nonzero.iloc[1:].values == retrained.params_nonzero.iloc[:-1].values).all()  # continued
-    assert experiment.kept_iteration == 3 and (retrained.verdict == "within").all()
+    assert experiment.progress.kept_iteration == 3 and (retrained.verdict == "within").all()
 
 
 PAST = ["pruning.budget=0", "pruning.first=100", "pruning.min_kept=0"]  # 100x loses images a budget of 0 cannot afford
@@ -80,7 +80,7 @@ def test_a_first_walk_step_past_the_budget_ends_the_walk_on_the_dense_model(tmp_
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert _rows(metrics)[1:] == [(1, "prune"), (1, "retrain"), (1, "rollback")]
     assert metrics.verdict.iloc[2] == "past" and metrics.params_nonzero.iloc[3] == metrics.params_total.iloc[0]
-    assert experiment.kept_iteration == 0 and experiment.stopped
+    assert experiment.progress.kept_iteration == 0 and experiment.progress.stopped
     dense = torch.load(tmp_path / "checkpoints" / "dense.pt", weights_only=True)["model"]
     final = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(torch.equal(final[key], dense[key]) for key in dense)
@@ -95,7 +95,10 @@ def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
 
     scrambled = pruning_run_in_process(tmp_path, *AUTO, transform_data=scramble)
     assert all(torch.equal(honest.masks[name], scrambled.masks[name]) for name in honest.masks)
-    assert (honest.kept_iteration, honest.stopped) == (scrambled.kept_iteration, scrambled.stopped)
+    assert (honest.progress.kept_iteration, honest.progress.stopped) == (
+        scrambled.progress.kept_iteration,
+        scrambled.progress.stopped,
+    )
     ours, theirs = pd.read_csv(out_dir / "metrics.csv"), pd.read_csv(tmp_path / "metrics.csv")
     pd.testing.assert_series_equal(ours.params_nonzero, theirs.params_nonzero)
     pd.testing.assert_series_equal(ours.val_top1, theirs.val_top1)
@@ -113,7 +116,8 @@ def test_scrambled_test_labels_change_no_choice(auto_run, tmp_path):
         (["pruning.first=0.5"], "pruning.first is 0.5; it must be > 1"),
         (["pruning.max_steps=0"], "pruning.max_steps is 0; it must be >= 1, e.g. pruning.max_steps=20"),
         (["pruning.end=3"], "pruning.start is 0.0 and pruning.end 3.0: pruning must start before it ends, within"),
-        (["pruning.allocation=random"], "pruning.allocation is random; choose one of global, lamp, uniform, paper"),
+        (["pruning.sharing=random"], "pruning.sharing is random; choose one of global, uniform, paper"),
+        (["pruning.scoring=random"], "pruning.scoring is random; choose one of magnitude, lamp"),
     ],
 )
 def test_bad_auto_settings_are_one_line(overrides, expected):

@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from runs import SMOKE
 
 from pruning_cli.cli import compose_config, config_dir, register_configs
-from pruning_cli.config import (
+from pruning_cli.config.schema import (
     ImageFolderDataset,
     MnistLikeDataset,
     Precision,
@@ -17,13 +17,13 @@ from pruning_cli.config import (
     StdSource,
     SyntheticDataset,
 )
-from pruning_cli.distributed import Shard
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
 from pruning_cli.paper import PAPER_KEPT
-from pruning_cli.plan import plan_run
+from pruning_cli.parallel.shard import Shard
 from pruning_cli.policies.budgeted import AutoPruning
-from pruning_cli.runtime import cpu_has_amx, device_policy
+from pruning_cli.run.plan import plan_run
+from pruning_cli.run.runtime import cpu_has_amx, device_policy
 
 # The one deliberate difference from the paper's fractions, explained in configs/experiment/lenet5_paper.yaml:
 # the paper's LeNet-5 fractions give 11.7x with biases; fc1 at 7.5% instead of 8% gives 12.4x.

@@ -12,11 +12,11 @@ from runs import run_in_process
 from torch import nn
 
 from pruning_cli.cli import compose_config
-from pruning_cli.config import PhaseConfig
+from pruning_cli.config.schema import PhaseConfig
 from pruning_cli.data import decoding, load_data
 from pruning_cli.data.imagenet import eval_transform, load_imagenet
 from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED, hold_out_validation
-from pruning_cli.training.loop import MaskedWeights, train_phase
+from pruning_cli.training.loop import MaskedWeights, PhaseExecution, train_phase
 
 
 def _folder(root: Path, fmt: str = "JPEG") -> Path:
@@ -47,7 +47,9 @@ def test_png_files_are_decoded_too_and_a_model_trains_on_the_decoded_batches(tmp
     data = load_imagenet(root, num_workers=1, seed=0, size=16, on_device=True)
     model = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.Flatten(), nn.Linear(64, 2))
     masked = MaskedWeights([model[0].weight], [torch.ones_like(model[0].weight, dtype=torch.bool)])
-    loss = train_phase(model, data.train, PhaseConfig(epochs=1, batch_size=4), masked, torch.Generator(), "test")
+    loss = train_phase(
+        model, data.train, PhaseConfig(epochs=1, batch_size=4), masked, PhaseExecution(torch.Generator(), "test")
+    )
     assert loss == loss and loss > 0
     assert decoding(data).startswith("on cpu (JPEG batches by torchvision.io.decode_jpeg, other files by PIL")
 

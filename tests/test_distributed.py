@@ -12,9 +12,9 @@ import torch
 from runs import REPOSITORY, SMOKE, run_in_process
 
 from pruning_cli.cli import compose_config, distributed_arguments
-from pruning_cli.distributed import Shard
 from pruning_cli.errors import UserError
-from pruning_cli.plan import plan_run
+from pruning_cli.parallel.shard import Shard
+from pruning_cli.run.plan import plan_run
 
 TIME_COLUMNS = ["seconds", "images_per_second"]
 

@@ -7,7 +7,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from pruning_cli.models import get_model_spec
-from pruning_cli.training.dropout import RateDropout, use_rate_dropouts
+from pruning_cli.training.rate_dropout import RateDropout, use_rate_dropouts
 
 
 def _model(dropout: nn.Module) -> nn.Sequential:

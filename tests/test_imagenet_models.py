@@ -22,16 +22,16 @@ from runs import pruning_run_in_process, run_in_process
 from torch import nn
 
 from pruning_cli.cli import compose_config, config_dir
-from pruning_cli.config import PhaseConfig
+from pruning_cli.config.schema import PhaseConfig
 from pruning_cli.data.imagenet import load_imagenet
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
 from pruning_cli.models.pretrained import build_model
 from pruning_cli.paper import PAPER_KEPT
-from pruning_cli.plan import plan_run
-from pruning_cli.pruning.dropout import rescaled_dropout
+from pruning_cli.pruning.dropout_rate import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
-from pruning_cli.training.loop import MaskedWeights, train_phase
+from pruning_cli.run.plan import plan_run
+from pruning_cli.training.loop import MaskedWeights, PhaseExecution, train_phase
 
 NUM_CLASSES = 10
 # AlexNet's paper recipe on a handful of generated images, a batch per phase, one iteration straight to the paper's
@@ -218,7 +218,7 @@ def test_imagenet_folder_is_read_through_a_dataloader_in_a_repeatable_order(tmp_
     model(images)
     masked = MaskedWeights([model[0].weight], [torch.ones_like(model[0].weight, dtype=torch.bool)])
     phase = PhaseConfig(epochs=1, batch_size=2, max_batches=2)
-    loss = train_phase(model, data.train, phase, masked, torch.Generator().manual_seed(0), "test")
+    loss = train_phase(model, data.train, phase, masked, PhaseExecution(torch.Generator().manual_seed(0), "test"))
     assert loss == loss and loss > 0
 
 
@@ -254,6 +254,7 @@ def test_the_imagenet_budgeted_presets_run_end_to_end_on_generated_images(networ
     tiny = [
         f"experiment={network}_auto", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=24",
         "dataset.num_test=4", "dataset.val_split=8", "pruning.max_steps=2", "retrain.epochs=1", "pruning.end=1",
+        "pruning.budget=100",
         "train.batch_size=2", "retrain.batch_size=2", "retrain.max_batches=2", "pruning.frequency=1",
     ]  # fmt: skip
     metrics = run_in_process(tmp_path, *tiny)

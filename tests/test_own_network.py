@@ -16,10 +16,10 @@ from pruning_cli.cli import compose_config
 from pruning_cli.data.tensors import fit_images
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
-from pruning_cli.pipeline import run
-from pruning_cli.plan import plan_run
 from pruning_cli.pruning.stats import layer_stats
-from pruning_cli.records import RUN_RECORD
+from pruning_cli.records.contract import RUN_RECORD
+from pruning_cli.run.plan import plan_run
+from pruning_cli.run.pruning_run import run
 from pruning_cli.sparse.cli import export_run, model_spec
 from pruning_cli.sparse.cli import run as export_cli
 from pruning_cli.sparse.compact_file import read_compact

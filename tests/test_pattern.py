@@ -7,8 +7,8 @@ from runs import run_in_process
 
 from pruning_cli.cli import compose_config
 from pruning_cli.errors import UserError
-from pruning_cli.plan import plan_run
-from pruning_cli.pruning.pattern import fits_semi_structured, n_of_m_mask, parse_pattern
+from pruning_cli.pruning.nm_sparsity import fits_semi_structured, n_of_m_mask, parse_pattern
+from pruning_cli.run.plan import plan_run
 
 
 def test_each_group_of_four_keeps_its_two_largest_survivors():

@@ -11,8 +11,8 @@ from runs import LENET5_PAPER_KEPT, SMOKE, pruning_run_in_process, run_in_proces
 from pruning_cli.data import ImageData, TensorSplit
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
-from pruning_cli.records import read_run_record
-from pruning_cli.runtime import cpu_has_amx
+from pruning_cli.records.contract import read_run_record
+from pruning_cli.run.runtime import cpu_has_amx
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,10 @@ def test_metrics_csv_has_a_row_per_iteration_and_phase(lenet5_run):
     metrics = pd.read_csv(lenet5_run / "metrics.csv")
     assert list(metrics.columns) == [
         "iteration", "phase", "epochs", "params_total", "params_nonzero", "compression", "top1", "top5", "loss",
-        "val_top1", "val_loss", "confirm_top1", "confirm_loss", "train_loss", "seconds",
+        "val_top1", "val_loss", "confirm_top1", "confirm_loss", "train_loss", "seconds", "val_lost", "val_gained",
+        "val_drop", "val_bound", "verdict",
     ]  # fmt: skip
+    assert metrics.verdict.isna().all()  # the paper's rule tests nothing on validation
     assert metrics.val_top1.isna().all() and metrics.val_loss.isna().all()  # no validation split held out
     assert metrics.confirm_top1.isna().all()  # nor a confirmation split
     assert list(zip(metrics.iteration, metrics.phase, strict=True)) == [

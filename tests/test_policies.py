@@ -13,15 +13,15 @@ from runs import PRUNE_RUN, SMOKE, prune_run, run_in_process, without_wall_time
 from test_robustness import _wait_for_retraining
 
 from pruning_cli.cli import compose_config
-from pruning_cli.config import Freeze
+from pruning_cli.config.schema import Freeze
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec
-from pruning_cli.plan import plan_run
 from pruning_cli.policies import POLICIES, PolicyContext, Verdict, build_policy
 from pruning_cli.policies import gradual as gradual_module
 from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
 from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning
 from pruning_cli.policies.lamp import Lamp, LampPruning
+from pruning_cli.run.plan import plan_run
 
 SIZES = {"fc1": 600, "fc2": 300, "fc3": 100}
 
@@ -73,7 +73,7 @@ def test_the_global_floor_keeps_every_layer():
 
 
 def test_gradual_raises_sparsity_on_the_cubic_schedule_and_ends_at_the_target():
-    settings = GradualPruning(target=10, allocation="lamp", start=1, end=3, frequency=10)
+    settings = GradualPruning(target=10, scoring="lamp", start=1, end=3, frequency=10)
     run, gradual = ScriptedRun(), GradualMagnitude(settings, _context(epochs=4))
     run.masks = gradual.prune(1, run).masks
     assert run.kept() == 1000  # nothing before the phase starts
@@ -140,7 +140,8 @@ def test_a_bad_target_is_refused_in_one_line(target):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["pruning=gradual", "pruning.target=4", "pruning.allocation=random"], "pruning.allocation is random; choose"),
+        (["pruning=gradual", "pruning.target=4", "pruning.sharing=random"], "pruning.sharing is random; choose"),
+        (["pruning=gradual", "pruning.target=4", "pruning.scoring=random"], "pruning.scoring is random; choose"),
         (
             ["pruning=gradual", "pruning.target=4", "pruning.end=9"],
             "pruning.start is 0.0 and pruning.end 9.0: pruning ",
@@ -157,7 +158,7 @@ def test_a_bad_target_is_refused_in_one_line(target):
             "leaves: lower pruning.target",
         ),
         (
-            ["pruning=gradual", "pruning.allocation=lamp", "pruning.min_kept=0", "pruning.target=200000"],
+            ["pruning=gradual", "pruning.scoring=lamp", "pruning.min_kept=0", "pruning.target=200000"],
             "LAMP keeps at least one weight of each layer (3 of model=lenet300), more than the 1 that pruning.target ",
         ),
         (["pruning=lamp", "pruning.target=4", "retrain.distill.weight=2"], "retrain.distill.weight is 2.0; it must be"),

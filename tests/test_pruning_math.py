@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_cli.config import Freeze, PhaseConfig, Regularization
+from pruning_cli.config.schema import Freeze, PhaseConfig, Regularization
 from pruning_cli.data.tensors import TensorSplit
-from pruning_cli.pruning.dropout import rescaled_dropout
+from pruning_cli.pruning.dropout_rate import rescaled_dropout
 from pruning_cli.pruning.masks import (
     count_nonzero,
     scheduled_fraction,
@@ -20,7 +20,7 @@ from pruning_cli.pruning.schedule import Turn, pruning_schedule
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
 from pruning_cli.pruning.targets import LayerTarget, resolve_targets
-from pruning_cli.training.loop import MaskedWeights, train_phase
+from pruning_cli.training.loop import MaskedWeights, PhaseExecution, train_phase
 
 
 def test_threshold_is_sensitivity_times_the_std_of_the_survivors():
@@ -136,7 +136,7 @@ def _train_pruned_layer(mask_it: bool) -> tuple[nn.Linear, torch.Tensor, torch.o
     masked = MaskedWeights([layer.weight], [mask]) if mask_it else MaskedWeights([], [])
     data = TensorSplit(torch.randn(256, 20), torch.randint(5, (256,)))
     phase = PhaseConfig(epochs=25, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-2)
-    train_phase(layer, data, phase, masked, torch.Generator().manual_seed(0), "test")
+    train_phase(layer, data, phase, masked, PhaseExecution(torch.Generator().manual_seed(0), "test"))
     return layer, mask
 
 
@@ -160,7 +160,7 @@ def test_l1_regularisation_also_keeps_masks():
         layer.weight.mul_(mask)
     data = TensorSplit(torch.randn(64, 10), torch.randint(3, (64,)))
     phase = PhaseConfig(epochs=5, batch_size=8, lr=0.1, weight_decay=1e-2, regularization=Regularization.l1)
-    train_phase(layer, data, phase, MaskedWeights([layer.weight], [mask]), torch.Generator(), "test")
+    train_phase(layer, data, phase, MaskedWeights([layer.weight], [mask]), PhaseExecution(torch.Generator(), "test"))
     assert torch.all(layer.weight[~mask] == 0)
 
 

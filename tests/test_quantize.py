@@ -10,12 +10,12 @@ from runs import LENET5_PAPER_KEPT, SMOKE, run_in_process, without_wall_time
 
 from pruning_cli.cli import compose_config, format_summary
 from pruning_cli.errors import UserError
-from pruning_cli.pipeline import run
-from pruning_cli.plan import plan_run
 from pruning_cli.quantize.kmeans import Codebook, cluster_gradient, kmeans_1d, linear_centroids, quantize_layer
 from pruning_cli.quantize.shared import SharedGradients
 from pruning_cli.report.collect import collect
 from pruning_cli.report.tables import fmt_bytes, layer_tables, layers_markdown, table1, table1_markdown
+from pruning_cli.run.plan import plan_run
+from pruning_cli.run.pruning_run import run
 from pruning_cli.sparse.cli import run as export
 from pruning_cli.training.loop import StopRequested
 
@@ -137,7 +137,7 @@ def test_a_run_stopped_during_quantization_resumes_to_the_same_numbers(quantized
         run(compose_config(*QUANTIZED), tmp_path, stop_requested=in_quantization)
     assert pd.read_csv(tmp_path / "epochs.csv").phase.tolist()[-1] == "quantize"  # stopped after its first epoch
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pruning_cli.recorder"):
+    with caplog.at_level(logging.INFO, logger="pruning_cli.run.recorder"):
         run(compose_config(*QUANTIZED), tmp_path)
     trained = [record.getMessage().split(":")[0] for record in caplog.records if " epoch " in record.getMessage()]
     assert trained == ["quantized fine-tuning epoch 2/2"]  # the resumed run trains only what was left

@@ -6,7 +6,7 @@ import pytest
 from runs import SMOKE
 
 from pruning_cli.cli import compose_config
-from pruning_cli.records import (
+from pruning_cli.records.contract import (
     NOT_EXPERIMENT_KEYS,
     REPEAT_KEYS,
     TrainingData,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pruning_cli.models import get_model_spec
-from pruning_cli.records import RUN_RECORD
+from pruning_cli.records.contract import RUN_RECORD
 from pruning_cli.report.cli import run
 from pruning_cli.report.collect import Skipped, collect, method_label
 from pruning_cli.report.plots import plot_frontier, plot_sensitivity
@@ -480,20 +480,21 @@ def test_runs_with_a_validation_split_carry_its_top1_for_choices_between_them(tm
     assert found.loc["without", ["dense_val_top1", "final_val_top1"]].isna().all()
 
 
-def test_a_searchs_candidates_are_its_measured_curve_and_are_drawn_on_the_frontier(tmp_path):
-    """Each retrained candidate of a pruning=auto run: its compression and the validation top-1 it lost to the dense
-    model, in points; a rolled-back candidate included (it is part of the curve). Other methods have none."""
-    header = METRICS_HEADER.replace("loss,train_loss", "loss,val_top1,val_loss,train_loss")
+def test_a_walks_tested_steps_are_its_measured_curve_and_are_drawn_on_the_frontier(tmp_path):
+    """Each retrained walk step of a pruning=auto run (a retraining row with a verdict): its compression and the
+    validation top-1 it lost to the dense model, in points; the one past the budget included (it is part of the
+    curve). Other methods have none."""
+    header = METRICS_HEADER.replace("loss,train_loss", "loss,val_top1,val_loss,train_loss").rstrip("\n") + ",verdict\n"
     rows = (
-        "0,train,2,266610,266610,1,0.98,0.999,0.1,0.975,0.12,0.05,10\n"
-        "1,prune,0,266610,266610,1,0.98,0.999,0.1,0.975,0.12,,0.5\n"
-        "1,retrain,1,266610,33326,8,0.979,0.999,0.11,0.976,0.13,0.05,5\n"
-        "2,prune,0,266610,33326,8,0.979,0.999,0.11,0.976,0.13,,0.5\n"
-        "2,retrain,1,266610,16663,16,0.97,0.999,0.11,0.969,0.13,0.05,5\n"
-        "2,rollback,0,266610,33326,8,0.979,0.999,0.11,0.976,0.13,,0\n"
+        "0,train,2,266610,266610,1,0.98,0.999,0.1,0.975,0.12,0.05,10,\n"
+        "1,prune,0,266610,266610,1,0.98,0.999,0.1,0.975,0.12,,0.5,\n"
+        "1,retrain,1,266610,33326,8,0.979,0.999,0.11,0.976,0.13,0.05,5,within\n"
+        "2,prune,0,266610,33326,8,0.979,0.999,0.11,0.976,0.13,,0.5,\n"
+        "2,retrain,1,266610,16663,16,0.97,0.999,0.11,0.969,0.13,0.05,5,past\n"
+        "2,rollback,0,266610,33326,8,0.979,0.999,0.11,0.976,0.13,,0,\n"
     )
     searched = {**config(name="auto"), "dataset": {"name": "fashion_mnist", "val_split": 5000}}
-    searched["pruning"] = {"name": "auto", "candidates": 2}
+    searched["pruning"] = {"name": "auto", "max_steps": 2}
     write_run(tmp_path / "auto", searched)
     (tmp_path / "auto" / "metrics.csv").write_text(header + rows)
     write_run(tmp_path / "paper", config(), sweep_metrics((0.98, 0.999), (0.981, 0.9995)))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from runs import run_in_process
 
-from pruning_cli.pruning.pattern import n_of_m_mask
+from pruning_cli.pruning.nm_sparsity import n_of_m_mask
 from pruning_cli.sparse.cli import run
 from pruning_cli.sparse.export import model_from_state
 from pruning_cli.sparse.semi_structured import (

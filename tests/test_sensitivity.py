@@ -8,11 +8,11 @@ import torch
 from runs import SMOKE, prune_run, run_in_process
 from torch import nn
 
-from pruning_cli.config import LevelKind
+from pruning_cli.config.schema import LevelKind
 from pruning_cli.data.tensors import TensorSplit
 from pruning_cli.errors import UserError
-from pruning_cli.records import read_run_record
-from pruning_cli.sensitivity import layer_sensitivity
+from pruning_cli.records.contract import read_run_record
+from pruning_cli.run.sensitivity import layer_sensitivity
 from pruning_cli.training.activations import InputDensity
 
 ANALYSIS = [*SMOKE, "model=lenet300", "task=sensitivity", "dataset.val_split=128"]

@@ -13,11 +13,11 @@ import pytest
 from runs import SMOKE, prune_run
 
 from pruning_cli.cli import compose_config, config_dir
-from pruning_cli.config import GROUP_SCHEMAS, RunConfig
+from pruning_cli.config.ranges import RANGE, Range
+from pruning_cli.config.schema import GROUP_SCHEMAS, RunConfig
 from pruning_cli.errors import UserError
-from pruning_cli.plan import plan_run
 from pruning_cli.policies import schemas as policy_schemas
-from pruning_cli.ranges import RANGE, Range
+from pruning_cli.run.plan import plan_run
 
 GROUPS = ("dataset", "task", "pruning", "quantize")
 NEEDS = {"global": ["pruning.target=4"], "lamp": ["pruning.target=4"], "gradual": ["pruning.target=4"]}
@@ -26,7 +26,7 @@ NEEDS = {"global": ["pruning.target=4"], "lamp": ["pruning.target=4"], "gradual"
 def _schemas() -> set[type]:
     """Every dataclass a composed config can hold: the run's, those nested in it, each group's and each policy's."""
     found, todo = set(), [RunConfig, *(s for group in GROUP_SCHEMAS.values() for s in group.values())]
-    todo += list(policy_schemas().values())
+    todo += [type(schema) for schema in policy_schemas().values()]
     while todo:
         schema = todo.pop()
         if schema in found:

@@ -16,7 +16,7 @@ from pruning_cli.paper import PAPER_KEPT
 from pruning_cli.pruning.masks import top_fraction_mask
 from pruning_cli.pruning.stats import dead_units
 from pruning_cli.quantize.kmeans import quantize_layer
-from pruning_cli.records import RUN_RECORD
+from pruning_cli.records.contract import RUN_RECORD
 from pruning_cli.sparse import huffman
 from pruning_cli.sparse.cli import run
 from pruning_cli.sparse.compact_file import read_compact, write_compact

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pruning_cli.config import Freeze
+from pruning_cli.config.schema import Freeze
 from pruning_cli.policies import PolicyContext
 from pruning_cli.policies.budgeted import AutoPruning, BudgetedWalk
 

@@ -1,9 +1,10 @@
-"""Data sets as in-memory tensors: MNIST-like files through torchvision, or generated data."""
+"""Data sets as in-memory tensors: MNIST-like files through torchvision, or generated data; image folders through
+a DataLoader. Imports the schemas, errors and the processes (`parallel`), never the training or the run."""
 
 import logging
 from pathlib import Path
 
-from pruning_cli.config import DatasetConfig, ImageFolderDataset, MnistLikeDataset, SyntheticDataset
+from pruning_cli.config.schema import DatasetConfig, ImageFolderDataset, MnistLikeDataset, SyntheticDataset
 from pruning_cli.data.imagenet import load_imagenet
 from pruning_cli.data.mnist_like import MNIST_LIKE, load_mnist_like
 from pruning_cli.data.synthetic import make_synthetic
@@ -28,8 +29,10 @@ def load_data(
     elif isinstance(config, ImageFolderDataset):
         what = "ImageNet" if config.name == "imagenet" else "image"
         if not len(config.mean) == len(config.std) == input_shape[0]:
-            raise UserError(f"dataset.mean and dataset.std need one value per channel of the model's input "
-                            f"({input_shape[0]}), not {len(config.mean)} and {len(config.std)}")  # fmt: skip
+            raise UserError(
+                f"dataset.mean and dataset.std need one value per channel of the model's input "
+                f"({input_shape[0]}), not {len(config.mean)} and {len(config.std)}"
+            )
         data = load_imagenet(
             Path(config.root), config.num_workers, seed, config.size, config.mean, config.std, what, decode_on_device
         )
@@ -54,8 +57,10 @@ def fitted(data: ImageData, input_shape: tuple[int, int, int]) -> ImageData:
         return data
     resized, repeated = shape[1:] != tuple(input_shape[1:]), shape[0] != input_shape[0]
     changes = ["resized" if resized else "", "channel repeated" if repeated else ""]
-    log.info(f"images adapted to the model's input {list(input_shape)} (model.input_shape): {list(shape)} "
-             f"{' and '.join(change for change in changes if change)}")  # fmt: skip
+    log.info(
+        f"images adapted to the model's input {list(input_shape)} (model.input_shape): {list(shape)} "
+        f"{' and '.join(change for change in changes if change)}"
+    )
     splits = (TensorSplit(fit_images(split.images, input_shape), split.labels) for split in (data.train, data.test))
     return ImageData(*splits, num_classes=data.num_classes)
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pruning_cli.data.loader import LoaderSplit
-from pruning_cli.distributed import SINGLE_PROCESS, Shard
+from pruning_cli.parallel.shard import SINGLE_PROCESS, Shard
 
 if TYPE_CHECKING:
     from torchvision import datasets

@@ -77,17 +77,27 @@ def load_imagenet(
             "both need the same class folder names"
         )
     if on_device:
-        from pruning_cli.data.decode import DecodedSplit, EncodedImages, collate_encoded
-
-        splits = [
-            DecodedSplit(LoaderSplit(EncodedImages(folder), num_workers, seed=seed, collate=collate_encoded), training,
-                         size, mean, std)
-            for folder, training in ((train, True), (val, False))
-        ]  # fmt: skip
-        return ImageData(*splits, len(train.classes))
+        return _decoded_on_device(train, val, num_workers, seed, size, mean, std)
     from torchvision.datasets.vision import StandardTransform
 
     held_out = copy.copy(train)  # the same files (no second scan of the folder) with the evaluation transform
     held_out.transform, held_out.transforms = transforms[1], StandardTransform(transforms[1])
     training = LoaderSplit(train, num_workers, seed=seed, held_out_dataset=held_out)
     return ImageData(training, LoaderSplit(val, num_workers, seed=seed), len(train.classes))
+
+
+def _decoded_on_device(train, val, num_workers: int, seed: int, size: int, mean, std) -> ImageData:
+    """Both folders read as encoded files by the workers, decoded and augmented on the run's device."""
+    from pruning_cli.data.decode import DecodedSplit, EncodedImages, collate_encoded
+
+    splits = [
+        DecodedSplit(
+            LoaderSplit(EncodedImages(folder), num_workers, seed=seed, collate=collate_encoded),
+            training,
+            size,
+            mean,
+            std,
+        )
+        for folder, training in ((train, True), (val, False))
+    ]
+    return ImageData(*splits, len(train.classes))

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from pruning_cli.distributed import SINGLE_PROCESS, Shard
+from pruning_cli.parallel.shard import SINGLE_PROCESS, Shard
 
 
 class _BatchOrder(Sampler[list[int]]):
@@ -33,9 +33,14 @@ class LoaderSplit:
     `held_out_dataset`: the same images read with the evaluation transform, for the splits held out of it."""
 
     def __init__(
-        self, dataset: Dataset, num_workers: int = 0, device: torch.device | str = "cpu", seed: int = 0, collate=None,
+        self,
+        dataset: Dataset,
+        num_workers: int = 0,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        collate=None,
         held_out_dataset: Dataset | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.dataset, self.num_workers, self.seed, self.collate = dataset, num_workers, seed, collate
         self.held_out_dataset = held_out_dataset
         self.device = torch.device(device)
@@ -67,11 +72,15 @@ class LoaderSplit:
         if self._loader is None:
             batch_order = _BatchOrder()
             loader = DataLoader(
-                self.dataset, batch_sampler=batch_order, num_workers=self.num_workers,
-                pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0, collate_fn=self.collate,
+                self.dataset,
+                batch_sampler=batch_order,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+                collate_fn=self.collate,
                 # each process augments with its own stream; the batch order is shared (see `batches`)
                 generator=torch.Generator().manual_seed(self.seed + 1_000_003 * shard.rank),
-            )  # fmt: skip
+            )
             self._loader = (loader, batch_order)
         return self._loader
 

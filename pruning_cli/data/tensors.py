@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pruning_cli.distributed import SINGLE_PROCESS, Shard
+from pruning_cli.parallel.shard import SINGLE_PROCESS, Shard
 
 
 def normalise(pixels: Tensor, mean: float, std: float) -> Tensor:

@@ -1,6 +1,6 @@
 """The seam between a run and the way it prunes: what a pruning policy is asked, and what it may see.
 
-A run (pipeline.PruningRun) owns the phases, the checkpoints, resume and the CSVs; a policy owns the choice of
+A run (run/pruning_run.PruningRun) owns the phases, the checkpoints, resume and the CSVs; a policy owns the choice of
 masks. The run asks it, at each iteration, for the step's masks (`prune`), after each retraining for a verdict
 (keep, roll back to a named iteration, stop), and after each retraining step for masks to raise during training
 (`during_retraining`). The policy's state travels with the run's through `state_dict` / `load_state_dict`. A
@@ -14,13 +14,14 @@ from typing import Any, ClassVar, Protocol
 
 from torch import Tensor
 
-from pruning_cli.config import Freeze
+from pruning_cli.config.schema import Freeze
 from pruning_cli.pruning.step import LayerPruned
 
 
 @dataclass(frozen=True)
 class PolicyContext:
-    """What a policy knows of the run before it starts: the model's prunable layers, and the retraining."""
+    """What a policy knows of the run before it starts: the model's prunable layers, the retraining, and the run's
+    seed (for a policy that draws at random)."""
 
     model: str
     layer_kinds: dict[str, str]  # `conv` or `fc`, in forward order
@@ -28,6 +29,7 @@ class PolicyContext:
     freeze: Freeze  # retrain.freeze
     retrain_epochs: int
     validation: bool  # whether the run holds out a validation split
+    seed: int = 0
 
 
 class RunView(Protocol):
@@ -69,15 +71,22 @@ KEEP = Verdict()
 
 
 class PruningPolicy:
-    """A way to choose masks. Subclasses set `settings` (their config schema, a dataclass whose `name` is the
-    `pruning=` choice) and `schema` (its name in Hydra's ConfigStore), check the settings in `__init__` (ValueError
-    with a one-line message), and implement `prune`; the rest has defaults for a policy that neither searches nor
+    """A way to choose masks. Subclasses set `settings` (their config schema, a dataclass; its `name` is the
+    `pruning=` choice, set from the registry's key), check the settings in `__init__` (ValueError with a one-line
+    message), and implement `prune`; the rest has defaults for a policy that neither searches nor
     prunes during training."""
 
     settings: ClassVar[type]
-    schema: ClassVar[str]
-    # Whether it makes choices on the validation split: the run then refuses a `train.checkpoint` that has seen it.
+    # Whether it makes choices on the validation split: the run then refuses a `train.checkpoint` that has seen it,
+    # and the report draws the validation curve it tested.
     reads_validation: ClassVar[bool] = False
+    # Whether every run of it has all `iterations` of its settings: the report then calls a shorter one unfinished.
+    runs_every_iteration: ClassVar[bool] = False
+
+    @classmethod
+    def label(cls, settings: Mapping[str, Any]) -> str:
+        """How the report names a run of this policy (its schedule), from the pruning settings the run recorded."""
+        return str(settings.get("name"))
 
     def __init__(self, settings: Any, context: PolicyContext) -> None:
         self.config, self.context = settings, context
@@ -99,9 +108,11 @@ class PruningPolicy:
         """After retraining iteration `iteration`: keep the model, or roll back, and whether to go on."""
         return KEEP
 
-    def during_retraining(self, iteration: int, step: int, steps: int, run: RunView) -> dict[str, Tensor] | None:
-        """Called after each of the `steps` optimizer steps of a retraining (`step` done so far): new masks to
-        apply now, or None (the default: masks change only between retrainings)."""
+    def during_retraining(
+        self, iteration: int, optimizer_step: int, optimizer_steps: int, run: RunView
+    ) -> dict[str, Tensor] | None:
+        """Called after each of the `optimizer_steps` optimizer steps of a retraining (`optimizer_step` of them done
+        so far): new masks to apply now, or None (the default: masks change only between retrainings)."""
         return None
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,13 +2,13 @@
 against the dense model, on the validation split, stays within the budget at the stated confidence.
 
 The walk is fixed before any validation image is read: walk step k prunes the current model to `first` x
-`ratio`^(k-1) (gradually within its retraining phase, policies/gradual.py, with the chosen allocation) and retrains it.
-After each walk step the model is tested against the dense model on the validation split with Tango's paired bound
-(pruning/paired.py); the first walk step whose bound is past the budget ends the walk, and the result is the last
-one within it (the dense model if none is). This is fixed-sequence testing (Maurer, Hothorn and Lehmacher 1995):
-the order of the tested models never depends on validation data, so the chance that the result is past the budget
-is at most 1 - confidence, however many walk steps are tested. Nothing is retried: a second try at a compression
-would be a second draw at the same threshold. Each walk step's figures are in metrics.csv.
+`ratio`^(k-1) (gradually within its retraining phase, policies/gradual.py, scored and shared as chosen) and
+retrains it. After each walk step the model is tested against the dense model on the validation split with Tango's
+paired bound (pruning/paired.py); the first walk step whose bound is past the budget ends the walk, and the result
+is the last one within it (the dense model if none is). This is fixed-sequence testing (Maurer, Hothorn and
+Lehmacher 1995): the order of the tested models never depends on validation data, so the chance that the result is
+past the budget is at most 1 - confidence, however many walk steps are tested. Nothing is retried: a second try at a
+compression would be a second draw at the same threshold. Each walk step's figures are in metrics.csv.
 """
 
 import logging
@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor
 
+from pruning_cli.config.ranges import AT_LEAST_ONE, NON_NEGATIVE, Range, ranged
 from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, Verdict, floor_total
-from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning, GradualSchedule
-from pruning_cli.pruning.allocation import Allocation
+from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning, GradualSchedule, allocation_of
+from pruning_cli.pruning.allocation import Sharing
 from pruning_cli.pruning.paired import PairedDrop
-from pruning_cli.ranges import AT_LEAST_ONE, NON_NEGATIVE, Range, ranged
 
 log = logging.getLogger(__name__)
 ABOVE_ONE = Range(1, low_open=True)
@@ -28,10 +28,9 @@ ABOVE_ONE = Range(1, low_open=True)
 
 @dataclass
 class AutoPruning(GradualSchedule):
-    """pruning=auto. The schedule fields (allocation, start, end, frequency, min_kept) shape each walk step's gradual
-    pruning within its retraining phase; the others, the walk and its test."""
+    """pruning=auto. The schedule fields (scoring, sharing, start, end, frequency, min_kept) shape each walk step's
+    gradual pruning within its retraining phase; the others, the walk and its test."""
 
-    name: str = "auto"
     # Points of validation top-1 the result may lose against the dense model.
     budget: float = ranged(NON_NEGATIVE, 0.3)
     # One-sided: the result's true drop is within the budget with at least this probability.
@@ -55,7 +54,7 @@ class WalkProgress:
 
 
 class BudgetedWalk(PruningPolicy):
-    settings, schema = AutoPruning, "auto_pruning"
+    settings = AutoPruning
     reads_validation = True
 
     def __init__(self, settings: AutoPruning, context: PolicyContext) -> None:
@@ -76,7 +75,7 @@ class BudgetedWalk(PruningPolicy):
 
     def floors(self) -> int:
         """Weights the per-layer floor of a global or LAMP cut keeps whatever the compression."""
-        if Allocation(self.config.allocation) not in (Allocation.global_, Allocation.lamp):
+        if allocation_of(self.config).sharing is not Sharing.global_:
             return 0
         return max(floor_total(self.config.min_kept, self.context), len(self.context.layer_sizes))
 
@@ -102,8 +101,10 @@ class BudgetedWalk(PruningPolicy):
         log.info(f"walk step {iteration}: to {compression:.4g}x, from {self.total / alive:.4g}x")
         return PruneStep(dict(run.masks), {})
 
-    def during_retraining(self, iteration: int, step: int, steps: int, run: RunView) -> dict[str, Tensor] | None:
-        return self.gradual.during_retraining(iteration, step, steps, run)
+    def during_retraining(
+        self, iteration: int, optimizer_step: int, optimizer_steps: int, run: RunView
+    ) -> dict[str, Tensor] | None:
+        return self.gradual.during_retraining(iteration, optimizer_step, optimizer_steps, run)
 
     def verdict(self, iteration: int, run: RunView) -> Verdict:
         """Within the budget when Tango's upper bound of the drop is: the walk goes on. Past it: the walk ends on

@@ -4,18 +4,17 @@ geometrically to a compression target over `iterations` prune -> retrain steps, 
 
 from dataclasses import dataclass
 
-from pruning_cli.config import MISSING, PruningConfig
+from pruning_cli.config.ranges import AT_LEAST_ONE, FRACTION, ranged
+from pruning_cli.config.schema import MISSING, PruningConfig
 from pruning_cli.errors import UserError
 from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_floors, check_target
-from pruning_cli.pruning.allocation import Allocation, allocate
+from pruning_cli.pruning.allocation import Allocation, Scoring, Sharing, allocate
 from pruning_cli.pruning.masks import scheduled_fraction
 from pruning_cli.pruning.step import cut_records
-from pruning_cli.ranges import AT_LEAST_ONE, FRACTION, ranged
 
 
 @dataclass
 class GlobalPruning(PruningConfig):
-    name: str = "global"
     # Compression of the prunable weights: how many times fewer remain after the last iteration (e.g. 12).
     target: float = ranged(AT_LEAST_ONE, MISSING)
     # Each removes the same share of the survivors: kept^(i / iterations) at iteration i
@@ -25,13 +24,13 @@ class GlobalPruning(PruningConfig):
 
 
 class GlobalMagnitude(PruningPolicy):
-    settings, schema = GlobalPruning, "global_pruning"
-    allocation = Allocation.global_
+    settings = GlobalPruning
+    allocation = Allocation(Scoring.magnitude, Sharing.global_)
 
     def __init__(self, settings: GlobalPruning, context: PolicyContext) -> None:
         super().__init__(settings, context)
         keep = check_target(settings.target, context)
-        check_floors(keep, settings.min_kept, context, lamp=self.allocation is Allocation.lamp)
+        check_floors(keep, settings.min_kept, context, lamp=self.allocation.floored)
 
     def prune(self, iteration: int, run: RunView) -> PruneStep:
         """The survivors of one cut at this iteration's point of the geometric walk to the target."""

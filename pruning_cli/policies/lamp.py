@@ -3,19 +3,18 @@
 
 from dataclasses import dataclass
 
+from pruning_cli.config.ranges import FRACTION, ranged
 from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
-from pruning_cli.pruning.allocation import Allocation
-from pruning_cli.ranges import FRACTION, ranged
+from pruning_cli.pruning.allocation import Allocation, Scoring, Sharing
 
 
 @dataclass
 class LampPruning(GlobalPruning):
-    name: str = "lamp"
     # LAMP's cut keeps at least one weight of each layer whatever this is (each layer's largest scores 1); a share
     # here is a floor as pruning=global's.
     min_kept: float = ranged(FRACTION, 0.0)
 
 
 class Lamp(GlobalMagnitude):
-    settings, schema = LampPruning, "lamp_pruning"
-    allocation = Allocation.lamp
+    settings = LampPruning
+    allocation = Allocation(Scoring.lamp, Sharing.global_)

@@ -1,22 +1,22 @@
 """The paper's rule (`pruning=iterative`, `pruning=oneshot`): each layer loses every weight with
 |w| < sensitivity x std, or walks geometrically to a final kept fraction, over `iterations` prune -> retrain steps."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pruning_cli.config import Freeze, PruningConfig, StdSource
+from pruning_cli.config.ranges import NON_NEGATIVE, ranged
+from pruning_cli.config.schema import Freeze, PruningConfig, StdSource
 from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView
 from pruning_cli.pruning.schedule import pruning_schedule
 from pruning_cli.pruning.step import LayerStep, prune_step, surviving_std
 from pruning_cli.pruning.targets import resolve_targets
-from pruning_cli.ranges import NON_NEGATIVE, ranged
 
 
 @dataclass
 class PaperRulePruning(PruningConfig):
     """`pruning=iterative` (3 iterations) and `pruning=oneshot` (1)."""
 
-    name: str = "iterative"
     iterations: int = ranged(NON_NEGATIVE, 3)
     # Threshold = sensitivity x std for every prunable layer; null leaves unnamed layers dense.
     sensitivity: float | None = ranged(NON_NEGATIVE, 1.0)
@@ -35,7 +35,16 @@ class PaperRulePruning(PruningConfig):
 class PaperRule(PruningPolicy):
     """The paper's rule, replayed: the same targets at every run, no decision taken on data."""
 
-    settings, schema = PaperRulePruning, "paper_rule"
+    settings = PaperRulePruning
+    runs_every_iteration = True
+
+    @classmethod
+    def label(cls, settings: Mapping[str, Any]) -> str:
+        """As the paper's Fig. 5 names it: iterative or one-shot."""
+        iterations = settings.get("iterations")
+        if isinstance(iterations, int):
+            return "iterative" if iterations > 1 else "one-shot"
+        return {"oneshot": "one-shot", None: "?"}.get(settings.get("name"), str(settings.get("name")))
 
     def __init__(self, settings: PaperRulePruning, context: PolicyContext) -> None:
         super().__init__(settings, context)

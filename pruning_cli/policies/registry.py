@@ -17,9 +17,10 @@ POLICIES: dict[str, type[PruningPolicy]] = {
 }
 
 
-def schemas() -> dict[str, type]:
-    """The config schema of each policy, by its name in Hydra's ConfigStore (the first default of its YAML)."""
-    return {policy.schema: policy.settings for policy in POLICIES.values()}
+def schemas() -> dict[str, object]:
+    """The config schema of each `pruning=<name>` choice, by its name in Hydra's ConfigStore (`<name>_schema`, the
+    first default of configs/pruning/<name>.yaml), its `name` set: a policy is named once, by its key here."""
+    return {f"{name}_schema": policy.settings(name=name) for name, policy in POLICIES.items()}
 
 
 def build_policy(settings, context: PolicyContext) -> PruningPolicy:

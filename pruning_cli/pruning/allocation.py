@@ -9,19 +9,40 @@ ever shrinks a mask.
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
 from torch import Tensor
 
 
-class Allocation(Enum):
+class Scoring(Enum):
+    """How each weight is scored: the lowest scores are cut."""
+
+    magnitude = "magnitude"  # |w|
+    lamp = "lamp"  # LAMP's rescaled score (Lee et al. 2021): each layer's largest weight scores 1
+
+
+class Sharing(Enum):
     """How one overall count is shared between the layers."""
 
-    global_ = "global"  # one cut over all magnitudes (with a per-layer floor)
-    lamp = "lamp"  # one cut over LAMP scores
+    global_ = "global"  # one cut over every layer's scores together (with a per-layer floor)
     uniform = "uniform"  # every layer keeps the same fraction
     paper = "paper"  # the layers keep fractions in the proportions of a table (the paper's % kept)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A way to keep one overall count of weights: how they are scored, and how the count is shared."""
+
+    scoring: Scoring = Scoring.magnitude
+    sharing: Sharing = Sharing.global_
+
+    @property
+    def floored(self) -> bool:
+        """LAMP's global cut keeps at least one weight a layer even at min_kept 0: its largest-scores-1 argument
+        fails when fewer weights than layers are kept, or a layer's survivors are all zero."""
+        return self.scoring is Scoring.lamp and self.sharing is Sharing.global_
 
 
 def allocate(
@@ -32,17 +53,15 @@ def allocate(
     min_kept: float = 0.0,
     proportions: Mapping[str, float] | None = None,
 ) -> dict[str, Tensor]:
-    """Masks keeping `keep` weights in all, shared between the layers by `allocation`; `min_kept` is the floor of a
-    global or LAMP cut (LAMP's is at least one weight a layer even at 0: its largest-scores-1 argument fails when
-    fewer weights than layers are kept, or a layer's survivors are all zero), `proportions` (per layer) those of
-    `paper`."""
-    if allocation in (Allocation.global_, Allocation.lamp):
-        score = magnitude_scores(weights) if allocation is Allocation.global_ else lamp_scores(weights, masks)
-        floored = min_kept or allocation is Allocation.lamp
-        return global_cut(score, masks, keep, floor_counts(masks, min_kept) if floored else None)
+    """Masks keeping `keep` weights in all, scored and shared between the layers by `allocation`; `min_kept` is the
+    per-layer floor of a global cut, `proportions` (per layer) those of the `paper` sharing."""
+    scores = magnitude_scores(weights) if allocation.scoring is Scoring.magnitude else lamp_scores(weights, masks)
+    if allocation.sharing is Sharing.global_:
+        floored = min_kept or allocation.floored
+        return global_cut(scores, masks, keep, floor_counts(masks, min_kept) if floored else None)
     sizes = {name: weight.numel() for name, weight in weights.items()}
-    shares = proportions if allocation is Allocation.paper else dict.fromkeys(sizes, 1.0)
-    return layer_cut(magnitude_scores(weights), masks, proportional_counts(sizes, shares, keep))
+    shares = proportions if allocation.sharing is Sharing.paper else dict.fromkeys(sizes, 1.0)
+    return layer_cut(scores, masks, proportional_counts(sizes, shares, keep))
 
 
 def magnitude_scores(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:

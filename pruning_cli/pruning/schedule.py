@@ -9,7 +9,7 @@ iterations conv. Each layer then walks its kept-fraction schedule over its own t
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pruning_cli.config import Freeze
+from pruning_cli.config.schema import Freeze
 
 FC, CONV = "fc", "conv"
 

@@ -13,12 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from pruning_cli.artifacts import load_model_state
-from pruning_cli.config import RunConfig
+from pruning_cli.config.schema import RunConfig
 from pruning_cli.errors import UserError
 from pruning_cli.models.registry import model_key
 from pruning_cli.policies import POLICIES
-from pruning_cli.records import (
+from pruning_cli.records.contract import (
     LAYERS,
     METRICS,
     MODEL_FILE,
@@ -32,21 +31,44 @@ from pruning_cli.records import (
     flatten,
     read_run_record,
 )
+from pruning_cli.records.files import load_model_state
 from pruning_cli.sparse.export import export_state_dict, file_sizes, is_quantized
 
-TEXT_COLUMNS = ("phase", "layer")
-# The `pruning=` choices of the paper's rule, labelled as the paper's Fig. 5 does; any other policy by its name.
-PAPER_RULE = ("iterative", "oneshot")
-
+TEXT_COLUMNS = ("phase", "layer", "verdict")
 RUN_COLUMNS = (
-    "run", "dir", "model", "dataset", "seed", "method", "setting", "regularization", "schedule", "retrain",
+    "run",
+    "dir",
+    "model",
+    "dataset",
+    "seed",
+    "method",
+    "setting",
+    "regularization",
+    "schedule",
+    "retrain",
     "iterations",
-    "dense_top1", "dense_top5", "final_top1", "final_top5", "error_change_top1", "error_change_top5",
-    "dense_val_top1", "final_val_top1", "dense_confirm_top1", "final_confirm_top1", "quantized_top1",
+    "dense_top1",
+    "dense_top5",
+    "final_top1",
+    "final_top5",
+    "error_change_top1",
+    "error_change_top5",
+    "dense_val_top1",
+    "final_val_top1",
+    "dense_confirm_top1",
+    "final_confirm_top1",
+    "quantized_top1",
     "quantized_change_top1",
-    "params_total", "params_nonzero", "compression", "dense_bytes", "csr_bytes", "compact_bytes", "quantized_bytes",
-    "deep_bytes", "seconds",
-)  # fmt: skip
+    "params_total",
+    "params_nonzero",
+    "compression",
+    "dense_bytes",
+    "csr_bytes",
+    "compact_bytes",
+    "quantized_bytes",
+    "deep_bytes",
+    "seconds",
+)
 # Bytes of model.pt per layer: dense float32, CSR and the paper's compact format as prune-export sizes them, and for a
 # quantized model (quantize=kmeans) its quantized and quantized + Huffman files (empty otherwise).
 STORAGE_COLUMNS = ("layer", "dense_bytes", "csr_bytes", "compact_bytes", "quantized_bytes", "deep_bytes")
@@ -152,12 +174,11 @@ def method_label(config: dict[str, Any], metrics: pd.DataFrame | None = None) ->
         retrain = bool(((metrics.phase == "retrain") & (metrics.epochs.fillna(0) > 0)).any())
     else:
         retrain = True
-    if name not in PAPER_RULE and name is not None:
-        schedule = str(name)  # every other policy by its own name: auto, global, lamp, gradual, sensitivity, ...
-    elif isinstance(iterations, int):
-        schedule = "iterative" if iterations > 1 else "one-shot"
-    else:
-        schedule = {"oneshot": "one-shot", None: "?"}.get(name, str(name))
+    policy = POLICIES.get(name)
+    if name == "sensitivity" or policy is None:
+        schedule = "?" if name is None else str(name)
+    else:  # each policy names its own runs (the paper's rule as Fig. 5 does)
+        schedule = policy.label(_select(config, "pruning") or {})
     train_reg = str(_select(config, "train.regularization") or "?").upper()
     retrain_reg = str(_select(config, "retrain.regularization") or "?").upper()
     if not retrain or schedule == "sensitivity":
@@ -422,8 +443,10 @@ def _collect_run(gathered: _Gathered, run_id: str, run_dir: Path) -> None:
 def _collect_pruning(gathered: _Gathered, run_dir: Path, config: dict[str, Any], ids: dict[str, Any]) -> str | None:
     """Read a pruning run's metrics, storage and layers into `gathered`; the reason it is unusable, if it is."""
     try:
-        # The paper's rule runs all its iterations; other policies may stop sooner (a search) or have none.
-        iterations = _select(config, "pruning.iterations") if _select(config, "pruning.name") in PAPER_RULE else None
+        # A policy that runs all its iterations says so; others may stop sooner (a walk) or have none.
+        policy = POLICIES.get(_select(config, "pruning.name"))
+        every = policy is not None and policy.runs_every_iteration
+        iterations = _select(config, "pruning.iterations") if every else None
         metrics = _read_metrics(run_dir, iterations)
     except _Unusable as problem:
         return str(problem)

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from pruning_cli.paper import LATER_WORK, PAPER_TABLE1, network_name
-from pruning_cli.records import DENSE_CHECKPOINT, MODEL_FILE
+from pruning_cli.records.contract import DENSE_CHECKPOINT, MODEL_FILE
 from pruning_cli.report.tables import method_curves, search_curves
 
 DPI = 110
@@ -193,8 +193,8 @@ def histogram_layer(model: str) -> tuple[str, str] | None:
 
 
 def _weights(path: Path, key: str) -> Any:
-    from pruning_cli.artifacts import load_model_state
     from pruning_cli.errors import UserError
+    from pruning_cli.records.files import load_model_state
 
     try:
         state = load_model_state(path)

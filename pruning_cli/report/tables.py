@@ -106,8 +106,11 @@ def method_curves(runs: pd.DataFrame) -> pd.DataFrame:
 
 def search_curves(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """The walk steps each budgeted walk (pruning=auto) retrained, in the order tested: compression against the
-    validation top-1 each lost to its run's dense model, in points (the curve the walk measured)."""
-    searched = metrics[metrics.run.isin(runs.run[runs.schedule == "auto"])]
+    validation top-1 each lost to its run's dense model, in points (the curve the walk measured). A run's tested
+    models are the retrainings with a verdict (records.METRICS), whatever policy gave it."""
+    verdicts = metrics.verdict if "verdict" in metrics else pd.Series(index=metrics.index, dtype=object)
+    tested = metrics.run[(metrics.phase == "retrain") & verdicts.notna()].unique()
+    searched = metrics[metrics.run.isin(tested) & metrics.run.isin(runs.run)]
     dense = searched[searched.phase == "train"].set_index("run").val_top1
     tried = searched[searched.phase == "retrain"]
     lost = 100 * (tried.run.map(dense) - tried.val_top1)

@@ -2,7 +2,8 @@
 
 `formats` holds the pure tensor encodings (CSR, the paper's relative k-bit indices with filler zeros),
 `export` turns a pruned state_dict into a file of CSR layers plus a size report, `model` builds an inference model
-whose fc layers multiply with `torch.sparse` CSR tensors, and `cli` is the `prune-export` command.
+whose fc layers multiply with `torch.sparse` CSR tensors, and `cli` is the `prune-export` command. A reader of
+finished runs: it imports the records contract, the models and the pruning math, never the run.
 """
 
 from pruning_cli.sparse.formats import (

@@ -11,20 +11,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from pruning_cli.artifacts import load_model_state, save_atomic, state_dict_mismatch
 from pruning_cli.console import OneLineParser, run_command
 from pruning_cli.errors import UserError
 from pruning_cli.models import MODELS, ModelSpec, get_model_spec
 from pruning_cli.models.registry import IMAGENET_SHAPE, custom_spec, model_key
-from pruning_cli.records import MODEL_FILE, RUN_RECORD, excluded_layers, read_run_record
+from pruning_cli.records.contract import MODEL_FILE, RUN_RECORD, excluded_layers, read_run_record
+from pruning_cli.records.files import load_model_state, save_atomic, state_dict_mismatch
 from pruning_cli.sparse.export import export_state_dict, file_sizes, format_report, is_quantized
 from pruning_cli.sparse.semi_structured import NO_TWO_FOUR, export_semi_structured, two_four_layers
 
 PROG = "prune-export"
 OUTPUTS = {
-    "csr": "model_sparse.pt", "compact": "model_compact.bin", "quantized": "model_quantized.bin",
-    "deep": "model_deep.bin", "semi_structured": "model_semi_structured.pt",
-}  # fmt: skip
+    "csr": "model_sparse.pt",
+    "compact": "model_compact.bin",
+    "quantized": "model_quantized.bin",
+    "deep": "model_deep.bin",
+    "semi_structured": "model_semi_structured.pt",
+}
 QUANTIZED_FORMATS = ("quantized", "deep")  # for a model whose layers share values (quantize=kmeans)
 SEMI_STRUCTURED = "semi_structured"  # the 2:4 layers of a pruning.pattern=2:4 run, for the sparse tensor cores
 ALL = "all"  # every format; the quantized ones only for a quantized model
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[*OUTPUTS, ALL],
         default="csr",
         help="csr: model_sparse.pt, a torch file of CSR layers; compact: model_compact.bin, the paper's relative "
-        "indices bit-packed (5 bits fc, 8 bits conv; layout in README.md); quantized: model_quantized.bin, the "
+        "indices bit-packed (5 bits fc, 8 bits conv; layout in docs/formats.md); quantized: model_quantized.bin, the "
         "same with each value an index into the layer's shared values (a model trained with quantize=kmeans); "
         "deep: model_deep.bin, those indices and gaps Huffman-coded (Deep Compression); semi_structured: "
         "model_semi_structured.pt, the 2:4 layers of a pruning.pattern=2:4 run compressed for the sparse tensor "
@@ -120,21 +123,28 @@ def model_spec(run_dir: Path, name: str) -> ModelSpec:
         try:
             return get_model_spec(name)
         except KeyError:
-            raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a torchvision classifier "
-                            "with --model") from None  # fmt: skip
+            raise UserError(
+                f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a torchvision classifier with --model"
+            ) from None
     try:
         model = read_run_record(run_dir)["config"].get("model") or {}
     except ValueError as problem:
-        raise UserError(f"{run_dir}: {problem}, and model {name}'s arguments (model.args) are recorded there; "
-                        f"restore {RUN_RECORD} from the run") from problem  # fmt: skip
+        raise UserError(
+            f"{run_dir}: {problem}, and model {name}'s arguments (model.args) are recorded there; "
+            f"restore {RUN_RECORD} from the run"
+        ) from problem
     if model.get("_target_") != name:
-        raise UserError(f"--model {name} is not the module of {run_dir / RUN_RECORD} ({model.get('_target_')}), "
-                        "whose arguments prune-export takes; leave --model out")  # fmt: skip
+        raise UserError(
+            f"--model {name} is not the module of {run_dir / RUN_RECORD} ({model.get('_target_')}), "
+            "whose arguments prune-export takes; leave --model out"
+        )
     try:
         return custom_spec(name, model.get("args"), tuple(model.get("input_shape") or IMAGENET_SHAPE))
     except ValueError as problem:  # the module does not import here
-        raise UserError(f"{run_dir} is a model=custom run of {name}: {problem}; run prune-export where the module "
-                        "imports, as prune-run did") from problem  # fmt: skip
+        raise UserError(
+            f"{run_dir} is a model=custom run of {name}: {problem}; run prune-export where the module "
+            "imports, as prune-run did"
+        ) from problem
 
 
 def _checked_state(model_file: Path, name: str, spec: ModelSpec) -> dict:

@@ -1,7 +1,7 @@
 """The paper's compact format as a file: bit-packed relative indices, so that a device can read the pruned model;
 and Deep Compression's quantized and Huffman-coded variants of it.
 
-Layout (little-endian; README.md "The compact file" has it for a C reader):
+Layout (little-endian; docs/formats.md has it for a C reader):
 
     file      := "PRNC" | version u8 (1: dense and compact entries only; 2: float32 entries of any kind; 3: any,
                  integer entries too) | model name (u8 length, ASCII)
@@ -199,8 +199,11 @@ def _read_quantized_body(reader: "_Reader", shape: tuple[int, ...], huffman_code
         gaps = pack_bits(runs, bits)
     else:
         gaps = torch.from_numpy(np.frombuffer(reader.take(math.ceil(count * bits / 8)), dtype=np.uint8).copy())
-        indices = unpack_bits(torch.from_numpy(np.frombuffer(reader.take(math.ceil(count * index_bits / 8)),
-                                                             dtype=np.uint8).copy()), index_bits, count)  # fmt: skip
+        indices = unpack_bits(
+            torch.from_numpy(np.frombuffer(reader.take(math.ceil(count * index_bits / 8)), dtype=np.uint8).copy()),
+            index_bits,
+            count,
+        )
     if len(indices) and int(indices.max()) >= size:
         raise ValueError(f"an index points past the codebook of {size} values; the file is damaged")
     values = codebook[indices]
@@ -214,9 +217,14 @@ def _check_widths(bits: int, width: int) -> None:
 
 def _decode(shape, by_columns: bool, bits: int, count: int, values: Tensor, gaps: Tensor, pointers: Tensor) -> Tensor:
     compact = Compact(
-        shape=tuple(shape), by_columns=by_columns, bits=bits, count=count, values=values, gaps=gaps,
+        shape=tuple(shape),
+        by_columns=by_columns,
+        bits=bits,
+        count=count,
+        values=values,
+        gaps=gaps,
         crow_indices=pointers,
-    )  # fmt: skip
+    )
     return decode_compact(compact)
 
 

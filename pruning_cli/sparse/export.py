@@ -256,8 +256,10 @@ def model_from_state(model_name: str, state: Mapping[str, Tensor], spec: ModelSp
     """The registered model (or `spec`'s) with `state` loaded, in eval mode; prunable layers resized to the state's
     shapes (an export with dead units removed)."""
     if spec is None and "." in model_name:
-        raise ValueError(f"model {model_name} is a module of your own (model=custom): pass its spec, "
-                         f"pruning_cli.sparse.cli.model_spec(run_dir, {model_name!r})")  # fmt: skip
+        raise ValueError(
+            f"model {model_name} is a module of your own (model=custom): pass its spec, "
+            f"pruning_cli.sparse.cli.model_spec(run_dir, {model_name!r})"
+        )
     spec = spec or get_model_spec(model_name)
     paths = list(spec.layers.values())
     model = spec.build(state[f"{paths[-1]}.weight"].shape[0])
@@ -290,8 +292,10 @@ def is_quantized(exported: dict) -> str | None:
     for name, layer in exported["layers"].items():
         distinct = layer["values"].unique().numel()
         if distinct > MAX_SHARED_VALUES:
-            return (f"layer {name} has {distinct:,} distinct weights (a quantized file holds at most "
-                    f"{MAX_SHARED_VALUES} per layer); run prune-run with quantize=kmeans first")  # fmt: skip
+            return (
+                f"layer {name} has {distinct:,} distinct weights (a quantized file holds at most "
+                f"{MAX_SHARED_VALUES} per layer); run prune-run with quantize=kmeans first"
+            )
     return None
 
 

@@ -2,7 +2,7 @@
 that runs those layers with `torch.sparse.to_sparse_semi_structured` on a CUDA GPU (Ampere or later).
 
 A layer is stored 2:4 when every group of 4 consecutive weights along each row holds at most 2 non-zeros and its
-shape is one the kernels take (pruning/pattern.py); the group's two slots are its non-zeros in column order, then
+shape is one the kernels take (pruning/nm_sparsity.py); the group's two slots are its non-zeros in column order, then
 its first zero positions if it has fewer. That is what the kernels' compressed form holds (half the values and a
 2-bit index each), in a layout of its own that any machine reads (the kernels' metadata order is the GPU's):
 
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pruning_cli.models import ModelSpec
-from pruning_cli.pruning.pattern import fits_semi_structured
+from pruning_cli.pruning.nm_sparsity import fits_semi_structured
 from pruning_cli.sparse.export import model_from_state
 from pruning_cli.sparse.formats import pack_bits, unpack_bits
 
@@ -96,8 +96,10 @@ def load_semi_structured(path: Path) -> dict:
     """Read a `model_semi_structured.pt` written by `prune-export --format semi_structured`."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != SEMI_STRUCTURED_FORMAT:
-        raise ValueError(f"{path} is not a 2:4 export (no format {SEMI_STRUCTURED_FORMAT!r}); write one with "
-                         "prune-export --format semi_structured")  # fmt: skip
+        raise ValueError(
+            f"{path} is not a 2:4 export (no format {SEMI_STRUCTURED_FORMAT!r}); write one with "
+            "prune-export --format semi_structured"
+        )
     return payload
 
 
@@ -116,14 +118,18 @@ def semi_structured_model(
     `spec`: how to build the model (default: the registered or torchvision model the payload names)."""
     device = torch.device(device)
     if device.type != "cuda":
-        raise ValueError(f"the 2:4 kernels run on a CUDA GPU, not on {device}; on the CPU load the dense weights: "
-                         "model_from_state(payload['model'], semi_structured_state(payload))")  # fmt: skip
+        raise ValueError(
+            f"the 2:4 kernels run on a CUDA GPU, not on {device}; on the CPU load the dense weights: "
+            "model_from_state(payload['model'], semi_structured_state(payload))"
+        )
     if dtype not in KERNEL_DTYPES:
         raise ValueError(f"the 2:4 kernels take {' or '.join(map(str, KERNEL_DTYPES))} weights, not {dtype}")
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_CAPABILITY:
-        raise ValueError(f"{torch.cuda.get_device_name(device)} (compute capability {capability[0]}.{capability[1]}) "
-                         "has no sparse tensor cores; the 2:4 kernels need 8.0 (Ampere) or later")  # fmt: skip
+        raise ValueError(
+            f"{torch.cuda.get_device_name(device)} (compute capability {capability[0]}.{capability[1]}) "
+            "has no sparse tensor cores; the 2:4 kernels need 8.0 (Ampere) or later"
+        )
     model = model_from_state(payload["model"], semi_structured_state(payload), spec).to(device, dtype)
     return to_semi_structured(model, list(payload["layers"]))
 

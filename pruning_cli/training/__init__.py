@@ -1,1 +1,2 @@
-"""The training loop: masked SGD for a phase, and evaluation."""
+"""The training loop: masked SGD for a phase, distillation, evaluation, frozen layers and dropouts whose rate is a
+tensor. Imports the data, the pruning math and the schemas, never the run or the policies."""

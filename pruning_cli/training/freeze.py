@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from pruning_cli.config import Freeze
+from pruning_cli.config.schema import Freeze
 
 KINDS = {Freeze.conv: nn.Conv2d, Freeze.fc: nn.Linear}
 

@@ -4,16 +4,16 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pruning_cli.config import PhaseConfig, Regularization
+from pruning_cli.config.schema import PhaseConfig, Regularization
 from pruning_cli.data.tensors import TensorSplit
-from pruning_cli.distributed import SINGLE_PROCESS, Shard
+from pruning_cli.parallel.shard import SINGLE_PROCESS, Shard
 from pruning_cli.pruning.masks import apply_masks_
 
 
@@ -64,8 +64,9 @@ class Distillation:
         soft = nn.functional.kl_div(
             nn.functional.log_softmax(logits.float() / self.temperature, dim=1),
             nn.functional.log_softmax(taught.float() / self.temperature, dim=1),
-            reduction="batchmean", log_target=True,
-        )  # fmt: skip
+            reduction="batchmean",
+            log_target=True,
+        )
         hard = nn.functional.cross_entropy(logits, labels)
         return (1 - self.weight) * hard + self.weight * self.temperature**2 * soft
 
@@ -107,45 +108,57 @@ class PhaseProgress:
     train_loss: float = float("nan")
 
 
+@dataclass(frozen=True)
+class PhaseExecution:
+    """How a phase runs beyond its settings: the draw of its batch order, its progress bar's label, where it resumes
+    (`progress`), the processes that share every batch (`shard`; the model is then DDP's wrapper), the arithmetic
+    of a step (`autocast`) and a teacher's soft targets (`distill`)."""
+
+    generator: torch.Generator
+    description: str
+    progress: PhaseProgress = field(default_factory=PhaseProgress)
+    shard: Shard = SINGLE_PROCESS
+    autocast: Callable[[], AbstractContextManager] = nullcontext
+    distill: Distillation | None = None
+
+
+@dataclass(frozen=True)
+class PhaseCallbacks:
+    """What a phase calls: after every epoch with its progress and statistics (to checkpoint and log them), between
+    batches to ask whether to stop (StopRequested when true), after every optimizer step with the steps done and
+    their total (a policy that raises masks during training)."""
+
+    on_epoch_end: Callable[[PhaseProgress, EpochStats], None] = lambda progress, stats: None
+    stop_requested: Callable[[], bool] = lambda: False
+    on_step: Callable[[int, int], None] | None = None
+
+
 def train_phase(
     model: nn.Module,
     data: TensorSplit,
     phase: PhaseConfig,
     masked: MaskedWeights,
-    generator: torch.Generator,
-    description: str,
-    progress: PhaseProgress | None = None,
-    on_epoch_end: Callable[[PhaseProgress, EpochStats], None] = lambda progress, stats: None,
-    stop_requested: Callable[[], bool] = lambda: False,
-    shard: Shard = SINGLE_PROCESS,
-    autocast: Callable[[], AbstractContextManager] = nullcontext,
-    on_step: Callable[[int, int], None] | None = None,
-    distill: Distillation | None = None,
+    execution: PhaseExecution,
+    callbacks: PhaseCallbacks = PhaseCallbacks(),
 ) -> float:
-    """Run the remaining epochs of `phase` on `data`; return the mean training loss of the last epoch.
-
-    `progress` resumes a phase where it stopped; `on_epoch_end` receives the progress and statistics of every epoch
-    (to checkpoint and log them); `stop_requested` is polled between batches (StopRequested when true); `autocast`
-    gives a step's arithmetic; `shard`: processes that share every batch (`model` is then DDP's wrapper).
-    `on_step(done, total)` runs after every optimizer step; `distill` adds a teacher's soft targets to the loss.
-    """
-    progress = progress or PhaseProgress()
+    """Run the remaining epochs of `phase` on `data`; return the mean training loss of the last epoch."""
+    shard, progress = execution.shard, execution.progress
     batches_per_epoch = min(data.num_batches(phase.batch_size, shard), phase.max_batches or math.inf)
-    step = _SgdStep(model, phase, batches_per_epoch, progress, masked, autocast, on_step, distill)
+    step = _SgdStep(model, phase, masked, batches_per_epoch, execution, callbacks.on_step)
     epoch_loss, epochs = progress.train_loss, range(progress.epochs_done, phase.epochs)
-    for epoch in tqdm(epochs, desc=description, unit="epoch", disable=None, leave=False):
+    for epoch in tqdm(epochs, desc=execution.description, unit="epoch", disable=None, leave=False):
         model.train()
         started = time.perf_counter()
-        batches = islice(data.batches(phase.batch_size, generator, shard), batches_per_epoch)
+        batches = islice(data.batches(phase.batch_size, execution.generator, shard), batches_per_epoch)
         loss_sum, seen = step.epoch(
-            tqdm(batches, total=batches_per_epoch, disable=None, leave=False), stop_requested, data.device
+            tqdm(batches, total=batches_per_epoch, disable=None, leave=False), callbacks.stop_requested, data.device
         )
         loss_total, seen = shard.sum_(torch.stack([loss_sum, loss_sum.new_tensor(seen)])).tolist()  # one host sync
         epoch_loss = loss_total / max(seen, 1)
         if not math.isfinite(epoch_loss):
             raise NonFiniteLoss(epoch + 1)
         stats = EpochStats(epoch + 1, epoch_loss, step.lr, int(seen), time.perf_counter() - started)
-        on_epoch_end(step.progress(epoch + 1, epoch_loss), stats)
+        callbacks.on_epoch_end(step.progress(epoch + 1, epoch_loss), stats)
     return epoch_loss
 
 
@@ -158,12 +171,16 @@ class _SgdStep:
     """
 
     def __init__(
-        self, model: nn.Module, phase: PhaseConfig, batches_per_epoch: int, progress: PhaseProgress,
-        masked: MaskedWeights, autocast: Callable[[], AbstractContextManager],
-        on_step: Callable[[int, int], None] | None = None, distill: Distillation | None = None,
-    ) -> None:  # fmt: skip
-        self.model, self.masked, self.autocast = model, masked, autocast
-        self.on_step, self.distill = on_step, distill
+        self,
+        model: nn.Module,
+        phase: PhaseConfig,
+        masked: MaskedWeights,
+        batches_per_epoch: int,
+        execution: PhaseExecution,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.model, self.masked, self.autocast = model, masked, execution.autocast
+        self.on_step, self.distill, progress = on_step, execution.distill, execution.progress
         self.parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
         self.l1 = phase.weight_decay if phase.regularization is Regularization.l1 else 0.0
         decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pruning_cli.artifacts import load_checkpoint, save_atomic
 from pruning_cli.errors import UserError
 from pruning_cli.pruning.masks import unmasked_layers
-from pruning_cli.records import CHECKPOINTS, MODEL_FILE, STATE_FILE, TrainedOn, as_records
+from pruning_cli.records.contract import CHECKPOINTS, MODEL_FILE, STATE_FILE, TrainedOn, as_records
+from pruning_cli.records.files import load_checkpoint, save_atomic
 
 
 class RunStore:

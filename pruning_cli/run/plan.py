@@ -9,25 +9,25 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pruning_cli.config import (
+from pruning_cli.config.ranges import range_problems
+from pruning_cli.config.schema import (
     ImageFolderDataset,
     LevelKind,
     MnistLikeDataset,
     PhaseConfig,
     QuantizeConfig,
+    RetrainConfig,
     RunConfig,
     SensitivityTask,
     SyntheticDataset,
+    TrainConfig,
 )
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec, get_model_spec
 from pruning_cli.models.discover import torchvision_classifiers
 from pruning_cli.models.registry import CUSTOM, MODELS, TORCHVISION, custom_spec, model_key
-from pruning_cli.policies import PolicyContext, PruningPolicy, build_policy
-from pruning_cli.policies.base import NoPruning
-from pruning_cli.policies.pattern import Patterned
-from pruning_cli.pruning.pattern import fits_semi_structured, parse_pattern
-from pruning_cli.ranges import range_problems
+from pruning_cli.policies import NoPruning, Patterned, PolicyContext, PruningPolicy, build_policy
+from pruning_cli.pruning.nm_sparsity import fits_semi_structured, parse_pattern
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,42 @@ class AnalysisPlan:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """What a run's phases read of the config, taken once here: the run never reads the config itself."""
+
+    model_name: str  # as messages, CSVs and reports name it (models.registry.model_key)
+    model_weights: str | None  # pretrained torchvision weights to start from
+    discovered: bool  # model=torchvision or model=custom: its outputs are checked against the data set's classes
+    seed: int
+    compile: bool
+    resume: bool
+    eval_batch_size: int
+    train: TrainConfig
+    retrain: RetrainConfig
+    quantize: QuantizeConfig
+
+    @classmethod
+    def of(cls, config: RunConfig) -> "RunSettings":
+        model = config.model
+        return cls(
+            model_name=model_key(model.name, model.arch, model._target_),
+            model_weights=model.weights,
+            discovered=model.name in (CUSTOM, TORCHVISION),
+            seed=config.seed,
+            compile=config.compile,
+            resume=config.resume,
+            eval_batch_size=config.dataset.eval_batch_size,
+            train=config.train,
+            retrain=config.retrain,
+            quantize=config.quantize,
+        )
+
+
+@dataclass(frozen=True)
 class RunPlan:
     spec: ModelSpec
     policy: PruningPolicy  # what each iteration prunes, and whether to keep what it got (policies/)
+    settings: RunSettings
     analysis: AnalysisPlan | None = None
     quantize_bits: dict[str, int] | None = None  # trained quantization after the last retraining: {layer: bits}
 
@@ -56,23 +89,34 @@ def plan_run(config: RunConfig, processes: int = 1) -> RunPlan:
     spec = model_plan(config)
     check_phase("train", config.train, processes)
     check_phase("retrain", config.retrain, processes)
+    settings = RunSettings.of(config)
     context = PolicyContext(
-        model_key(config.model.name, config.model.arch, config.model._target_), spec.layer_kinds(), spec.layer_sizes(),
-        config.retrain.freeze, config.retrain.epochs, config.dataset.val_split > 0,
-    )  # fmt: skip
+        settings.model_name,
+        spec.layer_kinds(),
+        spec.layer_sizes(),
+        config.retrain.freeze,
+        config.retrain.epochs,
+        config.dataset.val_split > 0,
+        config.seed,
+    )
     if isinstance(config.task, SensitivityTask):
         if config.pruning.pattern is not None:
-            raise UserError("task=sensitivity prunes one layer at a time by its threshold alone: leave out "
-                            "pruning.pattern")  # fmt: skip
+            raise UserError(
+                "task=sensitivity prunes one layer at a time by its threshold alone: leave out pruning.pattern"
+            )
         if config.dataset.val_split == 0:
             raise UserError("a sensitivity analysis evaluates on held-out training data: set dataset.val_split=N")
         if config.quantize.enabled:
-            raise UserError("task=sensitivity prunes without training afterwards, so it has nothing to quantize: "
-                            "leave out quantize=kmeans")  # fmt: skip
-        return RunPlan(spec, NoPruning(config.pruning, context), analysis_plan(config.task, list(spec.layers)))
+            raise UserError(
+                "task=sensitivity prunes without training afterwards, so it has nothing to quantize: "
+                "leave out quantize=kmeans"
+            )
+        analysis = analysis_plan(config.task, list(spec.layers))
+        return RunPlan(spec, NoPruning(config.pruning, context), settings, analysis)
     bits = quantize_plan(config.quantize, spec, processes)
     try:
-        return RunPlan(spec, patterned(build_policy(config.pruning, context), config, spec), quantize_bits=bits)
+        policy = patterned(build_policy(config.pruning, context), config, spec)
+        return RunPlan(spec, policy, settings, quantize_bits=bits)
     except ValueError as error:
         raise UserError(str(error)) from error
 
@@ -115,16 +159,18 @@ def check_input_shape(config: RunConfig, shape: tuple[int, ...]) -> None:
     """Refuse a model input the data set will not deliver (its images are not resized to it)."""
     model, dataset = config.model, config.dataset
     if model.input_shape is not None and model.name not in (TORCHVISION, CUSTOM):
-        raise UserError(f"model.input_shape applies to model=torchvision and model=custom; model={model.name} takes "
-                        "its own, leave it null")  # fmt: skip
+        raise UserError(
+            f"model.input_shape applies to model=torchvision and model=custom; model={model.name} takes "
+            "its own, leave it null"
+        )
     delivered = native_shape(config) if not isinstance(dataset, MnistLikeDataset) else shape
     if model.name in (TORCHVISION, CUSTOM) and not isinstance(dataset, SyntheticDataset) and shape != delivered:
         size = f"dataset.size={dataset.size} makes" if isinstance(dataset, ImageFolderDataset) else "the data set has"
-        raise UserError(f"model.input_shape is {list(shape)} but {size} {list(delivered)} images: set one to the "
-                        "other")  # fmt: skip
+        raise UserError(f"model.input_shape is {list(shape)} but {size} {list(delivered)} images: set one to the other")
     if isinstance(dataset, SyntheticDataset) and dataset.name == "synthetic_imagenet" and shape != (3, 224, 224):
-        raise UserError(f"dataset=synthetic_imagenet makes [3, 224, 224] images, not {list(shape)}: leave "
-                        "model.input_shape null")  # fmt: skip
+        raise UserError(
+            f"dataset=synthetic_imagenet makes [3, 224, 224] images, not {list(shape)}: leave model.input_shape null"
+        )
 
 
 def native_shape(config: RunConfig) -> tuple[int, int, int]:
@@ -146,8 +192,10 @@ def patterned(policy: PruningPolicy, config: RunConfig, spec: ModelSpec) -> Prun
     shapes = spec.layer_shapes()
     layers = [name for name, shape in shapes.items() if fits_semi_structured(shape, m)]
     others = [name for name in shapes if name not in layers]
-    log.info(f"pruning.pattern={n}:{m} on {', '.join(layers) or 'no layer'}; the kernels do not take "
-             f"{', '.join(others) or 'none'} (pruned as before)")  # fmt: skip
+    log.info(
+        f"pruning.pattern={n}:{m} on {', '.join(layers) or 'no layer'}; the kernels do not take "
+        f"{', '.join(others) or 'none'} (pruned as before)"
+    )
     check_pattern_target(getattr(config.pruning, "target", None), policy.context, layers, n, m)
     return Patterned(policy, n, m, layers)
 

@@ -11,7 +11,7 @@ from dataclasses import asdict
 import torch
 from torch import Tensor, nn
 
-from pruning_cli.config import LevelKind
+from pruning_cli.config.schema import LevelKind
 from pruning_cli.data.tensors import TensorSplit
 from pruning_cli.pruning.step import LayerStep, prune_step
 from pruning_cli.pruning.targets import LayerTarget

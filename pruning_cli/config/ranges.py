@@ -3,7 +3,7 @@
 A schema field says its range with `ranged(rule, default)`; `range_problems` walks a composed config (nested
 dataclasses) and names every number outside its range, and every NaN or infinity (refused everywhere unless a
 rule admits it). Checks between settings (a split that leaves no training data, a layer the model lacks) are not
-ranges: they stay with the plan (plan.py) and the policies.
+ranges: they stay with the plan (run/plan.py) and the policies.
 """
 
 import dataclasses

@@ -4,7 +4,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -13,23 +13,19 @@ import torch
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
-from pruning_cli.artifacts import CsvLog, load_checkpoint, state_dict_mismatch
-from pruning_cli.config import PhaseConfig, RunConfig
+from pruning_cli.config.schema import PhaseConfig, RunConfig
 from pruning_cli.data import ImageData, TensorSplit, decoding, load_data
 from pruning_cli.data.tensors import VALIDATION_SPLIT_SEED
-from pruning_cli.distributed import SINGLE_PROCESS, Shard, process_group
 from pruning_cli.errors import UserError
 from pruning_cli.models import ModelSpec
 from pruning_cli.models.pretrained import build_model
-from pruning_cli.models.registry import CUSTOM, TORCHVISION, model_key
-from pruning_cli.plan import AnalysisPlan, RunPlan, plan_run
-from pruning_cli.pruning.dropout import rescaled_dropout
+from pruning_cli.parallel.shard import SINGLE_PROCESS, Shard, process_group
+from pruning_cli.pruning.dropout_rate import rescaled_dropout
 from pruning_cli.pruning.masks import full_masks
 from pruning_cli.pruning.step import LayerPruned
 from pruning_cli.quantize.kmeans import Codebook, quantize_layers
 from pruning_cli.quantize.shared import SharedGradients
-from pruning_cli.recorder import Recorder, weights_of
-from pruning_cli.records import (
+from pruning_cli.records.contract import (
     DENSE_CHECKPOINT,
     METRICS,
     SENSITIVITY,
@@ -40,22 +36,50 @@ from pruning_cli.records import (
     training_history,
     write_run_record,
 )
-from pruning_cli.run_state import RunStore, check_masks, check_restored_masks
-from pruning_cli.runtime import DevicePolicy, device_policy
-from pruning_cli.sensitivity import layer_sensitivity
-from pruning_cli.training.dropout import use_rate_dropouts
+from pruning_cli.records.files import CsvLog, load_checkpoint, state_dict_mismatch
+from pruning_cli.run.plan import AnalysisPlan, RunPlan, RunSettings, plan_run
+from pruning_cli.run.recorder import Recorder, weights_of
+from pruning_cli.run.runtime import DevicePolicy, device_policy
+from pruning_cli.run.sensitivity import layer_sensitivity
+from pruning_cli.run.state import RunStore, check_masks, check_restored_masks
 from pruning_cli.training.freeze import frozen
 from pruning_cli.training.loop import (
     Distillation,
     MaskedWeights,
     NonFiniteLoss,
+    PhaseCallbacks,
+    PhaseExecution,
     PhaseProgress,
     StopRequested,
     correct_predictions,
     train_phase,
 )
+from pruning_cli.training.rate_dropout import use_rate_dropouts
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands, saved with its state: the phases done (0: dense training, then prune and retrain per
+    iteration, then quantization), the current phase's own progress, the phase running and its iteration, the
+    iteration whose model model.pt will hold, and whether the policy has stopped pruning."""
+
+    phases_done: int = 0
+    phase: PhaseProgress = field(default_factory=PhaseProgress)
+    current: tuple[str, int] = ("train", 0)
+    kept_iteration: int = 0
+    stopped: bool = False
+
+    def state_dict(self, policy: dict) -> dict:
+        """The progress's keys of the run's state file (checkpoints/last.pt), with the policy's own state."""
+        pruning = {"policy": policy, "kept_iteration": self.kept_iteration, "stopped": self.stopped}
+        return {"step": self.phases_done, "phase": asdict(self.phase), "pruning": pruning}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "RunProgress":
+        pruning, phase = state["pruning"], PhaseProgress(**state["phase"])
+        return cls(state["step"], phase, kept_iteration=pruning["kept_iteration"], stopped=pruning["stopped"])
 
 
 class PruningRun:
@@ -65,55 +89,54 @@ class PruningRun:
     numbers of an uninterrupted one. Under torchrun every process steps on identical weights; rank 0 writes."""
 
     def __init__(
-        self, config: RunConfig, plan: RunPlan, data: ImageData, runtime: DevicePolicy, store: RunStore,
-        shard: Shard = SINGLE_PROCESS,
-    ) -> None:  # fmt: skip
-        self.config, self.plan, self.data, self.shard = config, plan, data, shard
+        self, plan: RunPlan, data: ImageData, runtime: DevicePolicy, store: RunStore, shard: Shard = SINGLE_PROCESS
+    ) -> None:
+        self.settings, self.plan, self.data, self.shard = plan.settings, plan, data, shard
         self.runtime, self.store, self.pruning = runtime, store, plan.policy
-        spec = plan.spec
-        self.model = runtime.place(run_model(spec, config, data.num_classes))
+        spec, settings = plan.spec, plan.settings
+        self.model = runtime.place(run_model(spec, settings, data.num_classes))
         # Compiled once for every phase (a wrapper per phase would recompile), sharing the model's parameters.
-        self.train_model = torch.compile(self.model) if config.compile else self.model
+        self.train_model = torch.compile(self.model) if settings.compile else self.model
         self.layers = spec.prunable(self.model)
         self.weights, self.masks = weights_of(self.layers), full_masks(weights_of(self.layers))
         self.dropout_rates = {name: self.model.get_submodule(path).p for name, path in spec.dropouts.items()}
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.step, self.phase_progress, self.current = 0, PhaseProgress(), ("train", 0)
-        # The iteration model.pt will hold; whether pruning has stopped; trained quantization's clusters per layer.
-        self.kept_iteration, self.stopped, self.codebooks = 0, False, dict[str, Codebook]()
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.progress, self.codebooks = RunProgress(), dict[str, Codebook]()  # codebooks: trained quantization's
         self.stop_requested: Callable[[], bool] = lambda: False
-        rows = self._restore() if config.resume and store.state_path.is_file() else None
-        where = torch.tensor([self.step, self.phase_progress.epochs_done])
-        shard.check_identical([where], f"resume points (is {store.state_path} on a disk every process sees?)")
-        shard.reseed(config.seed, 1009 * self.step + self.phase_progress.epochs_done)  # where a resumed run picks up
+        rows = self._restore() if settings.resume and store.state_path.is_file() else None
+        done, epochs = self.progress.phases_done, self.progress.phase.epochs_done
+        where = f"resume points (is {store.state_path} on a disk every process sees?)"
+        shard.check_identical([torch.tensor([done, epochs])], where)
+        shard.reseed(settings.seed, 1009 * done + epochs)  # where a resumed run picks up
         positions = spec.output_positions(self.model)
         self.recorder = Recorder(
-            store.out_dir, self.layers, positions, data, config.dataset.eval_batch_size, shard.is_main, rows
+            store.out_dir, self.layers, positions, data, settings.eval_batch_size, shard.is_main, rows
         )
 
     def execute(self) -> None:
-        """Phase 1, then phases 2 and 3 once per iteration, then trained quantization if asked for; the steps a
+        """Phase 1, then phases 2 and 3 once per iteration, then trained quantization if asked for; the phases a
         resumed run has done are skipped."""
-        self._run_step(0, "train", self.train_dense)
+        self._run_phase(0, "train", self.train_dense)
         for iteration in range(1, self.pruning.iterations + 1):
-            self._run_step(2 * iteration - 1, "prune", partial(self.prune, iteration))
-            self._run_step(2 * iteration, "retrain", partial(self.retrain, iteration))
+            self._run_phase(2 * iteration - 1, "prune", partial(self.prune, iteration))
+            self._run_phase(2 * iteration, "retrain", partial(self.retrain, iteration))
         if self.plan.quantize_bits is not None:
-            self._run_step(2 * self.pruning.iterations + 1, "quantize", self.quantize)
+            self._run_phase(2 * self.pruning.iterations + 1, "quantize", self.quantize)
         if self.stop_requested():  # also makes every process wait here for rank 0's last evaluation
             raise StopRequested
         self.shard.check_identical(list(self.model.parameters()), "final weights")
         self.store.save_model(self.model, self.plan.spec.layers, self.masks)
-        log_compilations(self.config.compile)
+        log_compilations(self.settings.compile)
 
     def train_dense(self) -> None:
         """Phase 1: train the dense model, or load it from `train.checkpoint` and only evaluate it."""
         start, epochs, train_loss = time.perf_counter(), 0, float("nan")
-        if self.config.train.checkpoint:  # its exact zeros count as pruned (continuing from a pruned model)
-            load_trained(self.model, Path(self.config.train.checkpoint).expanduser(), model_name(self.config))
+        train = self.settings.train
+        if train.checkpoint:  # its exact zeros count as pruned (continuing from a pruned model)
+            load_trained(self.model, Path(train.checkpoint).expanduser(), self.settings.model_name)
             self.masks = {name: weight.detach() != 0 for name, weight in self.weights.items()}
         else:
-            epochs, train_loss = self.config.train.epochs, self._train(self.config.train, "dense training")
+            epochs, train_loss = train.epochs, self._train(train, "dense training")
         self.store.save_checkpoint("dense", self.model, 0, self.masks)
         self._record(0, "train", epochs, start, train_loss)
 
@@ -121,7 +144,7 @@ class PruningRun:
         """Phase 2: the masks the policy chooses for this iteration; none left to choose ends the pruning."""
         start, step = time.perf_counter(), self.pruning.prune(iteration, self)
         if step is None:
-            self.stopped = True
+            self.progress.stopped = True
             return
         warn_capped(iteration, step.records)
         self._set_masks(step.masks)
@@ -134,11 +157,11 @@ class PruningRun:
         start = time.perf_counter()
         self._rescale_dropout()
         with frozen(self.layers.values(), self.pruning.freeze(iteration)):
-            train_loss = self._train(self.config.retrain, f"retraining {iteration}", iteration)
+            train_loss = self._train(self.settings.retrain, f"retraining {iteration}", iteration)
         self.store.save_checkpoint(f"iteration_{iteration}", self.model, iteration, self.masks)
         verdict = self.pruning.verdict(iteration, self)
-        self._record(iteration, "retrain", self.config.retrain.epochs, start, train_loss, verdict=verdict.figures)
-        self.kept_iteration, self.stopped = verdict.kept(iteration), verdict.stop
+        self._record(iteration, "retrain", self.settings.retrain.epochs, start, train_loss, verdict=verdict.figures)
+        self.progress.kept_iteration, self.progress.stopped = verdict.kept(iteration), verdict.stop
         if verdict.rollback_to is not None:
             state, masks = self.store.load_iteration(verdict.rollback_to)
             self.model.load_state_dict(state)
@@ -148,7 +171,7 @@ class PruningRun:
     def quantize(self) -> None:
         """Phase 4 (Deep Compression): each layer's survivors share 2^bits - 1 values (k-means), then the shared
         values are fine-tuned with the masks fixed. A resumed run has its clusters from its state."""
-        start, settings, iteration = time.perf_counter(), self.config.quantize, self.current[1]
+        start, settings, iteration = time.perf_counter(), self.settings.quantize, self.progress.current[1]
         if not self.codebooks:
             bits = self.plan.quantize_bits
             self.codebooks = quantize_layers(self.weights, self.masks, bits, settings.kmeans_iterations)
@@ -163,7 +186,7 @@ class PruningRun:
     def validation_correct(self) -> Tensor:
         """Which validation images the model gets right (RunView); rank 0's on every process, so that all take the
         same decisions."""
-        correct = correct_predictions(self.model, self.data.val, self.config.dataset.eval_batch_size)
+        correct = correct_predictions(self.model, self.data.val, self.settings.eval_batch_size)
         self.shard.broadcast_([correct])
         return correct.cpu()
 
@@ -176,16 +199,17 @@ class PruningRun:
     def _rescale_dropout(self) -> None:
         rescale_dropouts(self.model, self.plan.spec.dropouts, self.dropout_rates, self.masks)
 
-    def _run_step(self, index: int, phase: str, action: Callable[[], None]) -> None:
-        """Run step `index` (0: dense training, then prune and retrain per iteration, then quantization) unless a
+    def _run_phase(self, index: int, phase: str, action: Callable[[], None]) -> None:
+        """Run phase `index` (0: dense training, then prune and retrain per iteration, then quantization) unless a
         resumed run has done it already, then checkpoint the state. A run whose policy stopped prunes no more."""
-        if index < self.step or (self.stopped and phase in ("prune", "retrain")):
+        progress = self.progress
+        if index < progress.phases_done or (progress.stopped and phase in ("prune", "retrain")):
             return
         if self.stop_requested():
             raise StopRequested
-        self.current = (phase, self.kept_iteration if phase == "quantize" else (index + 1) // 2)
+        progress.current = (phase, progress.kept_iteration if phase == "quantize" else (index + 1) // 2)
         action()
-        self.step, self.phase_progress = index + 1, PhaseProgress()
+        progress.phases_done, progress.phase = index + 1, PhaseProgress()
         self._save_state()
 
     def _masked(self) -> MaskedWeights:
@@ -194,12 +218,12 @@ class PruningRun:
     def _train(self, phase: PhaseConfig, description: str, retraining: int | None = None) -> float:
         """Train one phase; a retraining (`retraining`: its iteration) lets the policy raise masks at every step and
         distils from the dense model when retrain.distill.weight > 0."""
-        step, iteration = self.current
+        kind, iteration = self.progress.current
         masked = self._masked()
 
         def checkpoint_epoch(progress: PhaseProgress, stats) -> None:
-            self.recorder.epoch(iteration, step, stats, description, phase.epochs)
-            self.phase_progress = progress
+            self.recorder.epoch(iteration, kind, stats, description, phase.epochs)
+            self.progress.phase = progress
             self._save_state()
 
         def raise_masks(done: int, steps: int) -> None:
@@ -209,46 +233,34 @@ class PruningRun:
                 masked.reset(list(self.weights.values()), [self.masks[name] for name in self.weights])
                 self._rescale_dropout()
 
-        distill = self._distillation() if retraining and self.config.retrain.distill.weight else None
-        hooks = {"on_step": raise_masks, "distill": distill} if retraining else {}
+        distill = None
+        if retraining and self.settings.retrain.distill.weight:
+            distill = dense_teacher(self.plan, self.data.num_classes, self.store.out_dir, self.runtime)
+        autocast = partial(self.runtime.autocast, phase.precision)
+        execution = PhaseExecution(self.generator, description, self.progress.phase, self.shard, autocast, distill)
+        callbacks = PhaseCallbacks(checkpoint_epoch, self.stop_requested, raise_masks if retraining else None)
+        model = self.shard.wrap(self.train_model, self.runtime.device)
         try:
-            return train_phase(
-                self.shard.wrap(self.train_model, self.runtime.device), self.data.train, phase, masked,
-                self.generator, description, self.phase_progress, checkpoint_epoch, self.stop_requested, self.shard,
-                partial(self.runtime.autocast, phase.precision), **hooks,
-            )  # fmt: skip
+            return train_phase(model, self.data.train, phase, masked, execution, callbacks)
         except NonFiniteLoss as fault:
             raise diverged(fault, iteration, description, self.store.state_path) from fault
 
-    def _distillation(self) -> Distillation | None:
-        """The dense model (checkpoints/dense.pt) as the teacher of a retraining, or None with distillation off."""
-        settings, name = self.config.retrain.distill, model_name(self.config)
-        teacher = build_model(self.plan.spec, name, self.data.num_classes, None)
-        load_trained(teacher, self.store.out_dir / DENSE_CHECKPOINT, name)
-        return Distillation(self.runtime.place(teacher).eval(), settings.weight, settings.temperature)
-
     def _save_state(self) -> None:
         codebooks = {name: book.state() for name, book in self.codebooks.items()}
-        pruning = {"policy": self.pruning.state_dict(), "kept_iteration": self.kept_iteration, "stopped": self.stopped}
-        self.store.save_state(
-            {
-                "step": self.step, "phase": asdict(self.phase_progress), "model": self.model.state_dict(),
-                "masks": self.masks, "rows": self.recorder.rows(), "pruning": pruning, "codebooks": codebooks,
-            },
-            self.generator,
-        )  # fmt: skip
+        state = {"model": self.model.state_dict(), "masks": self.masks, "rows": self.recorder.rows()}
+        progress = self.progress.state_dict(self.pruning.state_dict())
+        self.store.save_state({**state, **progress, "codebooks": codebooks}, self.generator)
 
     def _restore(self) -> dict[str, int]:
         """Load `last.pt` into this run; return how many rows of each CSV it had written."""
         state = self.store.load_state(self.generator)
-        books = state["codebooks"]
         self.model.load_state_dict(state["model"])
         self.masks = {name: mask.to(self.runtime.device) for name, mask in state["masks"].items()}
         check_restored_masks(self.weights, self.masks, self.store.state_path)
-        self.step, self.phase_progress = state["step"], PhaseProgress(**state["phase"])
+        self.progress = RunProgress.from_state(state)
         self.pruning.load_state_dict(state["pruning"]["policy"])
-        self.kept_iteration, self.stopped = state["pruning"]["kept_iteration"], state["pruning"]["stopped"]
-        self.codebooks = {name: Codebook.from_state(book, self.runtime.device) for name, book in books.items()}
+        books = state["codebooks"].items()
+        self.codebooks = {name: Codebook.from_state(book, self.runtime.device) for name, book in books}
         return state["rows"]
 
     def _record(
@@ -268,26 +280,29 @@ class PruningRun:
         self.recorder.phase(self.model, key, epochs, start, train_loss, pruned, bits, verdict)
 
 
+def dense_teacher(plan: RunPlan, num_classes: int, out_dir: Path, runtime: DevicePolicy) -> Distillation:
+    """The dense model (checkpoints/dense.pt) as the teacher of a retraining."""
+    settings, name = plan.settings.retrain.distill, plan.settings.model_name
+    teacher = build_model(plan.spec, name, num_classes, None)
+    load_trained(teacher, out_dir / DENSE_CHECKPOINT, name)
+    return Distillation(runtime.place(teacher).eval(), settings.weight, settings.temperature)
+
+
 def log_compilations(compiled: bool) -> None:
     """With compile=true, how many graphs torch.compile built over the run (one per phase kind at most)."""
     if compiled:
         log.info(f"torch.compile built {counters['stats']['unique_graphs']} graph(s) in this process")
 
 
-def run_model(spec: ModelSpec, config: RunConfig, num_classes: int) -> nn.Module:
+def run_model(spec: ModelSpec, settings: RunSettings, num_classes: int) -> nn.Module:
     """The run's model; compiled, its dropouts hold their rates as tensors, so that a rescaled rate does not
     recompile the training step."""
-    model = build_model(spec, model_name(config), num_classes, config.model.weights)
-    if config.model.name in (CUSTOM, TORCHVISION):  # a registered network is built for its input, with the classes
-        check_outputs(model, spec.input_shape, num_classes, model_name(config))
-    if config.compile:
+    model = build_model(spec, settings.model_name, num_classes, settings.model_weights)
+    if settings.discovered:  # a registered network is built for its input, with the classes
+        check_outputs(model, spec.input_shape, num_classes, settings.model_name)
+    if settings.compile:
         use_rate_dropouts(model, list(spec.dropouts.values()))
     return model
-
-
-def model_name(config: RunConfig) -> str:
-    """The model as messages, CSVs and reports name it (models.registry.model_key)."""
-    return model_key(config.model.name, config.model.arch, config.model._target_)
 
 
 def check_outputs(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, name: str) -> None:
@@ -298,8 +313,9 @@ def check_outputs(model: nn.Module, input_shape: tuple[int, ...], num_classes: i
             logits = model.eval()(torch.zeros(2, *input_shape))
     except Exception as error:  # a shape the model cannot take, a module of the user's that raises
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"model {name} cannot take a batch of {list(input_shape)} images (model.input_shape): "
-                        f"{reason}") from error  # fmt: skip
+        raise UserError(
+            f"model {name} cannot take a batch of {list(input_shape)} images (model.input_shape): {reason}"
+        ) from error
     if not isinstance(logits, Tensor) or tuple(logits.shape) != (2, num_classes):
         shape = list(logits.shape[1:]) if isinstance(logits, Tensor) else type(logits).__name__
         raise UserError(
@@ -387,7 +403,7 @@ def training_data(config: RunConfig, data: ImageData, plan: RunPlan) -> TrainedO
     with torch.device("meta"):
         mismatch = state_dict_mismatch(plan.spec.build(data.num_classes).state_dict(), state)
     if mismatch:
-        raise UserError(f"checkpoint {path} does not fit model={model_name(config)}: {mismatch}")
+        raise UserError(f"checkpoint {path} does not fit model={plan.settings.model_name}: {mismatch}")
     inherited = checkpoint_training_data(path, extras)
     if chooses:
         check_no_validation_leak(path, inherited, own)
@@ -417,7 +433,7 @@ def open_run(
         trained_on = training_data(config, data, plan)
         out_dir.mkdir(parents=True, exist_ok=True)
         store = RunStore(out_dir, fingerprint(config), trained_on, shard.is_main)
-        experiment = PruningRun(config, plan, data, runtime, store, shard)
+        experiment = PruningRun(plan, data, runtime, store, shard)
         if shard.is_main:
             phases = {"train": config.train.precision, "retrain": config.retrain.precision}
             phases |= {"quantize": config.quantize.precision} if plan.quantize_bits is not None else {}
@@ -449,7 +465,7 @@ def write_sensitivity(path: Path, experiment: PruningRun, analysis: AnalysisPlan
     """The sensitivity analysis of the run's trained model on the validation split, row by row into `path`."""
     csv_log = CsvLog(path, SENSITIVITY.columns)
     weights = {name: experiment.weights[name] for name in analysis.layers}
-    batch_size = experiment.config.dataset.eval_batch_size
+    batch_size = experiment.settings.eval_batch_size
     masks = {name: experiment.masks[name] for name in analysis.layers}
     rows = layer_sensitivity(experiment.model, weights, masks, validation, analysis.levels, analysis.kind, batch_size)
     for row in rows:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from pruning_cli.artifacts import CsvLog, DiscardLog
 from pruning_cli.data import ImageData
 from pruning_cli.pruning.masks import count_nonzero
 from pruning_cli.pruning.stats import layer_stats
 from pruning_cli.pruning.step import LayerPruned
-from pruning_cli.records import EPOCHS, LAYERS, METRICS, CsvSchema
+from pruning_cli.records.contract import EPOCHS, LAYERS, METRICS, CsvSchema
+from pruning_cli.records.files import CsvLog, DiscardLog
 from pruning_cli.training.activations import InputDensity
 from pruning_cli.training.loop import EpochStats, evaluate
 
@@ -91,10 +91,17 @@ class Recorder:
         parameters = list(model.parameters())
         total, nonzero = sum(parameter.numel() for parameter in parameters), count_nonzero(parameters)
         metrics = {
-            **key, "epochs": epochs, "params_total": total, "params_nonzero": nonzero, "compression": total / nonzero,
-            **asdict(evaluation), **validation, "train_loss": train_loss, "seconds": time.perf_counter() - started,
+            **key,
+            "epochs": epochs,
+            "params_total": total,
+            "params_nonzero": nonzero,
+            "compression": total / nonzero,
+            **asdict(evaluation),
+            **validation,
+            "train_loss": train_loss,
+            "seconds": time.perf_counter() - started,
             **(verdict or {}),
-        }  # fmt: skip
+        }
         self.logs[METRICS.file].write([metrics])
         self.logs[LAYERS.file].write(self._layer_rows(key, density.fractions(), pruned or {}, bits or {}))
 

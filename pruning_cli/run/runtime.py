@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pruning_cli.config import Precision
-from pruning_cli.distributed import Shard
+from pruning_cli.config.schema import Precision
 from pruning_cli.errors import UserError
+from pruning_cli.parallel.shard import Shard
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,12 @@ def device_policy(name: str, deterministic: bool, shard: Shard, convolutional: b
     if name == "cpu":
         amx = cpu_has_amx()
         return DevicePolicy(
-            torch.device("cpu"), channels_last=convolutional, bf16_autocast=amx,
-            bf16_by_default=amx and convolutional, deterministic=deterministic,
-        )  # fmt: skip
+            torch.device("cpu"),
+            channels_last=convolutional,
+            bf16_autocast=amx,
+            bf16_by_default=amx and convolutional,
+            deterministic=deterministic,
+        )
     device = torch.device("cuda", shard.local_rank) if shard.distributed else torch.device("cuda")
     return DevicePolicy(device, channels_last=convolutional, bf16_autocast=True, deterministic=deterministic)
 

@@ -1,5 +1,5 @@
 """`pruning.pattern=N:M` under any policy: on each layer the semi-structured kernels take, at most N of every M
-weights along the input survive (pruning/pattern.py), and the policy chooses within that. It sees the run's masks
+weights along the input survive (pruning/nm_sparsity.py), and the policy chooses within that. It sees the run's masks
 with the pattern already applied, so whatever it keeps is a subset of them (still N:M) and its own count of the
 weights (a compression target, a schedule) holds exactly; the other layers are the policy's alone."""
 
@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import Tensor
 
-from pruning_cli.config import Freeze
+from pruning_cli.config.schema import Freeze
 from pruning_cli.policies.base import PruneStep, PruningPolicy, RunView, Verdict
-from pruning_cli.pruning.pattern import n_of_m_mask
+from pruning_cli.pruning.nm_sparsity import n_of_m_mask
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,10 @@ class Patterned(PruningPolicy):
         # a policy that keeps the masks as they are (gradual before its schedule) still gets the pattern
         return PruneStep({name: mask & view.masks[name] for name, mask in step.masks.items()}, step.records)
 
-    def during_retraining(self, iteration: int, step: int, steps: int, run: RunView) -> dict[str, Tensor] | None:
-        return self.inner.during_retraining(iteration, step, steps, self.view(run))
+    def during_retraining(
+        self, iteration: int, optimizer_step: int, optimizer_steps: int, run: RunView
+    ) -> dict[str, Tensor] | None:
+        return self.inner.during_retraining(iteration, optimizer_step, optimizer_steps, self.view(run))
 
     def freeze(self, iteration: int) -> Freeze:
         return self.inner.freeze(iteration)

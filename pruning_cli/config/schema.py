@@ -2,7 +2,7 @@
 
 Hydra validates every YAML file and override against these dataclasses (a misspelt key, a wrong type, or a key of
 another data set kind or task fails at compose time), every number is checked against the range its field states
-(`ranges.ranged`; plan.py refuses one outside it before any work), and the CLI hands the core instances of them:
+(`ranges.ranged`; run/plan.py refuses one outside it before any work), and the CLI hands the core instances of them:
 the core never sees an omegaconf object. The YAML files of `configs/` only choose between them and pin recipes.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from pruning_cli.ranges import ANY, AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, ranged
+from pruning_cli.config.ranges import ANY, AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, ranged
 
 MISSING = "???"  # omegaconf's marker for a value the composed config must set
 
@@ -131,7 +131,7 @@ class PhaseConfig:
     cosine: bool = True
     # At most this many batches per epoch (null: the whole training split), for smoke runs at ImageNet scale.
     max_batches: int | None = ranged(AT_LEAST_ONE, None)
-    # Arithmetic of the forward and backward passes; auto: bf16 autocast where runtime.py measured it faster.
+    # Arithmetic of the forward and backward passes; auto: bf16 autocast where run/runtime.py measured it faster.
     precision: Precision = Precision.auto
 
 
@@ -177,7 +177,7 @@ class QuantizeConfig(PhaseConfig):
     epochs: int = ranged(NON_NEGATIVE, 2)
     # A shared value's gradient sums those of all its weights (hundreds to thousands of them in a LeNet fc layer),
     # so its step is that many weights' steps: the learning rate is correspondingly small. Chosen on the validation
-    # split (README, "Trained quantization").
+    # split (docs/results.md, "Trained quantization").
     lr: float = ranged(POSITIVE, 1e-4)
     weight_decay: float = ranged(NON_NEGATIVE, 0.0)
 

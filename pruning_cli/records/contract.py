@@ -14,8 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pruning_cli.artifacts import write_atomic
-from pruning_cli.config import RunConfig
+from pruning_cli.config.schema import RunConfig
+from pruning_cli.records.files import write_atomic
 
 
 @dataclass(frozen=True)

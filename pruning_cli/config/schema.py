@@ -115,6 +115,11 @@ class ImageFolderDataset(DatasetConfig):
     size: int = ranged(AT_LEAST_ONE, 224)  # height and width the model sees
     mean: list[float] = ranged(ANY, default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet's, per RGB channel
     std: list[float] = ranged(POSITIVE, default_factory=lambda: [0.229, 0.224, 0.225])
+    # Read every file's header before training (threads, a progress bar from 10,000 files), so that a file that
+    # cannot be decoded is named at once, not one epoch in; false leaves it to the loader (a folder too large).
+    check_images: bool = True
+    # Leave out the files that fail that check (counted in run.json and the log) instead of stopping at the first.
+    skip_bad_images: bool = False
 
 
 @dataclass

@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from pruning_cli.config.schema import DatasetConfig, ImageFolderDataset, MnistLikeDataset, SyntheticDataset
+from pruning_cli.data.image_check import FolderCheck
 from pruning_cli.data.imagenet import load_imagenet
 from pruning_cli.data.mnist_like import MNIST_LIKE, load_mnist_like
 from pruning_cli.data.synthetic import make_synthetic
@@ -33,8 +34,17 @@ def load_data(
                 f"dataset.mean and dataset.std need one value per channel of the model's input "
                 f"({input_shape[0]}), not {len(config.mean)} and {len(config.std)}"
             )
+        check = FolderCheck(config.check_images, config.skip_bad_images)
         data = load_imagenet(
-            Path(config.root), config.num_workers, seed, config.size, config.mean, config.std, what, decode_on_device
+            Path(config.root),
+            config.num_workers,
+            seed,
+            config.size,
+            config.mean,
+            config.std,
+            what,
+            decode_on_device,
+            check,
         )
     elif isinstance(config, MnistLikeDataset) and config.name in MNIST_LIKE:
         system_dir = Path(config.system_dir) if config.system_dir else None

@@ -3,9 +3,17 @@
 """
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pruning_cli.data.image_check import (
+    EVERY_FILE,
+    FolderCheck,
+    check_class_folders,
+    check_same_classes,
+    drop_unreadable,
+)
 from pruning_cli.data.loader import LoaderSplit
 from pruning_cli.data.tensors import ImageData
 from pruning_cli.errors import UserError
@@ -47,6 +55,9 @@ def _image_folder(folder: Path, transform: "transforms.Compose", what: str) -> "
     hint = "dataset.root must hold train/<class>/*.JPEG and val/<class>/*.JPEG"
     if not folder.is_dir():
         raise UserError(f"{what} folder {folder} does not exist; {hint}")
+    if not any(entry.is_dir() for entry in folder.iterdir()):
+        raise UserError(f"{what} folder {folder} has no class folders with images; {hint}")
+    check_class_folders(folder, what)
     try:
         from torchvision import datasets
 
@@ -64,26 +75,25 @@ def load_imagenet(
     std=STD,
     what: str = "ImageNet",
     on_device: bool = False,
+    check: FolderCheck = EVERY_FILE,
 ) -> ImageData:
-    """Both splits as DataLoader-backed splits; the class list comes from the training folder. `on_device`: the
-    workers read the files and the run's device decodes and augments them (data/decode.py)."""
+    """Both splits as DataLoader-backed splits; the class list comes from the training folder, every file checked
+    first as `check` says (data/image_check.py). `on_device`: the workers read the files and the run's device
+    decodes and augments them (data/decode.py)."""
     root = Path(root).expanduser()
     transforms = (None, None) if on_device else (train_transform(size, mean, std), eval_transform(size, mean, std))
     train = _image_folder(root / "train", transforms[0], what)
     val = _image_folder(root / "val", transforms[1], what)
-    if val.classes != train.classes:
-        raise UserError(
-            f"{root / 'val'} has {len(val.classes)} class folders and {root / 'train'} has {len(train.classes)}; "
-            "both need the same class folder names"
-        )
+    check_same_classes(root / "train", root / "val", what)
+    skipped = drop_unreadable(train, check) + drop_unreadable(val, check)
     if on_device:
-        return _decoded_on_device(train, val, num_workers, seed, size, mean, std)
+        return replace(_decoded_on_device(train, val, num_workers, seed, size, mean, std), skipped_images=skipped)
     from torchvision.datasets.vision import StandardTransform
 
     held_out = copy.copy(train)  # the same files (no second scan of the folder) with the evaluation transform
     held_out.transform, held_out.transforms = transforms[1], StandardTransform(transforms[1])
     training = LoaderSplit(train, num_workers, seed=seed, held_out_dataset=held_out)
-    return ImageData(training, LoaderSplit(val, num_workers, seed=seed), len(train.classes))
+    return ImageData(training, LoaderSplit(val, num_workers, seed=seed), len(train.classes), skipped_images=skipped)
 
 
 def _decoded_on_device(train, val, num_workers: int, seed: int, size: int, mean, std) -> ImageData:

@@ -77,10 +77,14 @@ class ImageData:
     val: TensorSplit | None = None
     # Held out after it, read by no choice: where a user without a test set learns whether a choice holds.
     confirm: TensorSplit | None = None
+    # Files of an image folder left out as unreadable (dataset.skip_bad_images); None: not an image folder.
+    skipped_images: int | None = None
 
     def to(self, device: torch.device | str) -> "ImageData":
         val, confirm = (None if split is None else split.to(device) for split in (self.val, self.confirm))
-        return ImageData(self.train.to(device), self.test.to(device), self.num_classes, val, confirm)
+        return ImageData(
+            self.train.to(device), self.test.to(device), self.num_classes, val, confirm, self.skipped_images
+        )
 
 
 VALIDATION_SPLIT_SEED = 0  # the same images are held out whatever the run's seed, so runs stay comparable
@@ -95,4 +99,5 @@ def hold_out_validation(data: ImageData, size: int, confirm: int = 0) -> ImageDa
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
     val = data.train.subset(order[:size], held_out=True) if size else None
     confirmation = data.train.subset(order[size : size + confirm], held_out=True) if confirm else None
-    return ImageData(data.train.subset(order[size + confirm :]), data.test, data.num_classes, val, confirmation)
+    train = data.train.subset(order[size + confirm :])
+    return ImageData(train, data.test, data.num_classes, val, confirmation, data.skipped_images)

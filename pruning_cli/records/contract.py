@@ -74,6 +74,7 @@ DENSE_CHECKPOINT = CHECKPOINTS / "dense.pt"  # the model after phase 1
 NOT_EXPERIMENT_KEYS = (
     "resume", "device", "deterministic", "compile",
     "dataset.root", "dataset.download", "dataset.system_dir", "dataset.eval_batch_size", "dataset.num_workers",
+    "dataset.check_images",
 )  # fmt: skip
 # The repeats of one experiment: the report averages over them; a run resumes only with the same ones.
 REPEAT_KEYS = ("seed", "train.checkpoint")

@@ -437,7 +437,10 @@ def open_run(
         if shard.is_main:
             phases = {"train": config.train.precision, "retrain": config.retrain.precision}
             phases |= {"quantize": config.quantize.precision} if plan.quantize_bits is not None else {}
-            write_run_record(out_dir, config, trained_on, {**runtime.describe(phases), "decode": decoding(data)})
+            described = {**runtime.describe(phases), "decode": decoding(data)}
+            if data.skipped_images is not None:  # an image folder: its unreadable files left out
+                described["skipped_images"] = data.skipped_images
+            write_run_record(out_dir, config, trained_on, described)
         yield experiment
 
 

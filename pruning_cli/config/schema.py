@@ -233,6 +233,18 @@ class DeviceConfig:
 
 
 @dataclass
+class OptimizerConfig:
+    """The optimizer of every training phase (`optimizer=sgd`, the paper's, or `optimizer=adamw`): a torch.optim
+    class by import path, built with each phase's `lr` and `weight_decay` (SGD's coupled L2, AdamW's decoupled decay)
+    and, for SGD, its `momentum`. A pruned weight and its optimizer state stay exactly zero whatever it is."""
+
+    name: str = "sgd"
+    _target_: str = "torch.optim.SGD"
+    # Its other keyword arguments (e.g. AdamW's betas and eps).
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -242,6 +254,7 @@ class RunConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     seed: int = ranged(ANY, 0)
     # Continue the run found in the output directory (checkpoints/last.pt) instead of starting it over.
     resume: bool = True

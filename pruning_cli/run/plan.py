@@ -4,16 +4,21 @@ The pure modules (`pruning/`) raise ValueError; here every check becomes the one
 and the core receives plain values and the pruning policy, its settings checked.
 """
 
+import importlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+
+import torch
 
 from pruning_cli.config.ranges import range_problems
 from pruning_cli.config.schema import (
     ImageFolderDataset,
     LevelKind,
     MnistLikeDataset,
+    OptimizerConfig,
     PhaseConfig,
     QuantizeConfig,
     RetrainConfig,
@@ -55,6 +60,7 @@ class RunSettings:
     train: TrainConfig
     retrain: RetrainConfig
     quantize: QuantizeConfig
+    optimizer: Callable[..., torch.optim.Optimizer]  # every phase's, given its parameters, lr and weight decay
 
     @classmethod
     def of(cls, config: RunConfig) -> "RunSettings":
@@ -70,7 +76,24 @@ class RunSettings:
             train=config.train,
             retrain=config.retrain,
             quantize=config.quantize,
+            optimizer=optimizer_factory(config.optimizer),
         )
+
+
+def optimizer_factory(settings: OptimizerConfig) -> Callable[..., torch.optim.Optimizer]:
+    """The optimizer class `settings._target_` names, with its other arguments; a one-line error for a path that
+    names no torch optimizer."""
+    module, _, name = settings._target_.rpartition(".")
+    try:
+        optimizer = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        optimizer = None
+    if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+        raise UserError(
+            f"optimizer._target_={settings._target_} names no torch optimizer class; choose optimizer=sgd or "
+            "optimizer=adamw, or give an import path such as torch.optim.Adam"
+        )
+    return partial(optimizer, **settings.args)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,15 @@ class MaskedWeights:
     def mask_weights(self) -> None:
         apply_masks_(self.weights, self.masks)
 
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned weights: an optimizer that is not elementwise in its state (AdamW's moments
+        scale each step by past gradients) then keeps zero state for them, and masking the weights after its step
+        keeps them at zero."""
+        pairs = [(weight.grad, mask) for weight, mask in zip(self.weights, self.masks, strict=True)]
+        grads = [grad for grad, _ in pairs if grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, [mask for grad, mask in pairs if grad is not None])
+
 
 @dataclass(frozen=True)
 class Distillation:
@@ -120,6 +129,8 @@ class PhaseExecution:
     shard: Shard = SINGLE_PROCESS
     autocast: Callable[[], AbstractContextManager] = nullcontext
     distill: Distillation | None = None
+    # Builds the optimizer from the parameters, lr and weight_decay (SGD also gets the phase's momentum).
+    optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.SGD
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,7 @@ def train_phase(
     """Run the remaining epochs of `phase` on `data`; return the mean training loss of the last epoch."""
     shard, progress = execution.shard, execution.progress
     batches_per_epoch = min(data.num_batches(phase.batch_size, shard), phase.max_batches or math.inf)
-    step = _SgdStep(model, phase, masked, batches_per_epoch, execution, callbacks.on_step)
+    step = _MaskedStep(model, phase, masked, batches_per_epoch, execution, callbacks.on_step)
     epoch_loss, epochs = progress.train_loss, range(progress.epochs_done, phase.epochs)
     for epoch in tqdm(epochs, desc=execution.description, unit="epoch", disable=None, leave=False):
         model.train()
@@ -162,8 +173,19 @@ def train_phase(
     return epoch_loss
 
 
-class _SgdStep:
-    """One masked SGD step of a phase (momentum, L2 or L1 decay, cosine schedule), resumable from its progress.
+def build_optimizer(
+    factory: Callable[..., torch.optim.Optimizer], parameters: list[Tensor], phase: PhaseConfig, decay: float
+) -> torch.optim.Optimizer:
+    """`factory` (an optimizer class, or a partial of one) on `parameters` at the phase's lr and `decay`; SGD also
+    with the phase's momentum."""
+    optimizer_class = getattr(factory, "func", factory)
+    momentum = {"momentum": phase.momentum} if issubclass(optimizer_class, torch.optim.SGD) else {}
+    return factory(parameters, lr=phase.lr, weight_decay=decay, **momentum)
+
+
+class _MaskedStep:
+    """One masked optimizer step of a phase (SGD with momentum by default; L2 or L1 decay; cosine schedule),
+    resumable from its progress.
 
     The cosine schedule is its closed form, set after each step: lr_t = lr (1 + cos(pi t / T)) / 2, the value
     torch's CosineAnnealingLR aims at (with eta_min 0), without its per-step bookkeeping, which cost LeNet-300-100
@@ -184,7 +206,10 @@ class _SgdStep:
         self.parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
         self.l1 = phase.weight_decay if phase.regularization is Regularization.l1 else 0.0
         decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
-        self.optimizer = torch.optim.SGD(self.parameters, lr=phase.lr, momentum=phase.momentum, weight_decay=decay)
+        self.optimizer = build_optimizer(execution.optimizer, self.parameters, phase, decay)
+        # SGD is elementwise: a pruned weight's gradient never reaches a survivor, and masking the weight after the
+        # step suffices (one pass, not two); other optimizers get masked gradients, so their state stays zero.
+        self.masks_gradients = not isinstance(self.optimizer, torch.optim.SGD)
         if progress.optimizer is not None:
             self.optimizer.load_state_dict(progress.optimizer)
         self.total_steps = max(1, phase.epochs * batches_per_epoch)
@@ -212,6 +237,8 @@ class _SgdStep:
         if self.l1:
             grads = [parameter.grad for parameter in self.parameters]
             torch._foreach_add_(grads, torch._foreach_sign(self.parameters), alpha=self.l1)
+        if self.masks_gradients:
+            self.masked.mask_gradients()
         self.optimizer.step()
         self.masked.mask_weights()
         self.steps_done += 1

@@ -1,0 +1,84 @@
+"""The optimizer group: SGD (the paper's, every recipe's) or AdamW, and masks that hold under either: a pruned weight
+stays exactly zero, and so does AdamW's state for it."""
+
+import pandas as pd
+import pytest
+import torch
+from runs import SMOKE, run_in_process, without_wall_time
+from torch import nn
+
+from pruning_cli.cli import compose_config
+from pruning_cli.config.schema import PhaseConfig
+from pruning_cli.data.tensors import TensorSplit
+from pruning_cli.errors import UserError
+from pruning_cli.run.plan import plan_run
+from pruning_cli.training.loop import MaskedWeights, PhaseExecution, train_phase
+
+
+def test_fifty_adamw_steps_keep_pruned_weights_and_their_moments_at_zero():
+    generator = torch.Generator().manual_seed(0)
+    layer = nn.Linear(20, 5)
+    mask = torch.rand(layer.weight.shape, generator=generator) > 0.7
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+    data = TensorSplit(torch.randn(100, 20, generator=generator), torch.randint(5, (100,), generator=generator))
+    phase = PhaseConfig(epochs=5, batch_size=10, lr=0.01, weight_decay=0.1, cosine=False)  # 5 x 10 = 50 steps
+    optimizer = plan_run(compose_config(*SMOKE, "optimizer=adamw")).settings.optimizer
+    execution = PhaseExecution(torch.Generator().manual_seed(1), "test", optimizer=optimizer)
+    states = []
+    original_step = torch.optim.AdamW.step
+
+    def step_and_keep_state(self, *args, **kwargs):
+        result = original_step(self, *args, **kwargs)
+        states.append(self.state[layer.weight])
+        return result
+
+    torch.optim.AdamW.step = step_and_keep_state
+    try:
+        train_phase(layer, data, phase, MaskedWeights([layer.weight], [mask]), execution)
+    finally:
+        torch.optim.AdamW.step = original_step
+    assert len(states) == 50 and int(states[-1]["step"]) == 50
+    assert torch.all(layer.weight[~mask] == 0) and torch.all(layer.weight[mask] != 0)
+    assert torch.all(states[-1]["exp_avg"][~mask] == 0) and torch.all(states[-1]["exp_avg_sq"][~mask] == 0)
+    assert torch.all(states[-1]["exp_avg_sq"][mask] > 0)  # the survivors did train
+
+
+def test_sgd_is_the_default_and_adamw_a_choice_with_its_own_arguments():
+    sgd, adamw = compose_config(*SMOKE), compose_config(*SMOKE, "optimizer=adamw")
+    assert (sgd.optimizer.name, sgd.optimizer._target_) == ("sgd", "torch.optim.SGD")
+    built = plan_run(adamw).settings.optimizer([nn.Parameter(torch.zeros(2))], lr=0.1, weight_decay=0.01)
+    assert isinstance(built, torch.optim.AdamW) and built.defaults["betas"] == (0.9, 0.999)
+    assert built.defaults["weight_decay"] == 0.01
+
+
+def test_an_import_path_that_is_no_optimizer_is_refused_in_one_line():
+    with pytest.raises(UserError) as refused:
+        plan_run(compose_config(*SMOKE, "optimizer._target_=torch.nn.Linear"))
+    assert str(refused.value) == (
+        "optimizer._target_=torch.nn.Linear names no torch optimizer class; choose optimizer=sgd or optimizer=adamw, "
+        "or give an import path such as torch.optim.Adam"
+    )
+
+
+def test_a_run_with_adamw_trains_and_keeps_its_masks(tmp_path):
+    sgd = without_wall_time_metrics(run_in_process(tmp_path / "sgd", *SMOKE))
+    adamw = without_wall_time_metrics(run_in_process(tmp_path / "adamw", *SMOKE, "optimizer=adamw"))
+    pruned, retrained = (adamw[adamw.phase == phase].params_nonzero.tolist() for phase in ("prune", "retrain"))
+    assert pruned == retrained and retrained[-1] < adamw.params_total.iloc[0]  # retraining revives no weight
+    assert not sgd.top1.equals(adamw.top1)  # another optimizer trained it
+    state = torch.load(tmp_path / "adamw" / "model.pt", weights_only=True)
+    assert sum(int(torch.count_nonzero(value)) for value in state.values()) == adamw.params_nonzero.iloc[-1]
+
+
+def test_sgd_chosen_by_name_gives_todays_numbers_exactly(tmp_path):
+    default = run_in_process(tmp_path / "default", *SMOKE)
+    named = run_in_process(tmp_path / "named", *SMOKE, "optimizer=sgd")
+    assert default is not None and named is not None
+    pd.testing.assert_frame_equal(
+        without_wall_time(tmp_path / "default" / "metrics.csv"), without_wall_time(tmp_path / "named" / "metrics.csv")
+    )
+
+
+def without_wall_time_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics.drop(columns=["seconds"])

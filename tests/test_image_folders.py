@@ -127,3 +127,28 @@ def test_the_cli_names_a_bad_file_in_one_line_and_writes_nothing(tmp_path):
     )
     assert "Traceback" not in result.stderr
     assert not (out_dir / "run.json").exists() and not (out_dir / "metrics.csv").exists()
+
+
+def test_class_folders_with_images_in_subfolders_are_taken_as_imagefolder_takes_them(tmp_path):
+    root = _folder(tmp_path)
+    for split in ("train", "val"):
+        for label in CLASSES:
+            nested = root / split / label / "more"
+            nested.mkdir()
+            for image in (root / split / label).glob("*.jpg"):
+                image.rename(nested / image.name)
+    data = load_imagenet(root, num_workers=0, seed=0, size=32)
+    assert (len(data.train), len(data.test), data.num_classes) == (6, 6, 2)
+
+
+def test_the_header_check_reads_in_batches_and_keeps_the_order(tmp_path, monkeypatch):
+    import pruning_cli.data.image_check as image_check
+
+    monkeypatch.setattr(image_check, "BATCH", 2)
+    root = _folder(tmp_path, per_class=1)
+    good = str(root / "train" / "cat" / "0.jpg")
+    bad = [tmp_path / f"bad{index}.jpg" for index in range(3)]
+    for path in bad:
+        path.write_bytes(b"")
+    paths = [good, str(bad[0]), good, good, str(bad[1]), str(bad[2]), good]
+    assert [path for path, _ in unreadable(paths, "test")] == [str(path) for path in bad]

@@ -2,6 +2,7 @@
 read, its end at the first walk step past the budget, and its guarantee: over simulated walks whose true drop rises
 along the path, the share that return a model past the budget stays at most 1 - confidence (+ 0.02)."""
 
+import logging
 import math
 from dataclasses import replace
 
@@ -125,3 +126,17 @@ def test_at_most_one_walk_in_five_returns_a_model_past_the_budget(edge, low, gai
         walk(BudgetedWalk(WALK, _context()), run)
         past += true_drop(run.compression()) > 0.003 + 1e-12
     assert past / 400 <= 1 - WALK.confidence + 0.02
+
+
+def test_a_budget_worth_few_validation_images_is_warned_about(caplog):
+    """0.05 points of 10,000 images is 5 images: Tango's bound covers about 0.74 there at 0.8, so the walk says so."""
+    with caplog.at_level(logging.WARNING, logger="pruning_cli.policies.budgeted"):
+        walk(
+            BudgetedWalk(replace(WALK, budget=0.05, max_steps=1), _context()),
+            SimulatedRun(rising(30.0), torch.Generator()),
+        )
+    assert "pruning.budget=0.05 is worth 5 of the 10,000 validation images" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pruning_cli.policies.budgeted"):
+        walk(BudgetedWalk(replace(WALK, max_steps=1), _context()), SimulatedRun(rising(30.0), torch.Generator()))
+    assert "is worth" not in caplog.text  # 0.3 points: 30 images

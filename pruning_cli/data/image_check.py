@@ -1,5 +1,6 @@
 """Image folders as users have them, checked before any training: every class folder holds images, both splits have
-the same classes, and every file's header decodes. A file that does not is named in one line, or left out with
+the same classes, and every file's header decodes (an empty file, or one that is no image; a JPEG cut short after its
+header is left to the loader). A file that fails is named in one line, or left out with
 `dataset.skip_bad_images=true` (the class list never changes: it is the folders' names)."""
 
 import logging
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHOWN_FROM = 10_000  # files: a folder this large shows a progress bar while its headers are read
+BATCH = 1024  # files a thread reads per task
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,8 @@ def check_class_folders(split: Path, what: str) -> None:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     for folder in sorted(entry.path for entry in os.scandir(split) if entry.is_dir()):
-        files = (entry.name.lower() for entry in os.scandir(folder) if entry.is_file())
-        if not any(file.endswith(IMG_EXTENSIONS) for file in files):
+        files = (name.lower() for _, _, names in os.walk(folder, followlinks=True) for name in names)
+        if not any(file.endswith(IMG_EXTENSIONS) for file in files):  # ImageFolder's walk: subfolders count too
             raise UserError(
                 f"{what} class folder {folder} holds no images ({', '.join(IMG_EXTENSIONS)}): add images to it or "
                 "remove it"
@@ -61,7 +63,8 @@ def check_same_classes(train: Path, val: Path, what: str) -> None:
 
 
 def header_problem(path: str) -> str | None:
-    """Why the file at `path` cannot be read as an image (its header only: fast), or None."""
+    """Why the file at `path` cannot be read as an image, from its header only (fast): an empty file, or one that is
+    no image, is caught; a JPEG cut short after its header is not (the loader names it when it reads it)."""
     from PIL import Image
 
     try:
@@ -74,13 +77,23 @@ def header_problem(path: str) -> str | None:
 
 
 def unreadable(paths: Sequence[str], description: str) -> list[tuple[str, str]]:
-    """The files of `paths` whose header does not decode, with why, read by a pool of threads (PIL releases the
-    GIL while it reads), in the order given."""
+    """The files of `paths` whose header does not decode, with why, in the order given: read in batches of
+    BATCH files by a pool of threads (the file reads overlap), so that a million files are a thousand tasks."""
+    batches = [paths[start : start + BATCH] for start in range(0, len(paths), BATCH)]
     workers = min(32, 4 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        problems = pool.map(header_problem, paths, chunksize=64)
-        shown = tqdm(problems, total=len(paths), desc=description, unit="file", disable=len(paths) < SHOWN_FROM)
-        return [(path, problem) for path, problem in zip(paths, shown, strict=True) if problem is not None]
+    found = []
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(total=len(paths), desc=description, unit="file", disable=len(paths) < SHOWN_FROM) as progress,
+    ):
+        for batch, problems in zip(batches, pool.map(_batch_problems, batches), strict=True):
+            found += [(path, problem) for path, problem in zip(batch, problems, strict=True) if problem is not None]
+            progress.update(len(batch))
+    return found
+
+
+def _batch_problems(paths: Sequence[str]) -> list[str | None]:
+    return [header_problem(path) for path in paths]
 
 
 def drop_unreadable(folder: "datasets.ImageFolder", check: FolderCheck) -> int:

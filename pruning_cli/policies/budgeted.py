@@ -45,12 +45,11 @@ class AutoPruning(GradualSchedule):
 @dataclass
 class WalkProgress:
     """Where the walk stands: the dense model's per-image correctness on the validation split (read once, at the
-    first walk step), the last walk step within the budget (0: the dense model) and its compression, and the
-    compression and starting sparsity of the walk step being retrained."""
+    first walk step), the last walk step within the budget (0: the dense model), and the compression and starting
+    sparsity of the walk step being retrained."""
 
     dense_correct: Tensor | None = None
     kept: int = 0
-    kept_compression: float = 1.0
     compression: float | None = None
     initial: float = 0.0
 
@@ -76,10 +75,12 @@ class BudgetedWalk(PruningPolicy):
         return self.config.first * self.config.ratio ** (step - 1)
 
     def floors(self) -> int:
-        """Weights the per-layer floor of a global or LAMP cut keeps whatever the compression."""
-        if allocation_of(self.config).sharing is not Sharing.global_:
+        """Weights the per-layer floor of a global cut keeps whatever the compression (the check each walk step's
+        gradual schedule makes, policies/base.check_floors)."""
+        allocation = allocation_of(self.config)
+        if allocation.sharing is not Sharing.global_:
             return 0
-        return max(floor_total(self.config.min_kept, self.context), len(self.context.layer_sizes))
+        return floor_total(self.config.min_kept, self.context, lamp=allocation.floored)
 
     def walk_step(self, compression: float, initial: float) -> GradualMagnitude:
         """Gradual pruning to `compression` within one retraining phase, from sparsity `initial`."""
@@ -129,10 +130,11 @@ class BudgetedWalk(PruningPolicy):
             "verdict": "within" if within else "past",
         }
         if within:
-            progress.kept, progress.kept_compression = iteration, progress.compression
+            progress.kept = iteration
         stop = not within or iteration == settings.max_steps
         if stop:
-            log.info(f"the walk ends at {progress.kept_compression:.4g}x (walk step {progress.kept}; 0: dense)")
+            kept = self.compression(progress.kept) if progress.kept else 1.0
+            log.info(f"the walk ends at {kept:.4g}x (walk step {progress.kept}; 0: dense)")
         return Verdict(rollback_to=None if within else progress.kept, stop=stop, figures=figures)
 
     def state_dict(self) -> dict:

@@ -1,6 +1,7 @@
 """Gradual magnitude pruning (`pruning=gradual`; Zhu and Gupta 2017, Distiller's AGP, SparseML's GMP): one
 retraining phase in which the sparsity is raised every `frequency` steps on a cubic schedule from epoch `start` to
-epoch `end`, each raise shared between the layers by `allocation`, then fine-tuning at the final masks."""
+epoch `end`, each raise scored by `scoring` and shared between the layers by `sharing`, then fine-tuning at the final
+masks."""
 
 from dataclasses import dataclass
 

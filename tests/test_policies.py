@@ -171,7 +171,11 @@ def test_bad_policy_settings_are_refused_in_one_line(overrides, expected):
 
 
 def test_an_unknown_policy_name_is_refused():
-    with pytest.raises(ValueError, match="pruning.name=magic is no pruning policy; choose one of iterative, "):
+    with pytest.raises(
+        ValueError,
+        match="pruning.name=magic is no pruning policy; choose one of auto, global, gradual, iterative, lamp, oneshot, "
+        "random$",
+    ):
         build_policy(GlobalPruning(name="magic", target=2), _context())
 
 

@@ -14,13 +14,18 @@ from runs import SMOKE, prune_run
 
 from pruning_cli.cli import compose_config, config_dir
 from pruning_cli.config.ranges import RANGE, Range
-from pruning_cli.config.schema import GROUP_SCHEMAS, RunConfig
+from pruning_cli.config.schema import GROUP_SCHEMAS, MISSING, RunConfig
 from pruning_cli.errors import UserError
 from pruning_cli.policies import schemas as policy_schemas
 from pruning_cli.run.plan import plan_run
 
 GROUPS = ("dataset", "task", "pruning", "quantize")
-NEEDS = {"global": ["pruning.target=4"], "lamp": ["pruning.target=4"], "gradual": ["pruning.target=4"]}
+# The policies whose `pruning.target` has no default, composed with one.
+NEEDS = {
+    key.removesuffix("_schema"): ["pruning.target=4"]
+    for key, schema in policy_schemas().items()
+    if getattr(schema, "target", None) == MISSING
+}
 
 
 def _schemas() -> set[type]:

@@ -70,18 +70,33 @@ class Verdict:
 KEEP = Verdict()
 
 
-class PruningPolicy:
-    """A way to choose masks. Subclasses set `settings` (their config schema, a dataclass; its `name` is the
-    `pruning=` choice, set from the registry's key), check the settings in `__init__` (ValueError with a one-line
-    message), and implement `prune`; the rest has defaults for a policy that neither searches nor
-    prunes during training."""
+# Every `pruning=<name>` choice and the policy class that carries it out, filled as the policies' modules are
+# imported (policies.registry imports them all): a class claims its names in `choices`.
+CHOICES: dict[str, type["PruningPolicy"]] = {}
 
+
+class PruningPolicy:
+    """A way to choose masks. Subclasses name their `pruning=` choices in `choices` (each the name of a YAML file in
+    configs/pruning/), set `settings` (their config schema, a dataclass; its `name` is set from the choice), check
+    the settings in `__init__` (ValueError with a one-line message), and implement `prune`; the rest has defaults
+    for a policy that neither searches nor prunes during training."""
+
+    choices: ClassVar[tuple[str, ...]] = ()
     settings: ClassVar[type]
     # Whether it makes choices on the validation split: the run then refuses a `train.checkpoint` that has seen it,
     # and the report draws the validation curve it tested.
     reads_validation: ClassVar[bool] = False
     # Whether every run of it has all `iterations` of its settings: the report then calls a shorter one unfinished.
     runs_every_iteration: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register the class under each name of its own `choices` (a subclass inherits none of them)."""
+        super().__init_subclass__(**kwargs)
+        for name in cls.__dict__.get("choices", ()):
+            claimed = CHOICES.get(name)
+            if claimed is not None and claimed.__qualname__ != cls.__qualname__:
+                raise TypeError(f"pruning={name} is claimed by both {claimed.__qualname__} and {cls.__qualname__}")
+            CHOICES[name] = cls
 
     @classmethod
     def label(cls, settings: Mapping[str, Any]) -> str:

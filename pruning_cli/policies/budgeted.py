@@ -55,6 +55,7 @@ class WalkProgress:
 
 
 class BudgetedWalk(PruningPolicy):
+    choices = ("auto",)
     settings = AutoPruning
     reads_validation = True
 

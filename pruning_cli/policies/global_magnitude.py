@@ -24,6 +24,7 @@ class GlobalPruning(PruningConfig):
 
 
 class GlobalMagnitude(PruningPolicy):
+    choices = ("global",)
     settings = GlobalPruning
     allocation = Allocation(Scoring.magnitude, Sharing.global_)
 

@@ -39,6 +39,7 @@ class GradualPruning(GradualSchedule):
 
 
 class GradualMagnitude(PruningPolicy):
+    choices = ("gradual",)
     settings = GradualPruning
 
     def __init__(self, settings: GradualPruning, context: PolicyContext, initial: float = 0.0) -> None:

@@ -16,5 +16,6 @@ class LampPruning(GlobalPruning):
 
 
 class Lamp(GlobalMagnitude):
+    choices = ("lamp",)
     settings = LampPruning
     allocation = Allocation(Scoring.lamp, Sharing.global_)

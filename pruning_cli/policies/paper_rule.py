@@ -35,6 +35,7 @@ class PaperRulePruning(PruningConfig):
 class PaperRule(PruningPolicy):
     """The paper's rule, replayed: the same targets at every run, no decision taken on data."""
 
+    choices = ("iterative", "oneshot")
     settings = PaperRulePruning
     runs_every_iteration = True
 

@@ -252,10 +252,9 @@ def test_budgeted_presets_search_with_no_fractions_and_no_compression_of_their_o
 @pytest.mark.parametrize("network", ["alexnet", "vgg16"])
 def test_the_imagenet_budgeted_presets_run_end_to_end_on_generated_images(network, tmp_path):
     tiny = [
-        f"experiment={network}_auto", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=24",
-        "dataset.num_test=4", "dataset.val_split=8", "pruning.max_steps=2", "retrain.epochs=1", "pruning.end=1",
-        "pruning.budget=100",
-        "train.batch_size=2", "retrain.batch_size=2", "retrain.max_batches=2", "pruning.frequency=1",
+        f"experiment={network}_auto", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=8",
+        "dataset.num_test=2", "dataset.val_split=4", "pruning.max_steps=2", "retrain.epochs=1", "pruning.end=1",
+        "pruning.budget=100", "train.batch_size=2", "retrain.batch_size=2", "retrain.max_batches=1",
     ]  # fmt: skip
     metrics = run_in_process(tmp_path, *tiny)
     assert metrics.phase.tolist()[:3] == ["train", "prune", "retrain"] and len(metrics[metrics.phase == "retrain"]) == 2

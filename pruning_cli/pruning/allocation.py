@@ -15,6 +15,8 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from pruning_cli.pruning.masks import top_indices
+
 
 class Scoring(Enum):
     """How each weight is scored: the lowest scores are cut."""
@@ -147,8 +149,9 @@ def _kept_at(scale: float, sizes: Mapping[str, int], proportions: Mapping[str, f
 
 
 def _top_positions(scores: Tensor, count: int) -> Tensor:
-    """Positions of the `count` highest scores; equal scores in the order of their positions (a stable sort)."""
-    return torch.sort(scores, descending=True, stable=True).indices[:count]
+    """Positions of the `count` highest scores, of equal ones at the cut the lowest positions (as a stable sort
+    would take them, by selection instead: a stable sort of VGG-16's 138M scores took 40 s on 2 cores)."""
+    return top_indices(scores, count)
 
 
 def _split(positions: Tensor, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -1,6 +1,8 @@
 """One count for the whole network, shared between layers: global magnitude, LAMP, uniform, proportional, and
 the cubic schedule of gradual pruning, on hand-made tensors checked against hand computations."""
 
+import math
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from pruning_cli.pruning.allocation import (
     Allocation,
     Scoring,
     Sharing,
+    _top_positions,
     allocate,
     floor_counts,
     global_cut,
@@ -172,3 +175,15 @@ def test_equal_magnitudes_keep_the_lowest_indices_and_the_exact_count(allocation
     masks = allocate(allocation, weights, _full(weights), 10)
     kept = {name: mask.flatten().nonzero().flatten().tolist() for name, mask in masks.items()}
     assert kept == expected
+
+
+def test_the_cut_selects_what_a_stable_sort_would_keep_on_tied_and_pruned_scores():
+    """The cuts find their survivors by selection; a stable descending sort (an independent rule) keeps the same."""
+    generator = torch.Generator().manual_seed(0)
+    for size in (1, 5, 100, 10_000):
+        for _ in range(20):
+            scores = torch.randint(0, 5, (size,), generator=generator).float()  # many ties
+            scores[torch.rand(size, generator=generator) < 0.3] = -math.inf  # pruned, as the cuts rank them
+            for count in {0, 1, size // 3, size}:
+                expected = torch.sort(scores, descending=True, stable=True).indices[:count]
+                assert set(_top_positions(scores, count).tolist()) == set(expected.tolist())

@@ -132,8 +132,6 @@ class PhaseConfig:
     momentum: float = ranged(Range(0, 1, high_open=True), 0.9)
     weight_decay: float = ranged(NON_NEGATIVE, 5e-4)
     regularization: Regularization = Regularization.l2
-    # Cosine decay of the learning rate to zero over the phase, per step; false keeps it constant.
-    cosine: bool = True
     # At most this many batches per epoch (null: the whole training split), for smoke runs at ImageNet scale.
     max_batches: int | None = ranged(AT_LEAST_ONE, None)
     # Arithmetic of the forward and backward passes; auto: bf16 autocast where run/runtime.py measured it faster.
@@ -244,6 +242,26 @@ class OptimizerConfig:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+class ScheduleInterval(Enum):
+    """When a phase's learning-rate schedule steps."""
+
+    step = "step"  # after every optimizer step
+    epoch = "epoch"  # after every epoch
+
+
+@dataclass
+class SchedulerConfig:
+    """The learning-rate schedule of every training phase (`scheduler=cosine`, the default, `step` or `constant`):
+    a torch.optim.lr_scheduler class by import path, built on each phase's optimizer and stepped every `interval`.
+    Its length argument (`T_max`, `total_iters`), unless `args` gives it, is the phase's length in intervals."""
+
+    name: str = "cosine"
+    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    interval: ScheduleInterval = ScheduleInterval.step
+    # Its other keyword arguments (e.g. StepLR's step_size and gamma, counted in intervals).
+    args: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -255,6 +273,7 @@ class RunConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = ranged(ANY, 0)
     # Continue the run found in the output directory (checkpoints/last.pt) instead of starting it over.
     resume: bool = True

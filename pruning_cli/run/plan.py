@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from pruning_cli.config.ranges import range_problems
 from pruning_cli.config.schema import (
@@ -23,6 +24,8 @@ from pruning_cli.config.schema import (
     QuantizeConfig,
     RetrainConfig,
     RunConfig,
+    ScheduleInterval,
+    SchedulerConfig,
     SensitivityTask,
     SyntheticDataset,
     TrainConfig,
@@ -33,6 +36,7 @@ from pruning_cli.models.discover import torchvision_classifiers
 from pruning_cli.models.registry import CUSTOM, MODELS, TORCHVISION, custom_spec, model_key
 from pruning_cli.policies import NoPruning, Patterned, PolicyContext, PruningPolicy, build_policy
 from pruning_cli.pruning.nm_sparsity import fits_semi_structured, parse_pattern
+from pruning_cli.training.loop import Optimization, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class RunSettings:
     train: TrainConfig
     retrain: RetrainConfig
     quantize: QuantizeConfig
-    optimizer: Callable[..., torch.optim.Optimizer]  # every phase's, given its parameters, lr and weight decay
+    optimization: Optimization  # every phase's optimizer and learning-rate schedule
 
     @classmethod
     def of(cls, config: RunConfig) -> "RunSettings":
@@ -76,24 +80,37 @@ class RunSettings:
             train=config.train,
             retrain=config.retrain,
             quantize=config.quantize,
-            optimizer=optimizer_factory(config.optimizer),
+            optimization=Optimization(optimizer_factory(config.optimizer), learning_rate_schedule(config.scheduler)),
         )
+
+
+def _named_class(path: str, base: type, setting: str, fix: str) -> type:
+    """The class at import path `path`, a subclass of `base`; a one-line error naming `setting`, what it must name
+    (the fix's first words) and the fix."""
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        found = None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise UserError(f"{setting}={path} names no {fix}")
+    return found
 
 
 def optimizer_factory(settings: OptimizerConfig) -> Callable[..., torch.optim.Optimizer]:
-    """The optimizer class `settings._target_` names, with its other arguments; a one-line error for a path that
-    names no torch optimizer."""
-    module, _, name = settings._target_.rpartition(".")
-    try:
-        optimizer = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        optimizer = None
-    if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
-        raise UserError(
-            f"optimizer._target_={settings._target_} names no torch optimizer class; choose optimizer=sgd or "
-            "optimizer=adamw, or give an import path such as torch.optim.Adam"
-        )
-    return partial(optimizer, **settings.args)
+    """The optimizer class `settings._target_` names, with its other arguments."""
+    fix = "torch optimizer class; choose optimizer=sgd or adamw, or give an import path such as torch.optim.Adam"
+    return partial(_named_class(settings._target_, torch.optim.Optimizer, "optimizer._target_", fix), **settings.args)
+
+
+def learning_rate_schedule(settings: SchedulerConfig) -> Schedule:
+    """The scheduler class `settings._target_` names, with its other arguments, stepped every `settings.interval`."""
+    fix = (
+        "torch learning-rate scheduler class; choose scheduler=cosine, step or constant, or give an import path such "
+        "as torch.optim.lr_scheduler.LinearLR"
+    )
+    scheduler = _named_class(settings._target_, LRScheduler, "scheduler._target_", fix)
+    return Schedule(partial(scheduler, **settings.args), settings.interval is ScheduleInterval.step)
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ class PruningRun:
             distill = dense_teacher(self.plan, self.data.num_classes, self.store.out_dir, self.runtime)
         autocast = partial(self.runtime.autocast, phase.precision)
         execution = PhaseExecution(
-            self.generator, description, self.progress.phase, self.shard, autocast, distill, self.settings.optimizer
+            self.generator, description, self.progress.phase, self.shard, autocast, distill, self.settings.optimization
         )
         callbacks = PhaseCallbacks(checkpoint_epoch, self.stop_requested, raise_masks if retraining else None)
         model = self.shard.wrap(self.train_model, self.runtime.device)

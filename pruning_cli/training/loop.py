@@ -1,14 +1,18 @@
 """Train a phase with masks that keep pruned weights at exactly zero, and evaluate top-1/top-5/loss."""
 
+import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from tqdm.auto import tqdm
 
 from pruning_cli.config.schema import PhaseConfig, Regularization
@@ -118,6 +122,34 @@ class PhaseProgress:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A phase's learning-rate schedule: a torch.optim.lr_scheduler class (or a partial of one), stepped after every
+    optimizer step (`per_step`) or every epoch. Its length argument, when it has one the partial does not give, is
+    the phase's length in those units."""
+
+    factory: Callable[..., LRScheduler] = partial(CosineAnnealingLR, eta_min=0.0)
+    per_step: bool = True
+
+    def build(self, optimizer: torch.optim.Optimizer, steps: int, epochs: int) -> LRScheduler:
+        scheduler_class, given = getattr(self.factory, "func", self.factory), getattr(self.factory, "keywords", {})
+        parameters = inspect.signature(scheduler_class).parameters
+        length = max(1, steps if self.per_step else epochs)
+        return self.factory(optimizer, **{key: length for key in LENGTHS if key in parameters and key not in given})
+
+
+LENGTHS = ("T_max", "total_iters")  # the arguments by which torch's schedulers take their length
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """How every phase updates the weights: the optimizer, built from the parameters, lr and weight_decay (SGD also
+    gets the phase's momentum), and the learning-rate schedule."""
+
+    optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.SGD
+    schedule: Schedule = Schedule()
+
+
+@dataclass(frozen=True)
 class PhaseExecution:
     """How a phase runs beyond its settings: the draw of its batch order, its progress bar's label, where it resumes
     (`progress`), the processes that share every batch (`shard`; the model is then DDP's wrapper), the arithmetic
@@ -129,8 +161,7 @@ class PhaseExecution:
     shard: Shard = SINGLE_PROCESS
     autocast: Callable[[], AbstractContextManager] = nullcontext
     distill: Distillation | None = None
-    # Builds the optimizer from the parameters, lr and weight_decay (SGD also gets the phase's momentum).
-    optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.SGD
+    optimization: "Optimization" = field(default_factory=lambda: Optimization())
 
 
 @dataclass(frozen=True)
@@ -184,13 +215,8 @@ def build_optimizer(
 
 
 class _MaskedStep:
-    """One masked optimizer step of a phase (SGD with momentum by default; L2 or L1 decay; cosine schedule),
-    resumable from its progress.
-
-    The cosine schedule is its closed form, set after each step: lr_t = lr (1 + cos(pi t / T)) / 2, the value
-    torch's CosineAnnealingLR aims at (with eta_min 0), without its per-step bookkeeping, which cost LeNet-300-100
-    6% of its training speed on the CPU (scripts/bench_training.py).
-    """
+    """One masked optimizer step of a phase (SGD with momentum by default; L2 or L1 decay; the phase's learning-rate
+    schedule, cosine by default), resumable from its progress: the schedule is replayed to the steps done."""
 
     def __init__(
         self,
@@ -206,22 +232,21 @@ class _MaskedStep:
         self.parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
         self.l1 = phase.weight_decay if phase.regularization is Regularization.l1 else 0.0
         decay = phase.weight_decay if phase.regularization is Regularization.l2 else 0.0
-        self.optimizer = build_optimizer(execution.optimizer, self.parameters, phase, decay)
+        self.optimizer = build_optimizer(execution.optimization.optimizer, self.parameters, phase, decay)
         # SGD is elementwise: a pruned weight's gradient never reaches a survivor, and masking the weight after the
         # step suffices (one pass, not two); other optimizers get masked gradients, so their state stays zero.
         self.masks_gradients = not isinstance(self.optimizer, torch.optim.SGD)
-        if progress.optimizer is not None:
-            self.optimizer.load_state_dict(progress.optimizer)
         self.total_steps = max(1, phase.epochs * batches_per_epoch)
         self.steps_done = progress.epochs_done * batches_per_epoch
-        self.base_lr, self.cosine = phase.lr, phase.cosine
-        self._set_lr()
-
-    def _set_lr(self) -> None:
-        if self.cosine:
-            lr = self.base_lr * (1 + math.cos(math.pi * self.steps_done / self.total_steps)) / 2
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+        schedule = execution.optimization.schedule
+        self.per_step = schedule.per_step
+        self.scheduler = schedule.build(self.optimizer, self.total_steps, phase.epochs)
+        with warnings.catch_warnings():  # replayed before any optimizer step, which torch warns of
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(self.steps_done if self.per_step else progress.epochs_done):
+                self.scheduler.step()
+        if progress.optimizer is not None:
+            self.optimizer.load_state_dict(progress.optimizer)
 
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
         """Train on one batch; return its mean loss (on the device: no host sync)."""
@@ -242,7 +267,8 @@ class _MaskedStep:
         self.optimizer.step()
         self.masked.mask_weights()
         self.steps_done += 1
-        self._set_lr()
+        if self.per_step:
+            self.scheduler.step()
         if self.on_step is not None:
             self.on_step(self.steps_done, self.total_steps)
         return loss.detach()
@@ -258,6 +284,8 @@ class _MaskedStep:
             seen += len(labels)
             if stop_requested():
                 raise StopRequested
+        if not self.per_step:
+            self.scheduler.step()
         return loss_sum, seen
 
     @property

@@ -95,8 +95,8 @@ def test_hydra_errors_lose_omegaconfs_node_details_and_the_search_path():
         compose_config("pruning=none_such")
     assert one_line(refused.value) == (
         "In 'config': Could not find 'pruning/none_such' Available options in 'pruning': auto auto_schema global "
-        "global_schema gradual gradual_schema iterative iterative_schema lamp lamp_schema oneshot oneshot_schema random "
-        "random_schema"
+        "global_schema gradual gradual_schema iterative iterative_schema lamp lamp_schema oneshot oneshot_schema "
+        "random random_schema"
     )
 
 

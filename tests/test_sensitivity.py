@@ -1,11 +1,12 @@
 """Sensitivity analysis both ways (one process, Hydra multirun) on generated data, and the activation counts."""
 
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from runs import SMOKE, prune_run, run_in_process
+from runs import PRUNE_RUN, SMOKE, prune_run, run_in_process
 from torch import nn
 
 from pruning_cli.config.schema import LevelKind
@@ -15,6 +16,7 @@ from pruning_cli.records.contract import read_run_record
 from pruning_cli.run.sensitivity import layer_sensitivity
 from pruning_cli.training.activations import InputDensity
 
+PRUNE_REPORT = str(Path(PRUNE_RUN).with_name("prune-report"))
 ANALYSIS = [*SMOKE, "model=lenet300", "task=sensitivity", "dataset.val_split=128"]
 
 
@@ -71,21 +73,30 @@ def test_the_analysis_prunes_each_layer_at_each_level_on_the_validation_split(de
 
 
 @pytest.mark.slow
-def test_in_process_and_multirun_give_the_same_points(dense_checkpoint, tmp_path):
+def test_three_submitit_jobs_give_the_in_process_points_and_one_report(dense_checkpoint, tmp_path):
+    """A 3-job sweep through submitit's job machinery (submitit_local: what Slurm runs, on this machine) finishes
+    each job, matches the one-process analysis point for point, and prune-report reads the sweep."""
     single = tmp_path / "single"
-    run_in_process(single, *ANALYSIS, f"train.checkpoint={dense_checkpoint}", "task.levels=[0.5,1.5]")
+    run_in_process(single, *ANALYSIS, f"train.checkpoint={dense_checkpoint}", "task.levels=[1.5]")
     in_process = pd.read_csv(single / "sensitivity.csv")
     sweep = tmp_path / "sweep"
     result = prune_run(
-        "-m", *ANALYSIS, f"train.checkpoint={dense_checkpoint}", "task.layer=fc1,fc3", "task.level=1.5",
+        "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *ANALYSIS,
+        f"train.checkpoint={dense_checkpoint}", "task.layer=fc1,fc2,fc3", "task.level=1.5",
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 3  # submitit's record of each finished job
     jobs = pd.concat(pd.read_csv(path) for path in sorted(sweep.glob("*/sensitivity.csv")))
-    points = jobs[jobs.layer != "none"].sort_values(["layer", "sensitivity"]).reset_index(drop=True)
-    chosen = in_process.layer.isin(["fc1", "fc3"]) & (in_process.sensitivity.round(6) == 1.5)
-    expected = in_process[chosen].sort_values(["layer", "sensitivity"])
-    pd.testing.assert_frame_equal(points, expected.reset_index(drop=True))
+    points = jobs[jobs.layer != "none"].sort_values("layer").reset_index(drop=True)
+    expected = in_process[in_process.layer != "none"].sort_values("layer").reset_index(drop=True)
+    pd.testing.assert_frame_equal(points, expected)
+    report = subprocess.run(
+        [PRUNE_REPORT, str(sweep), "--out", str(tmp_path / "report")], capture_output=True, text=True
+    )
+    assert report.returncode == 0, report.stderr
+    assert f"0 pruning run(s), 3 sensitivity analysis run(s) -> {tmp_path / 'report'}" in report.stdout
+    assert (tmp_path / "report" / "sensitivity_lenet300.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
+import torch
+
 # Test helpers (tests/idx.py) import as plain modules.
 sys.path.insert(0, str(Path(__file__).parent))
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # pytest -n N: each worker takes its share of the cores, not all of them (N workers x all cores oversubscribes).
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))

@@ -58,13 +58,25 @@ def test_sgd_is_the_default_and_adamw_a_choice_with_its_own_arguments():
     assert built.defaults["weight_decay"] == 0.01
 
 
-def test_an_import_path_that_is_no_optimizer_is_refused_in_one_line():
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "optimizer._target_=torch.nn.Linear",
+            "optimizer._target_=torch.nn.Linear names no torch optimizer class; choose optimizer=sgd or adamw, or give "
+            "an import path such as torch.optim.Adam",
+        ),
+        (
+            "scheduler._target_=torch.optim.SGD",
+            "scheduler._target_=torch.optim.SGD names no torch learning-rate scheduler class; choose "
+            "scheduler=cosine, step or constant, or give an import path such as torch.optim.lr_scheduler.LinearLR",
+        ),
+    ],
+)
+def test_an_import_path_of_the_wrong_kind_is_refused_in_one_line(override, message):
     with pytest.raises(UserError) as refused:
-        plan_run(compose_config(*SMOKE, "optimizer._target_=torch.nn.Linear"))
-    assert str(refused.value) == (
-        "optimizer._target_=torch.nn.Linear names no torch optimizer class; choose optimizer=sgd or adamw, or give "
-        "an import path such as torch.optim.Adam"
-    )
+        plan_run(compose_config(*SMOKE, override))
+    assert str(refused.value) == message
 
 
 def test_a_run_with_adamw_trains_and_keeps_its_masks(tmp_path):
@@ -131,12 +143,3 @@ def test_a_run_stopped_mid_phase_resumes_on_its_schedule(tmp_path):
     resumed, expected = (without_wall_time(path / "epochs.csv") for path in (stopped, uninterrupted))
     pd.testing.assert_frame_equal(resumed, expected)
     assert resumed.lr.tolist()[4:] == pytest.approx([0.04, 0.02, 0.02])  # 0.04, halved every 2 epochs
-
-
-def test_an_import_path_that_is_no_scheduler_is_refused_in_one_line():
-    with pytest.raises(UserError) as refused:
-        plan_run(compose_config(*SMOKE, "scheduler._target_=torch.optim.SGD"))
-    assert str(refused.value) == (
-        "scheduler._target_=torch.optim.SGD names no torch learning-rate scheduler class; choose scheduler=cosine, "
-        "step or constant, or give an import path such as torch.optim.lr_scheduler.LinearLR"
-    )

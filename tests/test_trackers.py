@@ -6,8 +6,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -23,14 +25,17 @@ from tests.runs import SMOKE
 RUN = [*SMOKE, "pruning.iterations=2", "device=cpu"]
 
 
-def tracked_run(out_dir: Path, *overrides: str, stop: Callable[[], bool] = lambda: False) -> pd.DataFrame:
-    """`prune-run OVERRIDES` in this process with the tracker the CLI would build (the store in the run directory)."""
+def tracked_run(
+    out_dir: Path, *overrides: str, stop: Callable[[], bool] = lambda: False, store: Path | None = None
+) -> pd.DataFrame:
+    """`prune-run OVERRIDES` in this process with the tracker the CLI would build (`store`: a sweep's directory;
+    by default the run's)."""
     config = compose_config(*RUN, *overrides)
-    tracker = build_tracker(config.logger, out_dir, out_dir, flatten(config_tree(config)))
+    tracker = build_tracker(config.logger, out_dir, store or out_dir, flatten(config_tree(config)))
     return run(config, out_dir, stop, tracker=tracker)
 
 
-def stopped_and_resumed(out_dir: Path, *overrides: str) -> None:
+def stopped_and_resumed(out_dir: Path, *overrides: str, store: Path | None = None) -> None:
     """A run killed after logging rows its saved state had not seen, then resumed: its state is taken back to the
     end of dense training's last epoch while it goes on through the first retraining, as if it had died there with
     rows logged past its last save."""
@@ -44,9 +49,9 @@ def stopped_and_resumed(out_dir: Path, *overrides: str) -> None:
         return rows >= 3
 
     with pytest.raises(StopRequested):
-        tracked_run(out_dir, *overrides, stop=stop)
+        tracked_run(out_dir, *overrides, stop=stop, store=store)
     shutil.copy(snapshot, out_dir / STATE_FILE)
-    tracked_run(out_dir, *overrides)
+    tracked_run(out_dir, *overrides, store=store)
 
 
 # --- TensorBoard ------------------------------------------------------------------------------------------------------
@@ -92,6 +97,59 @@ def test_a_resumed_run_logs_each_tensorboard_step_once(tmp_path):
     expected, resumed = (tensorboard_steps(tmp_path / name / "tensorboard") for name in ("uninterrupted", "resumed"))
     assert {tag: sorted(set(steps)) for tag, steps in resumed.items()} == expected  # complete
     assert {tag: steps for tag, steps in resumed.items() if len(steps) != len(set(steps))} == {}  # unique
+
+
+# --- MLflow
+
+
+def mlflow_store(directory: Path) -> str:
+    return (directory / "mlruns").absolute().as_uri()
+
+
+def search_runs(directory: Path) -> pd.DataFrame:
+    """mlflow.search_runs on the file store in `directory` (the tracking URI set for the call only)."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(mlflow_store(directory))
+    try:
+        return mlflow.search_runs(experiment_names=["prune-run"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def mlflow_steps(client: MlflowClient, run_id: str) -> dict[str, list[int]]:
+    keys = client.get_run(run_id).data.metrics
+    return {key: [metric.step for metric in client.get_metric_history(run_id, key)] for key in keys}
+
+
+def test_mlflow_holds_one_run_with_the_config_every_row_at_its_step_and_the_files(tmp_path):
+    metrics = tracked_run(tmp_path, "logger=mlflow")
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    runs = search_runs(tmp_path)
+    assert len(runs) == 1 and runs.status[0] == "FINISHED"
+    assert runs["params.train.epochs"][0] == "2" and runs["params.logger.name"][0] == "mlflow"
+    assert runs["metrics.final/top1"][0] == pytest.approx(metrics.top1.iloc[-1], rel=1e-6)
+    client, run_id = MlflowClient(tracking_uri=mlflow_store(tmp_path)), runs.run_id[0]
+    top1 = client.get_metric_history(run_id, "metrics/top1")
+    assert [metric.value for metric in top1] == pytest.approx(metrics.top1.tolist(), rel=1e-6)
+    losses = client.get_metric_history(run_id, "epochs/train_loss")
+    assert [metric.value for metric in losses] == pytest.approx(epochs.train_loss.tolist(), rel=1e-6)
+    assert sorted(metric.step for metric in [*top1, *losses]) == list(range(len(metrics) + len(epochs)))
+    assert {artifact.path for artifact in client.list_artifacts(run_id)} == {"model.pt", "metrics.csv"}
+
+
+def test_a_resumed_job_logs_into_its_mlflow_run_each_step_once(tmp_path):
+    """Two jobs of one sweep directory: one experiment, one MLflow run each; the resumed one reopened its own."""
+    tracked_run(tmp_path / "uninterrupted", "logger=mlflow", store=tmp_path)
+    stopped_and_resumed(tmp_path / "resumed", "logger=mlflow", store=tmp_path)
+    runs = search_runs(tmp_path)
+    assert sorted(runs["tags.mlflow.runName"]) == ["resumed", "uninterrupted"] and set(runs.status) == {"FINISHED"}
+    client = MlflowClient(tracking_uri=mlflow_store(tmp_path))
+    run_ids = dict(zip(runs["tags.mlflow.runName"], runs.run_id, strict=True))
+    expected, resumed = (mlflow_steps(client, run_ids[name]) for name in ("uninterrupted", "resumed"))
+    assert {key: sorted(set(steps)) for key, steps in resumed.items()} == {
+        key: sorted(steps) for key, steps in expected.items()
+    }  # complete
+    assert {key: steps for key, steps in resumed.items() if len(steps) != len(set(steps))} == {}  # unique
 
 
 # --- a missing extra --------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from runs import SMOKE
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -20,7 +21,6 @@ from pruning_cli.records.contract import STATE_FILE, config_tree, flatten
 from pruning_cli.run.pruning_run import run
 from pruning_cli.trackers import build_tracker
 from pruning_cli.training.loop import StopRequested
-from tests.runs import SMOKE
 
 RUN = [*SMOKE, "pruning.iterations=2", "device=cpu"]
 

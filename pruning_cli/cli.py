@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -26,8 +27,9 @@ from pruning_cli.config.schema import GROUP_SCHEMAS, RunConfig, SensitivityTask
 from pruning_cli.errors import UserError
 from pruning_cli.parallel.shard import Shard
 from pruning_cli.policies import schemas as policy_schemas
-from pruning_cli.records.contract import SENSITIVITY, STATE_FILE
+from pruning_cli.records.contract import SENSITIVITY, STATE_FILE, config_tree, flatten
 from pruning_cli.run.pruning_run import run
+from pruning_cli.trackers import build_tracker
 from pruning_cli.training.loop import StopRequested
 
 
@@ -122,8 +124,9 @@ def _run_from_hydra(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     stop, shard = StopSignal(), Shard.from_environment()
     try:
+        tracker = build_tracker(config.logger, out_dir, tracker_store_dir(out_dir), flatten(config_tree(config)))
         with stop.installed():
-            metrics = run(config, out_dir, stop, shard)
+            metrics = run(config, out_dir, stop, shard, tracker)
     except StopRequested:
         if shard.is_main:
             overrides = " ".join(HydraConfig.get().overrides.task)
@@ -140,6 +143,13 @@ def _run_from_hydra(cfg: DictConfig) -> None:
         sys.exit(2)
     if metrics is not None:
         print(format_summary(metrics, out_dir, isinstance(config.task, SensitivityTask)))
+
+
+def tracker_store_dir(out_dir: Path) -> Path:
+    """Where a tracker's shared store goes by default: the sweep directory of a multirun (one experiment for all
+    its jobs), else the run directory."""
+    hydra_config = HydraConfig.get()
+    return Path(hydra_config.sweep.dir).absolute() if hydra_config.mode == RunMode.MULTIRUN else out_dir
 
 
 def check_output_dir(arguments: list[str]) -> None:

@@ -102,9 +102,10 @@ ALLOWED_IMPORTS = {
         "records",
         "training",
     },  # fmt: skip
+    "trackers": {"config", "errors", "records"},
     "sparse": {"console", "errors", "models", "pruning", "records"},
     "report": {"config", "console", "errors", "models", "paper", "policies", "records", "sparse"},
-    "cli": {"config", "errors", "parallel", "policies", "records", "run", "training"},
+    "cli": {"config", "errors", "parallel", "policies", "records", "run", "trackers", "training"},
 }
 
 

@@ -263,6 +263,30 @@ class SchedulerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Where a run's rows go besides its CSVs (`logger=csv`, the default: nowhere else; `tensorboard`, `mlflow`).
+    The CSVs are always written; a tracker receives each of their rows with its step."""
+
+    name: str = "csv"
+
+
+@dataclass
+class TensorBoardLogger(LoggerConfig):
+    # The event files' folder, relative to the run directory (`tensorboard logdir` the run or sweep directory)
+    save_dir: str = "tensorboard"
+    # How often the event files are flushed to disk, in seconds (torch's SummaryWriter default)
+    flush_secs: int = ranged(AT_LEAST_ONE, 120)
+
+
+@dataclass
+class MlflowLogger(LoggerConfig):
+    # The tracking store; null: a local file store, mlruns/ in the sweep directory (a multirun) or the run directory
+    tracking_uri: str | None = None
+    # The MLflow experiment every job of a run or sweep logs into, one MLflow run per job
+    experiment_name: str = "prune-run"
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -274,6 +298,7 @@ class RunConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = ranged(ANY, 0)
     # Continue the run found in the output directory (checkpoints/last.pt) instead of starting it over.
     resume: bool = True
@@ -293,4 +318,5 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
         "image_folder_data": ImageFolderDataset,
     },
     "task": {"prune_task": PruneTask, "sensitivity_task": SensitivityTask},
+    "logger": {"csv_logger": LoggerConfig, "tensorboard_logger": TensorBoardLogger, "mlflow_logger": MlflowLogger},
 }

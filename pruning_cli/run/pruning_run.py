@@ -28,6 +28,7 @@ from pruning_cli.quantize.shared import SharedGradients
 from pruning_cli.records.contract import (
     DENSE_CHECKPOINT,
     METRICS,
+    MODEL_FILE,
     SENSITIVITY,
     TrainedOn,
     TrainingData,
@@ -38,7 +39,7 @@ from pruning_cli.records.contract import (
 )
 from pruning_cli.records.files import CsvLog, load_checkpoint, state_dict_mismatch
 from pruning_cli.run.plan import AnalysisPlan, RunPlan, RunSettings, plan_run
-from pruning_cli.run.recorder import Recorder, weights_of
+from pruning_cli.run.recorder import Recorder, Tracker, weights_of
 from pruning_cli.run.runtime import DevicePolicy, device_policy
 from pruning_cli.run.sensitivity import layer_sensitivity
 from pruning_cli.run.state import RunStore, check_masks, check_restored_masks
@@ -420,9 +421,11 @@ def open_run(
     shard: Shard = SINGLE_PROCESS,
     adjust_data: Callable[[ImageData], ImageData] = lambda data: data,
     adjust_runtime: Callable[[DevicePolicy], DevicePolicy] = lambda runtime: runtime,
+    tracker: Tracker | None = None,
 ) -> Iterator[PruningRun]:
     """The run of `config` in `out_dir`, ready to execute, every check that can refuse it done before its first file
-    (`run.json` last): what `run` executes and the tests build (`adjust_*`: a test's altered data or device policy)."""
+    (`run.json` last): what `run` executes and the tests build (`adjust_*`: a test's altered data or device policy;
+    `tracker`: where the rows go besides the CSVs, closed however the run ends)."""
     plan = plan_run(config, shard.world_size)
     convolutional = "conv" in plan.spec.layer_kinds().values()
     runtime = adjust_runtime(device_policy(config.device.name, config.deterministic, shard, convolutional))
@@ -443,7 +446,12 @@ def open_run(
             if data.skipped_images is not None:  # an image folder: its unreadable files left out
                 described["skipped_images"] = data.skipped_images
             write_run_record(out_dir, config, trained_on, described)
-        yield experiment
+        experiment.recorder.track(tracker)
+        try:
+            yield experiment
+        finally:
+            if tracker is not None:
+                tracker.close()
 
 
 def run(
@@ -451,19 +459,30 @@ def run(
     out_dir: Path,
     stop_requested: Callable[[], bool] = lambda: False,
     shard: Shard = SINGLE_PROCESS,
+    tracker: Tracker | None = None,
 ) -> pd.DataFrame | None:
-    """Run (or resume) the task into `out_dir`; return metrics.csv (None on ranks other than 0).
+    """Run (or resume) the task into `out_dir`; return metrics.csv (None on ranks other than 0). `tracker` receives
+    every CSV row too, and at the end the final figures, model.pt and metrics.csv.
 
     Bad input fails here, before any training and before the run writes its first file.
     """
-    with open_run(config, out_dir, shard) as experiment:
+    with open_run(config, out_dir, shard, tracker=tracker) as experiment:
         experiment.stop_requested = lambda: experiment.shard.any(stop_requested())
         experiment.execute()
-    if not experiment.shard.is_main:
-        return None
-    if experiment.plan.analysis is not None:
-        write_sensitivity(out_dir / SENSITIVITY.file, experiment, experiment.plan.analysis, experiment.data.val)
-    return pd.read_csv(out_dir / METRICS.file)
+        if not experiment.shard.is_main:
+            return None
+        if experiment.plan.analysis is not None:
+            write_sensitivity(out_dir / SENSITIVITY.file, experiment, experiment.plan.analysis, experiment.data.val)
+        metrics = pd.read_csv(out_dir / METRICS.file)
+        if tracker is not None:
+            tracker.finish(final_figures(metrics), [out_dir / MODEL_FILE, out_dir / METRICS.file])
+    return metrics
+
+
+def final_figures(metrics: pd.DataFrame) -> dict[str, float]:
+    """The numbers of metrics.csv's last row (the model model.pt holds), for a tracker's summary of the run."""
+    last = pd.to_numeric(metrics.iloc[-1], errors="coerce").dropna()
+    return {column: float(value) for column, value in last.items()}
 
 
 def write_sensitivity(path: Path, experiment: PruningRun, analysis: AnalysisPlan, validation: TensorSplit) -> None:

@@ -8,9 +8,10 @@ test columns so that a decision's data (validation) and its result (test) can be
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
@@ -24,6 +25,24 @@ from pruning_cli.training.activations import InputDensity
 from pruning_cli.training.loop import EpochStats, evaluate
 
 log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    """An experiment tracker (logger=tensorboard, mlflow) beside the CSVs: it receives every row written to them with
+    its step, one axis for all the files (`Recorder.step`), which a resumed run continues."""
+
+    def start(self, step: int) -> None:
+        """Open at `step`: 0 for a new run; for a resumed one, its next row's (what was logged from there on before
+        the stop is dropped or skipped: each step is logged once)."""
+
+    def log(self, file: str, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+        """The rows of one CSV (`file`, the records contract's name) written at `step`."""
+
+    def finish(self, final: Mapping[str, float], artifacts: Sequence[Path]) -> None:
+        """A finished run: its final figures (the last metrics.csv row) and its files."""
+
+    def close(self) -> None:
+        """Release the tracker; a run stopped or failed before `finish` stays resumable."""
 
 
 class Recorder:
@@ -50,6 +69,24 @@ class Recorder:
             return (CsvLog if writes else DiscardLog)(out_dir / schema.file, schema.columns, keep)
 
         self.logs = {schema.file: open_log(schema) for schema in (METRICS, LAYERS, EPOCHS)}
+        self.tracker: Tracker | None = None
+
+    @property
+    def step(self) -> int:
+        """The step of the next row in a tracker: the rows of metrics.csv and epochs.csv so far, so every row of
+        either has its own step, and a resumed run, its CSVs cut back to its state, goes on from there."""
+        return self.logs[METRICS.file].rows + self.logs[EPOCHS.file].rows
+
+    def track(self, tracker: Tracker | None) -> None:
+        """Send every row from now on to `tracker` too (rank 0 only, like the CSVs)."""
+        if tracker is not None and self.writes:
+            self.tracker = tracker
+            tracker.start(self.step)
+
+    def _write(self, schema: CsvSchema, rows: Sequence[Mapping[str, Any]], step: int) -> None:
+        self.logs[schema.file].write(rows)
+        if self.tracker is not None:
+            self.tracker.log(schema.file, rows, step)
 
     def rows(self) -> dict[str, int]:
         """How many rows each CSV holds: saved with the run's state, to cut the CSVs back on resume."""
@@ -58,7 +95,7 @@ class Recorder:
     def epoch(self, iteration: int, phase: str, stats: EpochStats, description: str, epochs: int) -> None:
         """One row of epochs.csv, and the same line in the log."""
         row = {"iteration": iteration, "phase": phase, **asdict(stats), "images_per_second": stats.images_per_second}
-        self.logs[EPOCHS.file].write([row])
+        self._write(EPOCHS, [row], self.step)
         log.info(
             f"{description} epoch {stats.epoch}/{epochs}: train loss {stats.train_loss:.4f}, "
             f"{stats.images_per_second:,.0f} images/s"
@@ -102,8 +139,8 @@ class Recorder:
             "seconds": time.perf_counter() - started,
             **(verdict or {}),
         }
-        self.logs[METRICS.file].write([metrics])
-        self.logs[LAYERS.file].write(self._layer_rows(key, density.fractions(), pruned or {}, bits or {}))
+        self._write(METRICS, [metrics], step := self.step)
+        self._write(LAYERS, self._layer_rows(key, density.fractions(), pruned or {}, bits or {}), step)
 
     def _layer_rows(
         self,

@@ -190,13 +190,13 @@ def _write_onnx(output: Path, name: str, state: dict, exported: dict, spec: Mode
     """Write model.onnx from the exported (dead units removed) weights, checked against model.pt's own model."""
     compacted, reference = build_dense_model(exported, spec), model_from_state(name, state, spec)
     try:
-        check = write_checked_onnx(compacted, reference, _input_shape(output.parent, spec), output, name)
+        check = write_checked_onnx(compacted, reference, run_input_shape(output.parent, spec), output, name)
     except OSError as error:
         raise UserError(f"cannot write {output}: {error.strerror or error}") from error
     return output.stat().st_size, f"; {describe_check(check)}"
 
 
-def _input_shape(run_dir: Path, spec: ModelSpec) -> tuple[int, ...]:
+def run_input_shape(run_dir: Path, spec: ModelSpec) -> tuple[int, ...]:
     """The images the run's model took: its record's model.input_shape (a torchvision model trained at another
     size), else the spec's."""
     try:

@@ -2,10 +2,10 @@
 
     python scripts/bench_onnx.py RUN_DIR [RUN_DIR...] [--repeats 50] [--threads N] [--data-root DIR]
 
-Each run's model.pt is exported as prune-export does (dead units removed, checked on its 1,000 fixed random inputs)
-into a temporary directory, never into the run. Where the run's data set is MNIST-like and its files are there, the
-graph is also checked on the first 1,000 test images: top-1 as model.pt on each, largest |logit difference|, and
-the test accuracy of both. Then timed at batch 1 and 64 (median of `--repeats` runs after a warm-up, on N threads):
+Each run's model.pt is exported as prune-export does (dead units removed, checked on the run's first 1,000 test
+images, or fixed random inputs where they are not here) into a temporary directory, never into the run. Where the
+run's data set is MNIST-like and its files are there (`--data-root`), the table shows that check's figures and the
+test accuracy of both. Then timed at batch 1 and 64 (median of `--repeats` runs after a warm-up, on N threads):
 model.pt as trained in torch (dense layers with their zeros), the compacted model in torch, and the compacted graph
 in onnxruntime (CPUExecutionProvider), beside the graph of `--keep-dead` (model.pt's shapes) in onnxruntime.
 """
@@ -25,9 +25,10 @@ from pruning_cli.data.mnist_like import load_mnist_like
 from pruning_cli.errors import UserError
 from pruning_cli.records.contract import MODEL_FILE, excluded_layers, read_run_record
 from pruning_cli.records.files import load_model_state
-from pruning_cli.sparse.cli import model_name_from_run, model_spec, run_input_shape
+from pruning_cli.sparse.check_images import CheckImages, check_images
+from pruning_cli.sparse.cli import model_name_from_run, model_spec, run_config, run_input_shape
 from pruning_cli.sparse.export import build_dense_model, export_state_dict, model_from_state
-from pruning_cli.sparse.onnx_export import INPUT, OUTPUT, write_checked_onnx
+from pruning_cli.sparse.onnx_export import CHECK_IMAGES, INPUT, OUTPUT, write_checked_onnx
 
 BATCHES = (1, 64)
 TEST_IMAGES = 1000
@@ -72,9 +73,9 @@ def test_check(session, model: torch.nn.Module, images: torch.Tensor, labels: to
     }
 
 
-def onnx_session(model: torch.nn.Module, reference: torch.nn.Module, shape, name: str, path: Path, threads: int):
+def onnx_session(model, reference, inputs: CheckImages, name: str, path: Path, threads: int):
     """Export `model` as prune-export does (checked against `reference`, model.pt) and open it in onnxruntime."""
-    write_checked_onnx(model, reference, shape, path, name)
+    write_checked_onnx(model, reference, inputs, path, name)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -86,14 +87,21 @@ def bench_run(run_dir: Path, repeats: int, threads: int, data_root: Path | None)
     spec, state = model_spec(run_dir, name), load_model_state(run_dir / MODEL_FILE)
     exported, _ = export_state_dict(state, name, True, excluded_layers(run_dir), spec)
     dense, compacted = model_from_state(name, state, spec), build_dense_model(exported, spec)
-    shape = run_input_shape(run_dir, spec)
+    config = run_config(run_dir)
+    shape = run_input_shape(config, spec)
+    inputs = check_images(config, shape, CHECK_IMAGES)
     with tempfile.TemporaryDirectory() as directory:
-        session = onnx_session(compacted, dense, shape, name, Path(directory) / "model.onnx", threads)
-        kept = onnx_session(dense, dense, shape, name, Path(directory) / "keep_dead.onnx", threads)
+        session = onnx_session(compacted, dense, inputs, name, Path(directory) / "model.onnx", threads)
+        kept = onnx_session(dense, dense, inputs, name, Path(directory) / "keep_dead.onnx", threads)
         sizes = {"onnx_bytes": (Path(directory) / "model.onnx").stat().st_size}
         sizes["keep_dead_onnx_bytes"] = (Path(directory) / "keep_dead.onnx").stat().st_size
     data = test_images(run_dir, data_root)
-    check = {"model": name, **sizes, **(test_check(session, dense, *data) if data else {"test_images": 0})}
+    check = {
+        "model": name,
+        "export_checked_on": inputs.source,
+        **sizes,
+        **(test_check(session, dense, *data) if data else {"test_images": 0}),
+    }
     rows = []
     for batch in BATCHES:
         images = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))

@@ -102,7 +102,7 @@ ALLOWED_IMPORTS = {
         "records",
         "training",
     },  # fmt: skip
-    "sparse": {"console", "errors", "models", "pruning", "records"},
+    "sparse": {"console", "data", "errors", "models", "pruning", "records"},
     "report": {"config", "console", "errors", "models", "paper", "policies", "records", "sparse"},
     "cli": {"config", "errors", "parallel", "policies", "records", "run", "training"},
 }

@@ -12,22 +12,26 @@ import onnxruntime
 import pytest
 import torch
 import torchvision
+from idx import write_mnist_like
 from onnx import numpy_helper
 from own_nets import TinyNet
 
+from pruning_cli.data.synthetic import make_synthetic
 from pruning_cli.models import get_model_spec
 from pruning_cli.pruning.masks import top_fraction_mask
 from pruning_cli.records.contract import RUN_RECORD
-from pruning_cli.sparse import cli, onnx_export
+from pruning_cli.sparse import check_images, cli, onnx_export
 from pruning_cli.sparse.cli import run
 
 ERROR = "prune-export: error: "
 
 
-def write_run(run_dir: Path, model: dict, state: dict[str, torch.Tensor]) -> Path:
-    """A run directory as prune-run leaves it, as far as prune-export reads it: run.json's model and model.pt."""
+def write_run(run_dir: Path, model: dict, state: dict[str, torch.Tensor], dataset: dict | None = None) -> Path:
+    """A run directory as prune-run leaves it, as far as prune-export reads it: run.json's model (and data set)
+    and model.pt."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_RECORD).write_text(json.dumps({"format": 1, "config": {"seed": 0, "model": model}}))
+    config = {"seed": 0, "model": model, **({"dataset": dataset} if dataset else {})}
+    (run_dir / RUN_RECORD).write_text(json.dumps({"format": 1, "config": config}))
     torch.save(state, run_dir / "model.pt")
     return run_dir
 
@@ -91,7 +95,7 @@ def test_dead_units_are_removed_from_the_graph_and_it_computes_model_pt(tmp_path
     printed = capsys.readouterr().out
     size = (run_dir / "model.onnx").stat().st_size
     assert f"wrote {run_dir / 'model.onnx'}: {size:,} bytes" in printed
-    assert "onnxruntime on 1,000 fixed random inputs: top-1 as model.pt on all" in printed
+    assert "onnxruntime on 1,000 fixed random inputs (run.json names no data set): top-1 as model.pt on all" in printed
     images = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(7))
     assert_same(run_dir / "model.onnx", get_model_spec("lenet300").build(10), state, images)
     assert run([str(run_dir), "--format", "onnx", "--keep-dead"]) == 0
@@ -111,17 +115,47 @@ def test_lenet5_exports_with_a_dynamic_batch(tmp_path):
         assert_same(run_dir / "model.onnx", get_model_spec("lenet5").build(10), model.state_dict(), images)
 
 
+def fashion_mnist_dataset(root: Path, test_images: int) -> dict:
+    """run.json's dataset of a Fashion-MNIST run whose IDX files (random pixels, 20 training images) are in `root`."""
+    write_mnist_like(root / "FashionMNIST" / "raw", {True: 20, False: test_images})
+    return {"name": "fashion_mnist", "root": str(root), "download": True, "system_dir": None}
+
+
+def test_the_check_runs_the_runs_own_test_images(tmp_path):
+    dataset = fashion_mnist_dataset(tmp_path / "data", 1200)
+    inputs = check_images.check_images({"seed": 0, "dataset": dataset}, (1, 28, 28), 1000)
+    assert inputs.source == "1,000 Fashion-MNIST test images" and inputs.images.shape == (1000, 1, 28, 28)
+    pixels = write_mnist_like(tmp_path / "again", {True: 20, False: 1200})[False][0][:1000]
+    assert torch.allclose(inputs.images[:, 0], (pixels / 255 - 0.2860) / 0.3530)  # normalised as the run's
+    synthetic = {"name": "synthetic", "num_train": 50, "num_test": 300, "num_classes": 10}
+    inputs = check_images.check_images({"seed": 3, "dataset": synthetic}, (1, 28, 28), 1000)
+    assert inputs.source == "300 synthetic test images"
+    assert torch.equal(inputs.images, make_synthetic(50, 300, 10, (1, 28, 28), 3).test.images)
+    missing = {**dataset, "root": str(tmp_path / "nowhere")}
+    inputs = check_images.check_images({"seed": 0, "dataset": missing}, (1, 28, 28), 1000)
+    assert inputs.source == "1,000 fixed random inputs (the run's fashion_mnist test files are not on this machine)"
+    folder = {"name": "image_folder", "root": str(tmp_path)}
+    inputs = check_images.check_images({"dataset": folder}, (3, 32, 32), 10)
+    assert inputs.source == "10 fixed random inputs (prune-export does not read image_folder images)"
+    assert inputs.images.shape == (10, 3, 32, 32)
+
+
+@pytest.mark.slow  # a whole torchvision model through the exporter: 15 s on 2 cores
 def test_a_torchvision_model_exports_and_computes_model_pt(tmp_path):
     torch.manual_seed(2)
-    model = torchvision.models.get_model("mobilenet_v3_small", num_classes=10)  # random weights, no download
+    model = torchvision.models.get_model("squeezenet1_1", num_classes=10)  # random weights, no download
     with torch.no_grad():
-        model.classifier[3].weight.mul_(top_fraction_mask(model.classifier[3].weight, 0.2)[0])
-    record = {"name": "torchvision", "arch": "mobilenet_v3_small", "input_shape": [3, 32, 32]}
+        model.features[0].weight.mul_(top_fraction_mask(model.features[0].weight, 0.2)[0])
+    record = {"name": "torchvision", "arch": "squeezenet1_1", "input_shape": [3, 32, 32]}
     run_dir = write_run(tmp_path / "run", record, model.state_dict())
     assert run([str(run_dir), "--format", "onnx"]) == 0
     images = torch.randn(8, 3, 32, 32)
-    fresh = torchvision.models.get_model("mobilenet_v3_small", num_classes=10)
-    assert_same(run_dir / "model.onnx", fresh, model.state_dict(), images)
+    assert_same(
+        run_dir / "model.onnx",
+        torchvision.models.get_model("squeezenet1_1", num_classes=10),
+        model.state_dict(),
+        images,
+    )
 
 
 def test_your_own_module_exports(tmp_path):
@@ -158,14 +192,15 @@ def test_a_graph_that_does_not_compute_model_pt_is_deleted_and_refused(tmp_path,
     monkeypatch.setattr(cli, "build_dense_model", perturbed)
     assert run([str(run_dir), "--format", "onnx"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"{ERROR}{run_dir / 'model.onnx'} does not compute model.pt: ") and err.count("\n") == 1
+    refusal = f"{ERROR}{run_dir / 'model.onnx'} does not compute model.pt on 1,000 fixed random inputs (run.json names"
+    assert err.startswith(refusal) and " no data set): 0 top-1 predictions differ, " in err and err.count("\n") == 1
     assert "largest |logit difference|" in err and not (run_dir / "model.onnx").exists()
 
 
 def test_the_check_counts_differing_predictions_and_logits():
-    good = onnx_export.OnnxCheck(1000, 0, 1e-5)
-    assert good.passed and not onnx_export.OnnxCheck(1000, 1, 0.0).passed
-    assert not onnx_export.OnnxCheck(1000, 0, 2e-4).passed
+    good = onnx_export.OnnxCheck("test images", 1000, 0, 1e-5)
+    assert good.passed and not onnx_export.OnnxCheck("test images", 1000, 1, 0.0).passed
+    assert not onnx_export.OnnxCheck("test images", 1000, 0, 2e-4).passed
 
 
 @pytest.mark.parametrize("missing", ["onnxruntime", "onnx", "onnxscript"])

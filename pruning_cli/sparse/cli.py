@@ -17,6 +17,7 @@ from pruning_cli.models import MODELS, ModelSpec, get_model_spec
 from pruning_cli.models.registry import IMAGENET_SHAPE, custom_spec, model_key
 from pruning_cli.records.contract import MODEL_FILE, RUN_RECORD, excluded_layers, read_run_record
 from pruning_cli.records.files import load_model_state, save_atomic, state_dict_mismatch
+from pruning_cli.sparse.check_images import check_images
 from pruning_cli.sparse.export import (
     build_dense_model,
     export_state_dict,
@@ -25,7 +26,7 @@ from pruning_cli.sparse.export import (
     is_quantized,
     model_from_state,
 )
-from pruning_cli.sparse.onnx_export import ONNX_FILE, describe_check, require_onnx, write_checked_onnx
+from pruning_cli.sparse.onnx_export import CHECK_IMAGES, ONNX_FILE, describe_check, require_onnx, write_checked_onnx
 from pruning_cli.sparse.semi_structured import NO_TWO_FOUR, export_semi_structured, two_four_layers
 
 PROG = "prune-export"
@@ -187,22 +188,30 @@ def _write_format(
 
 
 def _write_onnx(output: Path, name: str, state: dict, exported: dict, spec: ModelSpec) -> tuple[int, str]:
-    """Write model.onnx from the exported (dead units removed) weights, checked against model.pt's own model."""
+    """Write model.onnx from the exported (dead units removed) weights, checked against model.pt's own model on
+    the run's test images (or fixed random inputs where they cannot be read here)."""
     compacted, reference = build_dense_model(exported, spec), model_from_state(name, state, spec)
+    config = run_config(output.parent)
+    inputs = check_images(config, run_input_shape(config, spec), CHECK_IMAGES)
     try:
-        check = write_checked_onnx(compacted, reference, run_input_shape(output.parent, spec), output, name)
+        check = write_checked_onnx(compacted, reference, inputs, output, name)
     except OSError as error:
         raise UserError(f"cannot write {output}: {error.strerror or error}") from error
     return output.stat().st_size, f"; {describe_check(check)}"
 
 
-def run_input_shape(run_dir: Path, spec: ModelSpec) -> tuple[int, ...]:
-    """The images the run's model took: its record's model.input_shape (a torchvision model trained at another
-    size), else the spec's."""
+def run_config(run_dir: Path) -> dict:
+    """run.json's config, or nothing for a bare model.pt (prune-export --model NAME)."""
     try:
-        recorded = (read_run_record(run_dir)["config"].get("model") or {}).get("input_shape")
-    except ValueError:  # no record (prune-export --model NAME on a bare model.pt): the model's own shape
-        recorded = None
+        return read_run_record(run_dir)["config"]
+    except ValueError:
+        return {}
+
+
+def run_input_shape(config: dict, spec: ModelSpec) -> tuple[int, ...]:
+    """The images the run's model took: its config's model.input_shape (a torchvision model trained at another
+    size), else the spec's."""
+    recorded = (config.get("model") or {}).get("input_shape")
     return tuple(recorded) if recorded else tuple(spec.input_shape)
 
 

@@ -5,7 +5,8 @@ unless `--keep-dead`), a pruned layer's zero rows and columns are gone, so its m
 zeros stay in dense matrices, as ONNX's standard operators have no sparse weights. It is exported with
 `torch.onnx.export(..., dynamo=True)` (the torch.export-based exporter, torch's default, which needs onnxscript) with
 a dynamic batch axis, then checked: onnxruntime must give model.pt's top-1 on every check input and logits within
-`LOGIT_TOLERANCE`, else the file is deleted and the export refused.
+`LOGIT_TOLERANCE`, else the file is deleted and the export refused. The check inputs are the run's test images
+where they can be read here (`check_images.py`).
 
 onnx, onnxruntime and onnxscript are the optional extra `[onnx]`; without them the format is refused in one line.
 """
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 
 from pruning_cli.errors import UserError
+from pruning_cli.sparse.check_images import CheckImages
 
 ONNX_FILE = "model.onnx"
-CHECK_IMAGES = 1000  # inputs the check runs through both models
+CHECK_IMAGES = 1000  # test images (or random inputs) the check runs through both models
 LOGIT_TOLERANCE = 1e-4  # largest |logit difference| the check accepts
 CHECK_BATCH = 100  # check inputs per forward pass: bounds the memory of a large model
 INSTALL = 'pip install -e ".[onnx]"'
@@ -32,8 +34,9 @@ INPUT, OUTPUT = "images", "logits"
 
 @dataclass(frozen=True)
 class OnnxCheck:
-    """What onnxruntime gave against model.pt on the check inputs."""
+    """What onnxruntime gave against model.pt on the check inputs (`source` says what they were)."""
 
+    source: str
     images: int
     top1_differs: int
     max_logit_diff: float
@@ -53,12 +56,6 @@ def require_onnx() -> ModuleType:
     except ImportError as error:
         missing = getattr(error, "name", None) or "onnx"
         raise UserError(f"--format onnx needs {missing} (onnx, onnxruntime, onnxscript): {INSTALL}") from None
-
-
-def check_inputs(input_shape: tuple[int, ...], count: int = CHECK_IMAGES) -> torch.Tensor:
-    """`count` inputs of the model's shape drawn from N(0, 1) with a fixed seed: the same inputs on every run, shaped
-    as normalised images (prune-export reads finished runs and never loads a data set)."""
-    return torch.randn(count, *input_shape, generator=torch.Generator().manual_seed(0))
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], output: Path, label: str) -> None:
@@ -91,33 +88,34 @@ def root_reason(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def check_onnx(reference: nn.Module, output: Path, inputs: torch.Tensor) -> OnnxCheck:
+def check_onnx(reference: nn.Module, output: Path, inputs: CheckImages) -> OnnxCheck:
     """Run `inputs` through onnxruntime on `output` and through `reference` (model.pt's own model) in batches;
     count the top-1 predictions that differ and the largest |logit difference|."""
     onnxruntime = require_onnx()
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     differs, largest = 0, 0.0
     with torch.no_grad():
-        for batch in inputs.split(CHECK_BATCH):
+        for batch in inputs.images.split(CHECK_BATCH):
             ours = torch.from_numpy(session.run([OUTPUT], {INPUT: batch.numpy()})[0])
             expected = reference.eval()(batch)
             differs += int((ours.argmax(dim=1) != expected.argmax(dim=1)).sum())
             largest = max(largest, float((ours - expected).abs().max()))
-    return OnnxCheck(len(inputs), differs, largest)
+    return OnnxCheck(inputs.source, len(inputs.images), differs, largest)
 
 
 def write_checked_onnx(
-    compacted: nn.Module, reference: nn.Module, input_shape: tuple[int, ...], output: Path, label: str
+    compacted: nn.Module, reference: nn.Module, inputs: CheckImages, output: Path, label: str
 ) -> OnnxCheck:
     """Export `compacted` (model.pt with its dead units removed) and check it against `reference` (model.pt as
-    trained); delete the file and refuse in one line when the check fails, so no wrong graph is left behind."""
+    trained) on `inputs`; delete the file and refuse in one line when the check fails, so no wrong graph is left
+    behind."""
     require_onnx()
-    export_onnx(compacted, input_shape, output, label)
-    check = check_onnx(reference, output, check_inputs(input_shape))
+    export_onnx(compacted, tuple(inputs.images.shape[1:]), output, label)
+    check = check_onnx(reference, output, inputs)
     if not check.passed:
         output.unlink(missing_ok=True)
         raise UserError(
-            f"{output} does not compute model.pt: {check.top1_differs} of {check.images} top-1 predictions differ, "
+            f"{output} does not compute model.pt on {check.source}: {check.top1_differs} top-1 predictions differ, "
             f"largest |logit difference| {check.max_logit_diff:.2e} (at most {LOGIT_TOLERANCE:.0e} allowed); "
             "the file was deleted"
         )
@@ -127,6 +125,6 @@ def write_checked_onnx(
 def describe_check(check: OnnxCheck) -> str:
     """The check's figures for the report."""
     return (
-        f"onnxruntime on {check.images:,} fixed random inputs: top-1 as model.pt on all, largest |logit difference| "
+        f"onnxruntime on {check.source}: top-1 as model.pt on all, largest |logit difference| "
         f"{check.max_logit_diff:.1e} (<= {LOGIT_TOLERANCE:.0e})"
     )

@@ -1,5 +1,6 @@
 """Small modules of a user's own, for `model=custom model._target_=own_nets.<Name>` in the tests."""
 
+import torch
 from torch import nn
 
 
@@ -69,3 +70,15 @@ class Wide(nn.Module):
 
     def forward(self, images):
         return self.layers(images)
+
+
+class Eigen(nn.Module):
+    """A classifier that adds the eigenvalues of a patch: aten.linalg_eig has no ONNX translation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(784, 10)
+
+    def forward(self, images):
+        patch = images[:, 0, :4, :4]
+        return self.head(images.flatten(1)) + torch.linalg.eigvals(patch).real.sum(dim=1, keepdim=True)

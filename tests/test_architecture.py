@@ -103,7 +103,7 @@ ALLOWED_IMPORTS = {
         "training",
     },  # fmt: skip
     "trackers": {"config", "errors", "records"},
-    "sparse": {"console", "errors", "models", "pruning", "records"},
+    "sparse": {"console", "data", "errors", "models", "pruning", "records"},
     "report": {"config", "console", "errors", "models", "paper", "policies", "records", "sparse"},
     "cli": {"config", "errors", "parallel", "policies", "records", "run", "trackers", "training"},
 }

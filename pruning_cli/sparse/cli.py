@@ -1,6 +1,6 @@
 """`prune-export RUN_DIR`: write a run's model.pt as sparse layers (CSR, the paper's compact file, Deep
-Compression's quantized and Huffman-coded files, or 2:4 layers for a GPU's sparse tensor cores); print the sizes of
-what it wrote.
+Compression's quantized and Huffman-coded files, 2:4 layers for a GPU's sparse tensor cores, or an ONNX graph with
+its dead units removed); print the sizes of what it wrote.
 
 Bad input gets one line `prune-export: error: ...` on stderr and exit code 2, never a traceback.
 """
@@ -17,7 +17,16 @@ from pruning_cli.models import MODELS, ModelSpec, get_model_spec
 from pruning_cli.models.registry import IMAGENET_SHAPE, custom_spec, model_key
 from pruning_cli.records.contract import MODEL_FILE, RUN_RECORD, excluded_layers, read_run_record
 from pruning_cli.records.files import load_model_state, save_atomic, state_dict_mismatch
-from pruning_cli.sparse.export import export_state_dict, file_sizes, format_report, is_quantized
+from pruning_cli.sparse.check_images import check_images
+from pruning_cli.sparse.export import (
+    build_dense_model,
+    export_state_dict,
+    file_sizes,
+    format_report,
+    is_quantized,
+    model_from_state,
+)
+from pruning_cli.sparse.onnx_export import CHECK_IMAGES, ONNX_FILE, describe_check, require_onnx, write_checked_onnx
 from pruning_cli.sparse.semi_structured import NO_TWO_FOUR, export_semi_structured, two_four_layers
 
 PROG = "prune-export"
@@ -27,10 +36,12 @@ OUTPUTS = {
     "quantized": "model_quantized.bin",
     "deep": "model_deep.bin",
     "semi_structured": "model_semi_structured.pt",
+    "onnx": ONNX_FILE,
 }
 QUANTIZED_FORMATS = ("quantized", "deep")  # for a model whose layers share values (quantize=kmeans)
 SEMI_STRUCTURED = "semi_structured"  # the 2:4 layers of a pruning.pattern=2:4 run, for the sparse tensor cores
-ALL = "all"  # every format; the quantized ones only for a quantized model
+ONNX = "onnx"  # a graph for onnxruntime (the optional extra [onnx]); not part of `all`
+ALL = "all"  # every sparse format; the quantized ones only for a quantized model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         "same with each value an index into the layer's shared values (a model trained with quantize=kmeans); "
         "deep: model_deep.bin, those indices and gaps Huffman-coded (Deep Compression); semi_structured: "
         "model_semi_structured.pt, the 2:4 layers of a pruning.pattern=2:4 run compressed for the sparse tensor "
-        "cores (pruning_cli.sparse.semi_structured.semi_structured_model runs them on a GPU; shapes kept); all: "
-        "every one of them that applies. The .bin files are read back by pruning_cli.sparse.compact_file.read_compact",
+        "cores (pruning_cli.sparse.semi_structured.semi_structured_model runs them on a GPU; shapes kept); onnx: "
+        "model.onnx, the model with its dead units removed as an ONNX graph for onnxruntime, checked against "
+        'model.pt (needs pip install -e ".[onnx]"); all: every one of them that applies but onnx. The .bin files '
+        "are read back by pruning_cli.sparse.compact_file.read_compact",
     )
     return parser
 
@@ -85,6 +98,8 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     model_file = run_dir / MODEL_FILE
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist; is the run finished? (prune-run writes model.pt at the end)")
+    if file_format == ONNX:
+        require_onnx()
     name, excluded = model_name or model_name_from_run(run_dir), excluded_layers(run_dir)
     spec = model_spec(run_dir, name)
     state = _checked_state(model_file, name, spec)
@@ -100,18 +115,12 @@ def export_run(run_dir: Path, model_name: str | None, remove_dead: bool, file_fo
     if file_format in not_applicable:
         raise UserError(f"{model_file} {not_applicable[file_format]}")
     dense, lines = int(report.set_index("layer").dense_bytes["total"]), []
-    for each in list(OUTPUTS) if file_format == ALL else [file_format]:
+    for each in [each for each in OUTPUTS if each != ONNX] if file_format == ALL else [file_format]:
         output = run_dir / OUTPUTS[each]
         if each in not_applicable:
             lines.append(f"skipped {OUTPUTS[each]}: {model_file.name} {not_applicable[each]}")
             continue
-        if each == SEMI_STRUCTURED:
-            size, which = (
-                _write_semi_structured(output, state, name, patterned),
-                f"; 2:4 layers: {', '.join(patterned)}",
-            )
-        else:
-            size, which = _write(output, each, name, exported, report), ""
+        size, which = _write_format(each, output, name, state, exported, report, spec, patterned)
         lines.append(f"wrote {output}: {size:,} bytes, {dense / size:.2f}x smaller than dense float32{which}")
     return "\n".join([format_report(report), *lines])
 
@@ -158,6 +167,52 @@ def _checked_state(model_file: Path, name: str, spec: ModelSpec) -> dict:
     if mismatch:
         raise UserError(f"{model_file} does not fit model {name}: {mismatch}")
     return state
+
+
+def _write_format(
+    each: str,
+    output: Path,
+    name: str,
+    state: dict,
+    exported: dict,
+    report: pd.DataFrame,
+    spec: ModelSpec,
+    patterned: list[str],
+) -> tuple[int, str]:
+    """Write the file of format `each`; return its size and what the report line adds after the ratio."""
+    if each == SEMI_STRUCTURED:
+        return _write_semi_structured(output, state, name, patterned), f"; 2:4 layers: {', '.join(patterned)}"
+    if each == ONNX:
+        return _write_onnx(output, name, state, exported, spec)
+    return _write(output, each, name, exported, report), ""
+
+
+def _write_onnx(output: Path, name: str, state: dict, exported: dict, spec: ModelSpec) -> tuple[int, str]:
+    """Write model.onnx from the exported (dead units removed) weights, checked against model.pt's own model on
+    the run's test images (or fixed random inputs where they cannot be read here)."""
+    compacted, reference = build_dense_model(exported, spec), model_from_state(name, state, spec)
+    config = run_config(output.parent)
+    inputs = check_images(config, run_input_shape(config, spec), CHECK_IMAGES)
+    try:
+        check = write_checked_onnx(compacted, reference, inputs, output, name)
+    except OSError as error:
+        raise UserError(f"cannot write {output}: {error.strerror or error}") from error
+    return output.stat().st_size, f"; {describe_check(check)}"
+
+
+def run_config(run_dir: Path) -> dict:
+    """run.json's config, or nothing for a bare model.pt (prune-export --model NAME)."""
+    try:
+        return read_run_record(run_dir)["config"]
+    except ValueError:
+        return {}
+
+
+def run_input_shape(config: dict, spec: ModelSpec) -> tuple[int, ...]:
+    """The images the run's model took: its config's model.input_shape (a torchvision model trained at another
+    size), else the spec's."""
+    recorded = (config.get("model") or {}).get("input_shape")
+    return tuple(recorded) if recorded else tuple(spec.input_shape)
 
 
 def _write(output: Path, file_format: str, name: str, exported: dict, report: pd.DataFrame) -> int:

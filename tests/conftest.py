@@ -8,5 +8,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 if "PYTEST_XDIST_WORKER" in os.environ:
-    # pytest -n N: each worker takes its share of the cores, not all of them (N workers x all cores oversubscribes).
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    # pytest -n N: each worker takes its share of the cores, not all of them (N workers x all cores oversubscribes),
+    # and so do the commands it starts: a run in a subprocess then sums as the same run in process does.
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)

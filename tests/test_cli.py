@@ -54,7 +54,7 @@ def test_a_bad_setting_is_one_line_and_exit_2_before_training(tmp_path):
 @pytest.mark.slow
 def test_python_dash_m_pytest_runs_from_the_repository_root():
     selected = "tests/test_records.py::test_where_the_data_lives_changes_neither"  # composes the configs
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", selected]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", selected]
     result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:]
     assert "1 passed" in result.stdout

@@ -68,7 +68,6 @@ MODEL_FILE = "model.pt"  # the final pruned weights, a plain state_dict
 CHECKPOINTS = Path("checkpoints")
 STATE_FILE = CHECKPOINTS / "last.pt"  # what a resumed run continues from
 DENSE_CHECKPOINT = CHECKPOINTS / "dense.pt"  # the model after phase 1
-TENSORBOARD_DIR = "tensorboard"  # logger=tensorboard: the event files, unless logger.save_dir says otherwise
 MLFLOW_RUN_FILE = "mlflow_run.json"  # logger=mlflow: the MLflow run of this job, reopened by a resumed run
 
 # Keys that do not change what a run computes (where files live, how it is executed): resume ignores them and

@@ -84,32 +84,30 @@ class RunSettings:
         )
 
 
-def _named_class(path: str, base: type, setting: str, fix: str) -> type:
-    """The class at import path `path`, a subclass of `base`; a one-line error naming `setting`, what it must name
-    (the fix's first words) and the fix."""
+def _named_class(path: str, base: type, setting: str, kind: str, fix: str) -> type:
+    """The class at import path `path`, a subclass of `base`; else a one-line error naming `setting`, the `kind` of
+    class it must name, and the fix."""
     module, _, name = path.rpartition(".")
     try:
         found = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         found = None
     if not (isinstance(found, type) and issubclass(found, base)):
-        raise UserError(f"{setting}={path} names no {fix}")
+        raise UserError(f"{setting}={path} names no {kind} class; {fix}")
     return found
 
 
 def optimizer_factory(settings: OptimizerConfig) -> Callable[..., torch.optim.Optimizer]:
     """The optimizer class `settings._target_` names, with its other arguments."""
-    fix = "torch optimizer class; choose optimizer=sgd or adamw, or give an import path such as torch.optim.Adam"
-    return partial(_named_class(settings._target_, torch.optim.Optimizer, "optimizer._target_", fix), **settings.args)
+    fix = "choose optimizer=sgd or adamw, or give an import path such as torch.optim.Adam"
+    optimizer = _named_class(settings._target_, torch.optim.Optimizer, "optimizer._target_", "torch optimizer", fix)
+    return partial(optimizer, **settings.args)
 
 
 def learning_rate_schedule(settings: SchedulerConfig) -> Schedule:
     """The scheduler class `settings._target_` names, with its other arguments, stepped every `settings.interval`."""
-    fix = (
-        "torch learning-rate scheduler class; choose scheduler=cosine, step or constant, or give an import path such "
-        "as torch.optim.lr_scheduler.LinearLR"
-    )
-    scheduler = _named_class(settings._target_, LRScheduler, "scheduler._target_", fix)
+    fix = "choose scheduler=cosine, step or constant, or give an import path such as torch.optim.lr_scheduler.LinearLR"
+    scheduler = _named_class(settings._target_, LRScheduler, "scheduler._target_", "torch learning-rate scheduler", fix)
     return Schedule(partial(scheduler, **settings.args), settings.interval is ScheduleInterval.step)
 
 

@@ -72,6 +72,36 @@ def test_the_per_layer_floor_keeps_a_layer_a_global_cut_would_cut_off():
     assert kept["big"][-15:].all()  # the rest of the count goes to the largest magnitudes
 
 
+def _floored_cut_by_hand(scores, masks, keep, floors):
+    """The floored global cut written out: each layer's `floor` best survivors first (ties: the lower index), then
+    the best of all the other survivors (ties: the earlier layer, then the lower index), up to `keep`."""
+    kept = {name: set() for name in scores}
+    for name, score in scores.items():
+        alive = [i for i in range(score.numel()) if masks[name].flatten()[i]]
+        kept[name] |= set(sorted(alive, key=lambda i: (-score.flatten()[i].item(), i))[: floors[name]])
+    rest = [
+        (-score.flatten()[i].item(), order, i, name)
+        for order, (name, score) in enumerate(scores.items())
+        for i in range(score.numel())
+        if masks[name].flatten()[i] and i not in kept[name]
+    ]
+    for _, _, i, name in sorted(rest)[: keep - sum(floors.values())]:
+        kept[name].add(i)
+    return {name: sorted(indices) for name, indices in kept.items()}
+
+
+@pytest.mark.parametrize(("keep", "min_kept"), [(60, 0.0), (60, 0.05), (300, 0.05), (300, 0.1)])
+def test_the_floored_global_cut_is_the_one_written_out_by_hand(keep, min_kept):
+    """Whether a floor binds (fc1 would keep none of its survivors at 60, 44 at 300) or not (no floors; 5% at 300),
+    on magnitudes with ties (rounded to one decimal) and the survivors of an earlier cut."""
+    weights = {name: (weight * 10).round() / 10 for name, weight in _layers(seed=2).items()}
+    masks = {name: weight.abs() > 0.05 for name, weight in weights.items()}
+    floors = floor_counts(masks, min_kept)
+    chosen = global_cut(magnitude_scores(weights), masks, keep, floors)
+    by_hand = _floored_cut_by_hand(magnitude_scores(weights), masks, keep, floors)
+    assert {name: mask.flatten().nonzero().flatten().tolist() for name, mask in chosen.items()} == by_hand
+
+
 def test_lamp_scores_follow_the_formula():
     weight = torch.tensor([3.0, -1.0, 2.0, 0.5])
     # ascending magnitudes 0.5, 1, 2, 3; squares 0.25, 1, 4, 9; tail sums 14.25, 14, 13, 9

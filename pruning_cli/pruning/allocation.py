@@ -101,14 +101,16 @@ def global_cut(
     floors = floors or {}
     if sum(floors.values()) > keep:
         raise ValueError(f"the per-layer floor keeps {sum(floors.values())} weights, more than the {keep} asked for")
-    flat = []
-    for name, score in scores.items():
-        alive = masks[name].flatten()
-        ranked = score.flatten().float().masked_fill(~alive, -math.inf)
-        reserved = _top_positions(ranked, floors.get(name, 0))
-        flat.append(ranked.index_fill(0, reserved, math.inf))  # the floor goes first in the global order
-    chosen = _top_positions(torch.cat(flat), min(keep, sum(int(mask.sum()) for mask in masks.values())))
-    return _split(chosen, masks)
+    ranked = {
+        name: score.flatten().float().masked_fill(~masks[name].flatten(), -math.inf) for name, score in scores.items()
+    }
+    count = min(keep, sum(int(mask.sum()) for mask in masks.values()))
+    chosen = _split(_top_positions(torch.cat(list(ranked.values())), count), masks)
+    if all(int(chosen[name].sum()) >= floors.get(name, 0) for name in chosen):
+        return chosen  # every floor is met: putting it first in the order would choose the same weights
+    # a floor not met: each layer's floor goes first in the global order
+    floored = [rank.index_fill(0, _top_positions(rank, floors.get(name, 0)), math.inf) for name, rank in ranked.items()]
+    return _split(_top_positions(torch.cat(floored), count), masks)
 
 
 def layer_cut(

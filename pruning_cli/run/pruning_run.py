@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch._dynamo.utils import counters
 
 from pruning_cli.config.schema import PhaseConfig, RunConfig
 from pruning_cli.data import ImageData, TensorSplit, decoding, load_data
@@ -294,6 +293,8 @@ def dense_teacher(plan: RunPlan, num_classes: int, out_dir: Path, runtime: Devic
 def log_compilations(compiled: bool) -> None:
     """With compile=true, how many graphs torch.compile built over the run (one per phase kind at most)."""
     if compiled:
+        from torch._dynamo.utils import counters  # imported here: a second of every command's start otherwise
+
         log.info(f"torch.compile built {counters['stats']['unique_graphs']} graph(s) in this process")
 
 

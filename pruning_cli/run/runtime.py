@@ -54,7 +54,8 @@ class DevicePolicy:
         """Set torch's process-wide switches for this policy (once, before any model is built)."""
         if self.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before CUDA starts
-        torch.use_deterministic_algorithms(self.deterministic)  # both ways: a process may run several runs
+        if torch.are_deterministic_algorithms_enabled() != self.deterministic:  # a process may run several runs
+            torch.use_deterministic_algorithms(self.deterministic)  # imports torch's compiler: a second, when needed
         if self.device.type == "cuda":
             # fixed input shapes: let cuDNN pick the fastest kernels once, unless runs must repeat bit for bit
             torch.backends.cudnn.benchmark = not self.deterministic

@@ -102,6 +102,16 @@ def test_the_floored_global_cut_is_the_one_written_out_by_hand(keep, min_kept):
     assert {name: mask.flatten().nonzero().flatten().tolist() for name, mask in chosen.items()} == by_hand
 
 
+def test_a_layer_pushed_under_its_floor_by_another_layers_floor_gets_it_too():
+    """c meets its floor of 1 in the plain cut (9.5 is third), and loses it once b's floor of 3 goes first."""
+    weights = {"a": torch.tensor([10.0, 9.8, 9.0, 8.0]), "b": torch.tensor([0.1, 0.2, 0.3]), "c": torch.tensor([9.5])}
+    floors = {"a": 1, "b": 3, "c": 1}
+    chosen = global_cut(magnitude_scores(weights), _full(weights), 5, floors)
+    by_hand = _floored_cut_by_hand(magnitude_scores(weights), _full(weights), 5, floors)
+    assert {name: mask.nonzero().flatten().tolist() for name, mask in chosen.items()} == by_hand
+    assert by_hand == {"a": [0], "b": [0, 1, 2], "c": [0]}
+
+
 def test_lamp_scores_follow_the_formula():
     weight = torch.tensor([3.0, -1.0, 2.0, 0.5])
     # ascending magnitudes 0.5, 1, 2, 3; squares 0.25, 1, 4, 9; tail sums 14.25, 14, 13, 9

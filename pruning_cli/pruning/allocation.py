@@ -97,7 +97,10 @@ def global_cut(
     scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], keep: int, floors: Mapping[str, int] | None = None
 ) -> dict[str, Tensor]:
     """Masks keeping the `keep` highest-scoring survivors over all layers, each layer at least its `floors[name]`
-    highest (a per-layer floor, so that no layer is cut off). ValueError when the floors alone exceed `keep`."""
+    highest (a per-layer floor, so that no layer is cut off). ValueError when the floors alone exceed `keep`.
+
+    Putting only the short layers' floors first chooses what putting every floor first would: a layer that meets
+    its floor in a cut keeps its best weights in it, its floor among them."""
     floors = floors or {}
     if sum(floors.values()) > keep:
         raise ValueError(f"the per-layer floor keeps {sum(floors.values())} weights, more than the {keep} asked for")
@@ -105,12 +108,13 @@ def global_cut(
         name: score.flatten().float().masked_fill(~masks[name].flatten(), -math.inf) for name, score in scores.items()
     }
     count = min(keep, sum(int(mask.sum()) for mask in masks.values()))
-    chosen = _split(_top_positions(torch.cat(list(ranked.values())), count), masks)
-    if all(int(chosen[name].sum()) >= floors.get(name, 0) for name in chosen):
-        return chosen  # every floor is met: putting it first in the order would choose the same weights
-    # a floor not met: each layer's floor goes first in the global order
-    floored = [rank.index_fill(0, _top_positions(rank, floors.get(name, 0)), math.inf) for name, rank in ranked.items()]
-    return _split(_top_positions(torch.cat(floored), count), masks)
+    while True:  # most cuts meet every floor at once; each round puts the floors found short first in the order
+        chosen = _split(_top_positions(torch.cat(list(ranked.values())), count), masks)
+        short = [name for name, mask in chosen.items() if int(mask.sum()) < floors.get(name, 0)]
+        if not short:
+            return chosen
+        for name in short:
+            ranked[name] = ranked[name].index_fill(0, _top_positions(ranked[name], floors[name]), math.inf)
 
 
 def layer_cut(

@@ -162,5 +162,8 @@ def process_group(shard: Shard, device: torch.device) -> Iterator[Shard]:
         control_group = None
     try:
         yield replace(shard, control_group=control_group)
+        # Leave together: a process that tore gloo down while the other still wrote its files aborted on exit
+        # now and then ("terminate called without an active exception").
+        dist.barrier(group=control_group)
     finally:
         dist.destroy_process_group()

@@ -1,16 +1,18 @@
-"""The real command end to end in a subprocess: what only it shows (its summary, its log, one-line errors and exit
-codes), and that it runs from the repository root. The rest of its behaviour is tested in process
-(test_pipeline.py, test_configs.py); the installed `prune-run` from another directory runs in test_robustness.py."""
+"""The real command: the console script's summary, log, one-line errors and exit codes, in a subprocess where only
+a process shows it (a run from the repository root) and in this process where Hydra refuses before any job starts;
+the rest of its behaviour is tested in process (test_pipeline.py, test_configs.py); the installed `prune-run` from
+another directory runs in test_robustness.py."""
 
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import CompactHydraException, ConfigCompositionException
-from runs import REPOSITORY, SMOKE, prune_run
+from runs import REPOSITORY, SMOKE
 
-from pruning_cli.cli import check_output_dir, compose_config, format_summary, one_line
+from pruning_cli.cli import check_output_dir, compose_config, format_summary, main, one_line
 
 
 @pytest.mark.slow
@@ -28,7 +30,6 @@ def test_python_dash_m_from_the_repository_root_prints_the_summary_and_logs_ever
     assert (tmp_path / "run.json").is_file() and (tmp_path / ".hydra" / "config.yaml").is_file()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -38,17 +39,17 @@ def test_python_dash_m_from_the_repository_root_prints_the_summary_and_logs_ever
          "'str' could not be converted to Float"),
     ],
 )  # fmt: skip
-def test_what_hydra_cannot_compose_is_one_line_and_exit_2(tmp_path, overrides, expected):
-    result = prune_run(*overrides, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert (result.returncode, result.stderr) == (2, f"prune-run: error: {expected}\n")
-
-
-@pytest.mark.slow
-def test_a_bad_setting_is_one_line_and_exit_2_before_training(tmp_path):
-    result = prune_run(*SMOKE, "pruning.kept={fc1:1.5}", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr == "prune-run: error: kept fraction of layer fc1 is 1.5; it must be in (0, 1]\n"
-    assert not (tmp_path / "checkpoints").exists()
+def test_what_hydra_cannot_compose_is_one_line_and_exit_2(tmp_path, overrides, expected, monkeypatch, capsys):
+    """The console script's `main` in this process (Hydra refuses before any job starts; a plan's refusal goes
+    through the installed command in test_settings_ranges.py)."""
+    monkeypatch.setattr(sys, "argv", ["prune-run", *overrides, f"hydra.run.dir={tmp_path}"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main sets it for the rest of its process
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        GlobalHydra.instance().clear()
+    assert (exited.value.code, capsys.readouterr().err) == (2, f"prune-run: error: {expected}\n")
 
 
 @pytest.mark.slow

@@ -262,8 +262,8 @@ def test_budgeted_presets_search_with_no_fractions_and_no_compression_of_their_o
 def test_the_imagenet_budgeted_presets_run_end_to_end_on_generated_images(network, walk_steps):
     """Each preset runs on its network; AlexNet's walk takes a second step (VGG-16's writes 0.7 GB a checkpoint)."""
     tiny = [
-        f"experiment={network}_auto", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=8",
-        "dataset.num_test=2", "dataset.val_split=4", f"pruning.max_steps={walk_steps}", "retrain.epochs=1",
+        f"experiment={network}_auto", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=4",
+        "dataset.num_test=1", "dataset.val_split=2", f"pruning.max_steps={walk_steps}", "retrain.epochs=1",
         "pruning.end=1", "pruning.budget=100", "train.batch_size=2", "retrain.batch_size=2", "retrain.max_batches=1",
     ]  # fmt: skip
     with memory_dir(f"{network}-auto-") as out_dir:

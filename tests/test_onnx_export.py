@@ -7,13 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import pytest
 import torch
 import torchvision
 from idx import write_mnist_like
-from onnx import numpy_helper
 from own_nets import TinyNet
 
 from pruning_cli.data.synthetic import make_synthetic
@@ -63,11 +60,16 @@ def alive_units(state: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 def float_elements(path: Path) -> int:
     """The numbers the graph stores as floating-point initializers: its weights and biases."""
+    import onnx  # imported where it is used: half a second of every test process's start otherwise
+    from onnx import numpy_helper
+
     graph = onnx.load(str(path)).graph
     return sum(array.size for array in map(numpy_helper.to_array, graph.initializer) if array.dtype.kind == "f")
 
 
 def onnx_logits(path: Path, images: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
 

@@ -1,22 +1,21 @@
 """Sensitivity analysis both ways (one process, Hydra multirun) on generated data, and the activation counts."""
 
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from runs import PRUNE_RUN, SMOKE, prune_run, run_in_process
+from runs import SMOKE, prune_run, run_in_process
 from torch import nn
 
 from pruning_cli.config.schema import LevelKind
 from pruning_cli.data.tensors import TensorSplit
 from pruning_cli.errors import UserError
 from pruning_cli.records.contract import read_run_record
+from pruning_cli.report.cli import run as report
 from pruning_cli.run.sensitivity import layer_sensitivity
 from pruning_cli.training.activations import InputDensity
 
-PRUNE_REPORT = str(Path(PRUNE_RUN).with_name("prune-report"))
 ANALYSIS = [*SMOKE, "model=lenet300", "task=sensitivity", "dataset.val_split=128"]
 
 
@@ -73,7 +72,7 @@ def test_the_analysis_prunes_each_layer_at_each_level_on_the_validation_split(de
 
 
 @pytest.mark.slow
-def test_three_submitit_jobs_give_the_in_process_points_and_one_report(dense_checkpoint, tmp_path):
+def test_three_submitit_jobs_give_the_in_process_points_and_one_report(dense_checkpoint, tmp_path, capsys):
     """A 3-job sweep through submitit's job machinery (submitit_local: what Slurm runs, on this machine) finishes
     each job, matches the one-process analysis point for point, and prune-report reads the sweep."""
     single = tmp_path / "single"
@@ -91,11 +90,8 @@ def test_three_submitit_jobs_give_the_in_process_points_and_one_report(dense_che
     points = jobs[jobs.layer != "none"].sort_values("layer").reset_index(drop=True)
     expected = in_process[in_process.layer != "none"].sort_values("layer").reset_index(drop=True)
     pd.testing.assert_frame_equal(points, expected)
-    report = subprocess.run(
-        [PRUNE_REPORT, str(sweep), "--out", str(tmp_path / "report")], capture_output=True, text=True
-    )
-    assert report.returncode == 0, report.stderr
-    assert f"0 pruning run(s), 3 sensitivity analysis run(s) -> {tmp_path / 'report'}" in report.stdout
+    assert report([str(sweep), "--out", str(tmp_path / "report")]) == 0  # prune-report, in this process
+    assert f"0 pruning run(s), 3 sensitivity analysis run(s) -> {tmp_path / 'report'}" in capsys.readouterr().out
     assert (tmp_path / "report" / "sensitivity_lenet300.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,6 +1,7 @@
 """logger=tensorboard and logger=mlflow, read back with the libraries' own readers: every CSV row's numbers at its
 step, the config as hyperparameters or params, the final figures, and a resumed run that logs no step twice."""
 
+import logging
 import shutil
 import sys
 from collections.abc import Callable
@@ -165,7 +166,24 @@ def test_a_resumed_job_logs_into_its_mlflow_run_each_step_once(tmp_path):
 # --- a missing extra --------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def hydra_job_in_process(monkeypatch):
+    """A job Hydra starts in this process configures logging: the root logger gets a handler on this test's
+    captured output and one on the run's log file. Take them off afterwards, so that no later test logs into a
+    closed stream ("--- Logging error ---" in its captured stderr); main() also sets HYDRA_FULL_ERROR."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    yield
+    for handler in [handler for handler in root.handlers if handler not in before]:
+        if not type(handler).__module__.startswith("_pytest"):  # pytest's own come and go with each phase
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
 @pytest.mark.parametrize(("logger", "module"), [("tensorboard", "tensorboard"), ("mlflow", "mlflow")])
+@pytest.mark.usefixtures("hydra_job_in_process")
 def test_a_missing_extra_is_refused_in_one_line_before_any_file(logger, module, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
     out_dir = tmp_path / "run"

@@ -16,6 +16,7 @@ step's figures are in metrics.csv.
 import logging
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import Tensor
 
 from pruning_cli.config.ranges import AT_LEAST_ONE, NON_NEGATIVE, Range, ranged
@@ -97,7 +98,10 @@ class BudgetedWalk(PruningPolicy):
             progress.dense_correct = run.validation_correct()
             warn_small_budget(self.config.budget, len(progress.dense_correct))
         compression = self.compression(iteration)
-        keep, alive = round(self.total / compression), sum(int(mask.sum()) for mask in run.masks.values())
+        keep, alive = (
+            round(self.total / compression),
+            sum(int(torch.count_nonzero(mask)) for mask in run.masks.values()),
+        )
         if keep >= alive or keep < max(1, self.floors()):
             log.info(f"walk step {iteration}: {compression:.4g}x leaves no weight to remove; the walk ends")
             return None

@@ -5,6 +5,7 @@ masks."""
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from pruning_cli.config.ranges import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, ranged
@@ -85,7 +86,7 @@ class GradualMagnitude(PruningPolicy):
         # 1/target: 3,327 for 3,328 at 80 on LeNet-300-100); before it, never fewer.
         target_keep = round(total / self.config.target)
         keep = target_keep if optimizer_step >= end else max(target_keep, round(total * (1 - sparsity)))
-        if keep >= sum(int(mask.sum()) for mask in run.masks.values()):
+        if keep >= sum(int(torch.count_nonzero(mask)) for mask in run.masks.values()):
             return None
         try:
             return allocate(self.allocation, run.weights, run.masks, keep, self.config.min_kept, self.proportions)

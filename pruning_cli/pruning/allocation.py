@@ -90,7 +90,10 @@ def lamp_scores(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> d
 def floor_counts(masks: Mapping[str, Tensor], min_kept: float) -> dict[str, int]:
     """The weights each layer keeps whatever the cut: `min_kept` of its weights (at least one), at most its
     survivors."""
-    return {name: min(int(mask.sum()), max(1, math.ceil(min_kept * mask.numel()))) for name, mask in masks.items()}
+    return {
+        name: min(int(torch.count_nonzero(mask)), max(1, math.ceil(min_kept * mask.numel())))
+        for name, mask in masks.items()
+    }
 
 
 def global_cut(
@@ -107,10 +110,10 @@ def global_cut(
     ranked = {
         name: score.flatten().float().masked_fill(~masks[name].flatten(), -math.inf) for name, score in scores.items()
     }
-    count = min(keep, sum(int(mask.sum()) for mask in masks.values()))
+    count = min(keep, sum(int(torch.count_nonzero(mask)) for mask in masks.values()))
     while True:  # most cuts meet every floor at once; each round puts the floors found short first in the order
         chosen = _split(_top_positions(torch.cat(list(ranked.values())), count), masks)
-        short = [name for name, mask in chosen.items() if int(mask.sum()) < floors.get(name, 0)]
+        short = [name for name, mask in chosen.items() if int(torch.count_nonzero(mask)) < floors.get(name, 0)]
         if not short:
             return chosen
         for name in short:
@@ -126,7 +129,7 @@ def layer_cut(
         alive = masks[name]
         ranked = score.flatten().float().masked_fill(~alive.flatten(), -math.inf)
         kept = torch.zeros_like(alive.flatten())
-        kept[_top_positions(ranked, min(counts[name], int(alive.sum())))] = True
+        kept[_top_positions(ranked, min(counts[name], int(torch.count_nonzero(alive))))] = True
         new_masks[name] = kept.view_as(alive)
     return new_masks
 

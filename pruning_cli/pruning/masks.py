@@ -25,7 +25,7 @@ def top_fraction_mask(weight: Tensor, fraction: float, mask: Tensor | None = Non
     """
     magnitudes = weight.detach().abs().flatten()
     alive = torch.ones_like(magnitudes, dtype=torch.bool) if mask is None else mask.flatten()
-    keep_count = min(round(fraction * magnitudes.numel()), int(alive.sum()))
+    keep_count = min(round(fraction * magnitudes.numel()), int(torch.count_nonzero(alive)))
     # Pruned connections score -1 so that they are never picked over a survivor, even a zero-valued one.
     scores = magnitudes.masked_fill(~alive, -1.0)
     kept_indices = top_indices(scores, keep_count)

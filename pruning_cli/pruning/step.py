@@ -8,6 +8,7 @@ sensitivity analysis both prune through `prune_step`, so they cannot disagree on
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from pruning_cli.pruning.masks import scheduled_fraction, strongest_per_output, threshold_mask, top_fraction_mask
@@ -59,7 +60,7 @@ def prune_step(
         if capped:
             new_mask = strongest_per_output(weight, mask)
         new_masks[name] = new_mask
-        records[name] = LayerPruned(std, threshold, int(new_mask.sum()), capped)
+        records[name] = LayerPruned(std, threshold, int(torch.count_nonzero(new_mask)), capped)
     return new_masks, records
 
 
@@ -87,5 +88,7 @@ def cut_records(
     for name, weight in weights.items():
         kept = weight.detach().abs()[new_masks[name]]
         threshold = kept.min().item() if kept.numel() else float("inf")
-        records[name] = LayerPruned(surviving_std(weight, masks[name]), threshold, int(new_masks[name].sum()))
+        records[name] = LayerPruned(
+            surviving_std(weight, masks[name]), threshold, int(torch.count_nonzero(new_masks[name]))
+        )
     return records

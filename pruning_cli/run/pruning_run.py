@@ -333,7 +333,9 @@ def rescale_dropouts(
 ) -> None:
     """Dropout in front of each pruned layer at the paper's D_r = D_o sqrt(C_r / C_o) for its current mask."""
     for name, path in dropouts.items():
-        model.get_submodule(path).p = rescaled_dropout(rates[name], masks[name].numel(), int(masks[name].sum()))
+        model.get_submodule(path).p = rescaled_dropout(
+            rates[name], masks[name].numel(), int(torch.count_nonzero(masks[name]))
+        )
 
 
 def diverged(fault: NonFiniteLoss, iteration: int, description: str, state_path: Path) -> UserError:

@@ -19,8 +19,8 @@ from pruning_cli.cli import check_output_dir, compose_config, format_summary, ma
 def test_python_dash_m_from_the_repository_root_prints_the_summary_and_logs_every_epoch(tmp_path):
     """`python -m pruning_cli.cli` where the source tree shadows the installed package (it used to find no configs)."""
     kept = "pruning.kept={fc1:0.08,fc2:0.09,fc3:0.26}"  # the paper's LeNet-300-100 fractions: 12.0x
-    overrides = [*SMOKE, "pruning.iterations=2", kept, f"hydra.run.dir={tmp_path}"]
-    command = [sys.executable, "-m", "pruning_cli.cli", *overrides]
+    overrides = [*SMOKE, "dataset.num_train=128", "dataset.num_test=64", "pruning.iterations=2", kept]
+    command = [sys.executable, "-m", "pruning_cli.cli", *overrides, f"hydra.run.dir={tmp_path}"]
     result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "compression" in result.stdout and "12.0x" in result.stdout and "top-1 change:" in result.stdout

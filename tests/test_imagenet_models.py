@@ -39,8 +39,8 @@ NUM_CLASSES = 10
 # AlexNet's paper recipe on a handful of generated images, a batch per phase, one iteration straight to the paper's
 # fractions (the checkpoints written after every epoch and step, 0.25 GB each, dominate the time).
 TINY_ALEXNET = [
-    "experiment=alexnet_paper", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=8",
-    "dataset.num_test=4", "pruning.iterations=1", "train.epochs=1", "retrain.epochs=1", "train.batch_size=2",
+    "experiment=alexnet_paper", "dataset=synthetic_imagenet", "model.weights=null", "dataset.num_train=2",
+    "dataset.num_test=1", "pruning.iterations=1", "train.epochs=1", "retrain.epochs=1", "train.batch_size=2",
     "retrain.batch_size=2", "train.max_batches=1", "retrain.max_batches=1",
 ]  # fmt: skip
 

@@ -2,15 +2,12 @@
 then through the real run: the compression target reached exactly, state that survives a kill, bad settings."""
 
 import math
-import signal
-import subprocess
 from dataclasses import fields
 
 import pandas as pd
 import pytest
 import torch
-from runs import PRUNE_RUN, SMOKE, prune_run, run_in_process, without_wall_time
-from test_robustness import _wait_for_retraining
+from runs import SMOKE, run_in_process, without_wall_time
 
 from pruning_cli.cli import compose_config
 from pruning_cli.config.schema import Freeze
@@ -22,6 +19,8 @@ from pruning_cli.policies.global_magnitude import GlobalMagnitude, GlobalPruning
 from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning
 from pruning_cli.policies.lamp import Lamp, LampPruning
 from pruning_cli.run.plan import plan_run
+from pruning_cli.run.pruning_run import run
+from pruning_cli.training.loop import StopRequested
 
 SIZES = {"fc1": 600, "fc2": 300, "fc3": 100}
 
@@ -210,22 +209,22 @@ GRADUAL = [*LONG, "pruning=gradual", "pruning.target=10", "pruning.end=2", "prun
 AUTO = [*LONG, "pruning=auto", "dataset.val_split=256", "pruning.max_steps=3", "pruning.end=2", "pruning.frequency=8"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("overrides", "step"), [(GRADUAL, 2), (AUTO, 4)], ids=["gradual", "auto"])
-def test_a_run_killed_mid_policy_resumes_to_the_uninterrupted_csvs(overrides, step, tmp_path):
-    """Killed one epoch into a retraining (gradual: masks raised mid-schedule; auto: one iteration judged), then
-    resumed: the policy's state comes back with the run's, and the CSVs are those of an uninterrupted run."""
-    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+@pytest.mark.parametrize(("overrides", "iteration"), [(GRADUAL, 1), (AUTO, 2)], ids=["gradual", "auto"])
+def test_a_run_stopped_mid_policy_resumes_to_the_uninterrupted_csvs(overrides, iteration, tmp_path):
+    """Stopped one epoch into a retraining (gradual: masks raised mid-schedule; auto: one walk step judged), then
+    resumed: the policy's state comes back with the run's, and the CSVs are those of an uninterrupted run. (A
+    process killed without warning resumes from the same files: test_robustness.py.)"""
+    uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
     run_in_process(uninterrupted, *overrides)
-    killed.mkdir()
-    process = subprocess.Popen(
-        [PRUNE_RUN, *overrides, f"hydra.run.dir={killed}"], cwd=killed, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _wait_for_retraining(killed, process, step=step)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "model.pt").exists()
-    resumed = prune_run(*overrides, f"hydra.run.dir={killed}", cwd=killed)
-    assert resumed.returncode == 0, resumed.stderr
+
+    def one_epoch_into_the_retraining() -> bool:
+        epochs = stopped / "epochs.csv"
+        rows = pd.read_csv(epochs) if epochs.is_file() else pd.DataFrame()
+        return not rows.empty and tuple(rows.iloc[-1][["iteration", "phase", "epoch"]]) == (iteration, "retrain", 1)
+
+    with pytest.raises(StopRequested):
+        run(compose_config(*overrides), stopped, stop_requested=one_epoch_into_the_retraining)
+    assert not (stopped / "model.pt").exists()
+    run(compose_config(*overrides), stopped)
     for name in ("metrics.csv", "layers.csv", "epochs.csv"):
-        pd.testing.assert_frame_equal(without_wall_time(killed / name), without_wall_time(uninterrupted / name))
+        pd.testing.assert_frame_equal(without_wall_time(stopped / name), without_wall_time(uninterrupted / name))

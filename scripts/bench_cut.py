@@ -1,5 +1,6 @@
 """The survivors of one global cut, chosen by selection (what pruning.allocation does) against a stable sort of every
-score (what it did before), side by side on random scores the size of a network's prunable weights.
+score (what it did before), side by side on random scores the size of a network's prunable weights; and the count of
+a mask that size, by count_nonzero (what the cut and the policies do) against a bool sum (what they did before).
 
     python scripts/bench_cut.py [--weights 138344128] [--keep 0.1] [--repeats 3]
 
@@ -12,11 +13,28 @@ import time
 
 import torch
 
-from pruning_cli.pruning.masks import top_indices
+from pruning_cli.pruning.masks import count_nonzero, top_indices
 
 
 def stable_sort_top(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:count]
+
+
+def median_seconds(work, repeats: int) -> float:
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def compare_mask_counts(scores: torch.Tensor, count: int, repeats: int) -> None:
+    mask = scores >= scores.kthvalue(scores.numel() - count + 1).values
+    assert int(mask.sum()) == count_nonzero([mask])
+    by_sum = median_seconds(lambda: int(mask.sum()), repeats)
+    by_count = median_seconds(lambda: count_nonzero([mask]), repeats)
+    print(f"count a mask: bool sum {by_sum:.3f} s, count_nonzero {by_count:.3f} s ({by_sum / by_count:.1f}x)")
 
 
 def main() -> None:
@@ -41,6 +59,7 @@ def main() -> None:
     for name, seconds in medians.items():
         print(f"{name:>12}: {seconds:.2f} s")
     print(f"stable sort / selection: {medians['stable sort'] / medians['selection']:.1f}x")
+    compare_mask_counts(scores, count, arguments.repeats)
 
 
 if __name__ == "__main__":

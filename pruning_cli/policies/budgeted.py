@@ -16,13 +16,13 @@ step's figures are in metrics.csv.
 import logging
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor
 
 from pruning_cli.config.ranges import AT_LEAST_ONE, NON_NEGATIVE, Range, ranged
 from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, Verdict, floor_total
 from pruning_cli.policies.gradual import GradualMagnitude, GradualPruning, GradualSchedule, allocation_of
 from pruning_cli.pruning.allocation import Sharing
+from pruning_cli.pruning.masks import count_nonzero
 from pruning_cli.pruning.paired import PairedDrop
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,7 @@ class BudgetedWalk(PruningPolicy):
             progress.dense_correct = run.validation_correct()
             warn_small_budget(self.config.budget, len(progress.dense_correct))
         compression = self.compression(iteration)
-        keep, alive = (
-            round(self.total / compression),
-            sum(int(torch.count_nonzero(mask)) for mask in run.masks.values()),
-        )
+        keep, alive = round(self.total / compression), count_nonzero(run.masks.values())
         if keep >= alive or keep < max(1, self.floors()):
             log.info(f"walk step {iteration}: {compression:.4g}x leaves no weight to remove; the walk ends")
             return None

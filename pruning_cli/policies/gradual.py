@@ -5,7 +5,6 @@ masks."""
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from pruning_cli.config.ranges import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, ranged
@@ -14,6 +13,7 @@ from pruning_cli.errors import UserError
 from pruning_cli.paper import PAPER_KEPT
 from pruning_cli.policies.base import PolicyContext, PruneStep, PruningPolicy, RunView, check_floors, check_target
 from pruning_cli.pruning.allocation import Allocation, Scoring, Sharing, allocate
+from pruning_cli.pruning.masks import count_nonzero
 from pruning_cli.pruning.schedule import cubic_sparsity
 
 
@@ -86,7 +86,7 @@ class GradualMagnitude(PruningPolicy):
         # 1/target: 3,327 for 3,328 at 80 on LeNet-300-100); before it, never fewer.
         target_keep = round(total / self.config.target)
         keep = target_keep if optimizer_step >= end else max(target_keep, round(total * (1 - sparsity)))
-        if keep >= sum(int(torch.count_nonzero(mask)) for mask in run.masks.values()):
+        if keep >= count_nonzero(run.masks.values()):
             return None
         try:
             return allocate(self.allocation, run.weights, run.masks, keep, self.config.min_kept, self.proportions)

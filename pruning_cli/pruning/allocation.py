@@ -15,7 +15,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from pruning_cli.pruning.masks import top_indices
+from pruning_cli.pruning.masks import count_nonzero, top_indices
 
 
 class Scoring(Enum):
@@ -110,7 +110,7 @@ def global_cut(
     ranked = {
         name: score.flatten().float().masked_fill(~masks[name].flatten(), -math.inf) for name, score in scores.items()
     }
-    count = min(keep, sum(int(torch.count_nonzero(mask)) for mask in masks.values()))
+    count = min(keep, count_nonzero(masks.values()))
     while True:  # most cuts meet every floor at once; each round puts the floors found short first in the order
         chosen = _split(_top_positions(torch.cat(list(ranked.values())), count), masks)
         short = [name for name, mask in chosen.items() if int(torch.count_nonzero(mask)) < floors.get(name, 0)]

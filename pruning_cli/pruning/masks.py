@@ -4,7 +4,7 @@ A mask is a bool tensor shaped like the weight it gates; `True` keeps the connec
 a connection pruned at one iteration is never revived by a later one.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -78,7 +78,7 @@ def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
         torch._foreach_mul_(list(tensors), list(masks))
 
 
-def count_nonzero(tensors: Sequence[Tensor]) -> int:
+def count_nonzero(tensors: Iterable[Tensor]) -> int:
     """Number of non-zero entries over all tensors: what a sparse format would have to store."""
     return sum(int(torch.count_nonzero(tensor)) for tensor in tensors)
 

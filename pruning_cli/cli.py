@@ -40,14 +40,21 @@ def config_dir() -> str:
     return str(installed if (installed / "config.yaml").is_file() else package.parent / "configs")
 
 
+_REGISTERED: dict[tuple[str | None, str], object] = {}  # what this process put in the ConfigStore
+
+
 def register_configs() -> None:
     """Put the typed schemas in Hydra's ConfigStore: the run's (first in `config.yaml`'s defaults) and one per
-    kind of each group's choices (first in each choice's defaults)."""
+    kind of each group's choices (first in each choice's defaults). A schema already stored is not stored again:
+    storing converts it to an OmegaConf node, which took a sixth of each `compose_config`."""
     store = ConfigStore.instance()
-    store.store(name="run_schema", node=RunConfig)
-    for group, schemas in {**GROUP_SCHEMAS, "pruning": policy_schemas()}.items():
-        for name, schema in schemas.items():
+    schemas = {(None, "run_schema"): RunConfig}
+    for group, group_schemas in {**GROUP_SCHEMAS, "pruning": policy_schemas()}.items():
+        schemas.update({(group, name): schema for name, schema in group_schemas.items()})
+    for (group, name), schema in schemas.items():
+        if _REGISTERED.get((group, name)) != schema:
             store.store(group=group, name=name, node=schema)
+            _REGISTERED[group, name] = schema
 
 
 def compose_config(*overrides: str) -> RunConfig:

@@ -1,6 +1,7 @@
 """How the tests run the tool: in process on the composed config (most tests), or the installed `prune-run` in a
 subprocess (the few end-to-end tests marked slow)."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pruning_cli.cli import compose_config
+from pruning_cli import cli
+from pruning_cli.config.schema import RunConfig
 from pruning_cli.data import ImageData
 from pruning_cli.run.pruning_run import PruningRun, open_run, run
 from pruning_cli.run.runtime import DevicePolicy
@@ -22,6 +24,17 @@ SMOKE = [
     "train.batch_size=32", "retrain.batch_size=32",
 ]  # fmt: skip
 LENET5_PAPER_KEPT = "pruning.kept={conv1:0.66,conv2:0.12,fc1:0.075,fc2:0.19}"
+_COMPOSED: dict[tuple, RunConfig] = {}
+
+
+def compose_config(*overrides: str) -> RunConfig:
+    """`pruning_cli.cli.compose_config`, composed once per process for the same overrides and environment (the
+    config reads environment variables): Hydra takes 0.07 s a composition, and the tests ask for the same one
+    again and again. Each caller gets its own copy to change."""
+    key = (overrides, tuple(sorted(os.environ.items())))
+    if key not in _COMPOSED:
+        _COMPOSED[key] = cli.compose_config(*overrides)
+    return copy.deepcopy(_COMPOSED[key])
 
 
 def run_in_process(out_dir: Path, *overrides: str) -> pd.DataFrame:

@@ -6,10 +6,9 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
-from runs import SMOKE, pruning_run_in_process
+from runs import SMOKE, compose_config, pruning_run_in_process
 from torch import nn
 
-from pruning_cli.cli import compose_config
 from pruning_cli.data import ImageData, TensorSplit
 from pruning_cli.errors import UserError
 from pruning_cli.pruning.paired import tango_upper_bound

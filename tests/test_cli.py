@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import CompactHydraException, ConfigCompositionException
-from runs import REPOSITORY, SMOKE
+from runs import REPOSITORY, SMOKE, compose_config
 
-from pruning_cli.cli import check_output_dir, compose_config, format_summary, main, one_line
+from pruning_cli.cli import check_output_dir, format_summary, main, one_line
 
 
 @pytest.mark.slow

@@ -4,9 +4,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from runs import SMOKE
+from runs import SMOKE, compose_config
 
-from pruning_cli.cli import compose_config, config_dir, register_configs
+from pruning_cli.cli import config_dir, register_configs
 from pruning_cli.config.schema import (
     ImageFolderDataset,
     MnistLikeDataset,

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from runs import run_in_process
+from runs import compose_config, run_in_process
 from torch import nn
 
-from pruning_cli.cli import compose_config
 from pruning_cli.config.schema import PhaseConfig
 from pruning_cli.data import decoding, load_data
 from pruning_cli.data.imagenet import eval_transform, load_imagenet

@@ -9,9 +9,9 @@ import time
 import pandas as pd
 import pytest
 import torch
-from runs import REPOSITORY, SMOKE, run_in_process
+from runs import REPOSITORY, SMOKE, compose_config, run_in_process
 
-from pruning_cli.cli import compose_config, distributed_arguments
+from pruning_cli.cli import distributed_arguments
 from pruning_cli.errors import UserError
 from pruning_cli.parallel.shard import Shard
 from pruning_cli.run.plan import plan_run

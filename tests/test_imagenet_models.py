@@ -20,10 +20,10 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 from PIL import Image
-from runs import pruning_run_in_process, run_in_process
+from runs import compose_config, pruning_run_in_process, run_in_process
 from torch import nn
 
-from pruning_cli.cli import compose_config, config_dir
+from pruning_cli.cli import config_dir
 from pruning_cli.config.schema import PhaseConfig
 from pruning_cli.data.imagenet import load_imagenet
 from pruning_cli.errors import UserError

@@ -9,10 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from runs import SMOKE, run_in_process, without_wall_time
+from runs import SMOKE, compose_config, run_in_process, without_wall_time
 from torch import nn
 
-from pruning_cli.cli import compose_config
 from pruning_cli.config.schema import PhaseConfig
 from pruning_cli.data.tensors import TensorSplit
 from pruning_cli.errors import UserError

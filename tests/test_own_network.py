@@ -9,10 +9,9 @@ import torchvision
 from independent_reader import read_file
 from own_nets import TinyNet
 from PIL import Image
-from runs import run_in_process, without_wall_time
+from runs import compose_config, run_in_process, without_wall_time
 from torch import nn
 
-from pruning_cli.cli import compose_config
 from pruning_cli.data.tensors import fit_images
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec

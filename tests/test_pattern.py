@@ -3,9 +3,8 @@
 import pandas as pd
 import pytest
 import torch
-from runs import run_in_process
+from runs import compose_config, run_in_process
 
-from pruning_cli.cli import compose_config
 from pruning_cli.errors import UserError
 from pruning_cli.pruning.nm_sparsity import fits_semi_structured, n_of_m_mask, parse_pattern
 from pruning_cli.run.plan import plan_run

@@ -7,9 +7,8 @@ from dataclasses import fields
 import pandas as pd
 import pytest
 import torch
-from runs import SMOKE, run_in_process, without_wall_time
+from runs import SMOKE, compose_config, run_in_process, without_wall_time
 
-from pruning_cli.cli import compose_config
 from pruning_cli.config.schema import Freeze
 from pruning_cli.errors import UserError
 from pruning_cli.models import get_model_spec

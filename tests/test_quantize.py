@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from runs import LENET5_PAPER_KEPT, SMOKE, run_in_process, without_wall_time
+from runs import LENET5_PAPER_KEPT, SMOKE, compose_config, run_in_process, without_wall_time
 
-from pruning_cli.cli import compose_config, format_summary
+from pruning_cli.cli import format_summary
 from pruning_cli.errors import UserError
 from pruning_cli.quantize.kmeans import Codebook, cluster_gradient, kmeans_1d, linear_centroids, quantize_layer
 from pruning_cli.quantize.shared import SharedGradients

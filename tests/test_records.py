@@ -3,9 +3,8 @@
 import json
 
 import pytest
-from runs import SMOKE
+from runs import SMOKE, compose_config
 
-from pruning_cli.cli import compose_config
 from pruning_cli.records.contract import (
     NOT_EXPERIMENT_KEYS,
     REPEAT_KEYS,

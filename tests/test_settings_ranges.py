@@ -10,9 +10,9 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import pytest
-from runs import SMOKE, prune_run
+from runs import SMOKE, compose_config, prune_run
 
-from pruning_cli.cli import compose_config, config_dir
+from pruning_cli.cli import config_dir
 from pruning_cli.config.ranges import RANGE, Range
 from pruning_cli.config.schema import GROUP_SCHEMAS, MISSING, RunConfig
 from pruning_cli.errors import UserError

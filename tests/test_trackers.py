@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
-from runs import SMOKE
+from runs import SMOKE, compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from pruning_cli import cli
-from pruning_cli.cli import compose_config
 from pruning_cli.errors import UserError
 from pruning_cli.records.contract import STATE_FILE, config_tree, flatten
 from pruning_cli.run.pruning_run import run

@@ -72,6 +72,18 @@ class Wide(nn.Module):
         return self.layers(images)
 
 
+class Scaled(nn.Module):
+    """A classifier that scales its input by a constant buffer kept out of its state_dict (persistent=False)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(0.5), persistent=False)
+        self.head = nn.Linear(784, 10)
+
+    def forward(self, images):
+        return self.head(images.flatten(1) * self.scale)
+
+
 class Eigen(nn.Module):
     """A classifier that adds the eigenvalues of a patch: aten.linalg_eig has no ONNX translation."""
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pruning_cli.models import get_model_spec
+from pruning_cli.models.registry import custom_spec
 from pruning_cli.paper import PAPER_KEPT
 from pruning_cli.pruning.masks import top_fraction_mask
 from pruning_cli.pruning.stats import dead_units
@@ -266,6 +267,15 @@ def test_dead_channels_of_alexnet_go_through_padding_and_the_flatten_to_fc6():
     images = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         torch.testing.assert_close(build_sparse_model(exported)(images), model(images), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_rebuilt_from_its_state_keeps_a_buffer_its_state_dict_leaves_out():
+    spec = custom_spec("own_nets.Scaled", None, (1, 28, 28))
+    model, images = spec.build(10).eval(), torch.randn(2, 1, 28, 28)
+    rebuilt = model_from_state("own_nets.Scaled", model.state_dict(), spec)
+    assert rebuilt.scale.item() == 0.5
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(images), model(images), rtol=0, atol=0)
 
 
 def test_removal_keeps_units_whose_constant_has_no_bias_to_go_to():

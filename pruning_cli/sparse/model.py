@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pruning_cli.models import ModelSpec, get_model_spec
-from pruning_cli.sparse.export import build_dense_model, layer_csr
+from pruning_cli.sparse.export import build_dense_model, layer_csr, model_from_state
 from pruning_cli.sparse.formats import Csr, encode_csr, to_sparse_csr_tensor
 
 
@@ -64,8 +64,4 @@ def build_sparse_model(exported: dict, spec: ModelSpec | None = None) -> nn.Modu
 
 def sparse_model_from_state(state: dict[str, Tensor], model_name: str) -> nn.Module:
     """A sparse inference model straight from a pruned state_dict (no dead-unit removal)."""
-    spec = get_model_spec(model_name)
-    num_classes = state[f"{list(spec.layers.values())[-1]}.weight"].shape[0]
-    model = spec.build(num_classes)
-    model.load_state_dict(state)
-    return sparsify(model, spec.layers.values()).eval()
+    return sparsify(model_from_state(model_name, state), get_model_spec(model_name).layers.values()).eval()

@@ -252,8 +252,8 @@ def test_dead_channels_of_alexnet_go_through_padding_and_the_flatten_to_fc6():
         model.classifier[1], model.classifier[4],
     )  # fmt: skip
     with torch.no_grad():
-        for fc in (fc6, fc7):  # the paper's 9%: a realistic export (a dense one only takes longer to encode)
-            fc.weight.mul_(top_fraction_mask(fc.weight, KEPT["alexnet"]["fc6"])[0])
+        for fc in (fc6, fc7):  # 1% kept at random: each unit keeps 40-90 links, and the export has little to encode
+            fc.weight.mul_(torch.rand(fc.weight.shape) < 0.01)
         conv3.weight[20], conv3.bias[20] = 0, 0.5  # no input, a constant into a zero-padded conv4: must stay
         conv4.weight[:, 11] = 0  # conv3 channel 11 feeds nothing: goes
         conv5.weight[5], conv5.bias[5] = 0, 0.3  # a constant through avgpool + flatten: folded into fc6's bias

@@ -71,14 +71,12 @@ def _as_matrix(weight: Tensor) -> Tensor:
 def encode_csr(weight: Tensor) -> Csr:
     """CSR of the non-zero entries, row by row in increasing column order."""
     matrix = _as_matrix(weight)
-    nonzero = matrix != 0
-    rows_nonzero = nonzero.sum(dim=1)
-    crow = torch.cat([rows_nonzero.new_zeros(1), rows_nonzero.cumsum(0)])
-    cols = nonzero.nonzero()[:, 1]  # row-major order, the same order as matrix[nonzero]
-    nnz = int(crow[-1])
+    rows, cols = matrix.nonzero().unbind(1)  # row-major order; one pass over the matrix, then over its entries
+    crow = torch.cat([rows.new_zeros(1), torch.bincount(rows, minlength=matrix.shape[0]).cumsum(0)])
+    nnz = len(cols)
     return Csr(
         shape=tuple(weight.shape),
-        values=matrix[nonzero].clone(),
+        values=matrix[rows, cols],
         col_indices=cols.to(smallest_index_dtype(max(matrix.shape[1] - 1, 0))),
         crow_indices=crow.to(smallest_index_dtype(nnz)),
     )

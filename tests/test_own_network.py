@@ -351,7 +351,7 @@ def test_a_custom_run_whose_module_no_longer_imports_is_refused_in_one_line(tmp_
 )  # fmt: skip
 def test_a_discovered_model_stopped_mid_retraining_resumes_to_the_uninterrupted_run(model, tmp_path):
     """Norm layers' running statistics and counters, and a user's module, come back with the run's state."""
-    overrides = [*model, "dataset=synthetic", "dataset.num_train=64", "dataset.num_test=32", "train.epochs=1",
+    overrides = [*model, "dataset=synthetic", "dataset.num_train=32", "dataset.num_test=16", "train.epochs=1",
                  "retrain.epochs=2", "pruning.iterations=2", "train.batch_size=16",
                  "retrain.batch_size=16"]  # fmt: skip
     uninterrupted, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"

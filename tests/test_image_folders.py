@@ -16,7 +16,7 @@ from pruning_cli.errors import UserError
 
 CLASSES = ("cat", "dog")
 TINY = [
-    "model=torchvision", "model.arch=resnet18", "model.input_shape=[3,32,32]", "dataset=image_folder",
+    "model=torchvision", "model.arch=mobilenet_v3_small", "model.input_shape=[3,32,32]", "dataset=image_folder",
     "dataset.size=32", "dataset.num_workers=0", "train.epochs=1", "train.batch_size=4", "retrain.epochs=1",
     "retrain.batch_size=4", "pruning.iterations=1", "dataset.eval_batch_size=8", "train.max_batches=1",
     "retrain.max_batches=1",

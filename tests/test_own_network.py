@@ -25,7 +25,7 @@ from pruning_cli.sparse.compact_file import read_compact
 from pruning_cli.sparse.export import exported_state_dict, load_export, model_from_state
 from pruning_cli.training.loop import StopRequested
 
-TORCHVISION = ["model=torchvision", "dataset=synthetic", "dataset.num_train=64", "dataset.num_test=32",
+TORCHVISION = ["model=torchvision", "dataset=synthetic", "dataset.num_train=32", "dataset.num_test=16",
                "model.input_shape=[3,32,32]", "train.epochs=1", "retrain.epochs=1", "pruning.iterations=1",
                "train.batch_size=16", "retrain.batch_size=16"]  # fmt: skip
 

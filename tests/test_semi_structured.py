@@ -23,8 +23,8 @@ from pruning_cli.sparse.semi_structured import (
     to_semi_structured,
 )
 
-MOBILENET = ["model=torchvision", "model.arch=mobilenet_v3_small", "dataset=synthetic", "dataset.num_train=64",
-             "dataset.num_test=32", "model.input_shape=[3,32,32]", "train.epochs=1", "retrain.epochs=1",
+MOBILENET = ["model=torchvision", "model.arch=mobilenet_v3_small", "dataset=synthetic", "dataset.num_train=32",
+             "dataset.num_test=16", "model.input_shape=[3,32,32]", "train.epochs=1", "retrain.epochs=1",
              "pruning.iterations=1", "train.batch_size=16", "retrain.batch_size=16"]  # fmt: skip
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # the benchmark scripts
 CLASSIFIER = "classifier.0"  # mobilenet_v3_small's Linear(576, 1024): a weight of 1024 x 576, a shape the kernels take

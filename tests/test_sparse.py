@@ -245,6 +245,7 @@ def test_links_of_alexnet_fold_only_where_there_is_no_padding():
     ]
 
 
+@pytest.mark.slow  # a whole AlexNet, exported and run on 224 x 224 images
 def test_dead_channels_of_alexnet_go_through_padding_and_the_flatten_to_fc6():
     torch.manual_seed(0)
     model = get_model_spec("alexnet").build(10).eval()

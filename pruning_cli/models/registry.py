@@ -3,7 +3,7 @@
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
 from torch import Tensor, nn
@@ -60,8 +60,7 @@ class ModelSpec:
 
     def layer_kinds(self) -> dict[str, str]:
         """`conv` or `fc` per prunable layer, in forward order (from a model built on the meta device: no memory)."""
-        with torch.device("meta"):
-            modules = self.prunable(self.build(10))
+        modules = self.prunable(_built_on_meta(self.build, 10))
         return {name: "conv" if isinstance(module, nn.Conv2d) else "fc" for name, module in modules.items()}
 
     def layer_sizes(self, num_classes: int = 10) -> dict[str, int]:
@@ -70,8 +69,7 @@ class ModelSpec:
 
     def layer_shapes(self, num_classes: int = 10) -> dict[str, tuple[int, ...]]:
         """Weight shape per prunable layer, in forward order (built on the meta device: no memory)."""
-        with torch.device("meta"):
-            modules = self.prunable(self.build(num_classes))
+        modules = self.prunable(_built_on_meta(self.build, num_classes))
         return {name: tuple(module.weight.shape) for name, module in modules.items()}
 
     def output_positions(self, model: nn.Module) -> dict[str, int]:
@@ -122,6 +120,14 @@ def model_key(name: str, arch: str | None = None, target: str | None = None) -> 
     if name == TORCHVISION and arch:
         return arch
     return target if name == CUSTOM and target else name
+
+
+@lru_cache(maxsize=8)
+def _built_on_meta(build: Callable[[int], nn.Module], num_classes: int) -> nn.Module:
+    """The model `build` makes, on the meta device (no memory), built once: a run reads its layers' kinds and
+    shapes four times, and a torchvision model takes 70 ms to build even there."""
+    with torch.device("meta"):
+        return build(num_classes)
 
 
 CUSTOM = "custom"

@@ -345,9 +345,9 @@ def test_a_custom_run_whose_module_no_longer_imports_is_refused_in_one_line(tmp_
 
 @pytest.mark.parametrize(
     "model",
-    [["model=torchvision", "model.arch=mobilenet_v3_small", "model.input_shape=[3,32,32]"],
+    [["model=torchvision", "model.arch=shufflenet_v2_x0_5", "model.input_shape=[3,32,32]"],
      ["model=custom", "model._target_=own_nets.TinyNet"]],
-    ids=["mobilenet", "custom"],
+    ids=["shufflenet", "custom"],
 )  # fmt: skip
 def test_a_discovered_model_stopped_mid_retraining_resumes_to_the_uninterrupted_run(model, tmp_path):
     """Norm layers' running statistics and counters, and a user's module, come back with the run's state."""

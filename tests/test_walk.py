@@ -113,6 +113,7 @@ def test_a_walk_stopped_between_steps_continues_from_its_state_dict():
     assert len(uninterrupted) > 3 and before + walk(resumed, run, first=3) == uninterrupted
 
 
+@pytest.mark.slow  # 400 simulated walks a case: 1.2-1.6 s each on one core, 5.5 s in all
 @pytest.mark.parametrize(
     ("edge", "low", "gained"), [(19.53, 2.44, 0.0), (30.0, 1.0, 0.0), (33.0, 4.0, 0.005), (40.0, 5.0, 0.01)]
 )

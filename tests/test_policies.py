@@ -201,7 +201,7 @@ def test_distillation_changes_retraining_and_needs_no_test_data(tmp_path):
 
 
 LONG = [
-    "dataset=synthetic", "dataset.num_train=1024", "dataset.num_test=256", "train.epochs=1", "retrain.epochs=3",
+    "dataset=synthetic", "dataset.num_train=768", "dataset.num_test=128", "train.epochs=1", "retrain.epochs=3",
     "train.batch_size=32", "retrain.batch_size=32",
 ]  # fmt: skip
 GRADUAL = [*LONG, "pruning=gradual", "pruning.target=10", "pruning.end=2", "pruning.frequency=8"]

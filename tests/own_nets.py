@@ -84,6 +84,31 @@ class Scaled(nn.Module):
         return self.head(images.flatten(1) * self.scale)
 
 
+class Offset(nn.Module):
+    """A classifier that adds a constant tensor held as a plain attribute (neither a parameter nor a buffer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = torch.full((10,), 0.25)
+        self.head = nn.Linear(784, 10)
+
+    def forward(self, images):
+        return self.head(images.flatten(1)) + self.offset
+
+
+class Tied(nn.Module):
+    """Two Linear layers that share one weight (as a language model ties its embedding and its output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.outer = nn.Linear(784, 784, bias=False), nn.Linear(784, 10)
+        self.twin = nn.Linear(784, 784, bias=False)
+        self.twin.weight = self.inner.weight
+
+    def forward(self, images):
+        return self.outer(self.twin(self.inner(images.flatten(1))))
+
+
 class Eigen(nn.Module):
     """A classifier that adds the eigenvalues of a patch: aten.linalg_eig has no ONNX translation."""
 

@@ -29,9 +29,11 @@ _COMPOSED: dict[tuple, RunConfig] = {}
 
 def compose_config(*overrides: str) -> RunConfig:
     """`pruning_cli.cli.compose_config`, composed once per process for the same overrides and environment (the
-    config reads environment variables): Hydra takes 0.07 s a composition, and the tests ask for the same one
-    again and again. Each caller gets its own copy to change."""
-    key = (overrides, tuple(sorted(os.environ.items())))
+    schemas' data roots read environment variables; pytest's own note of the current test is left out): Hydra
+    takes 0.07 s a composition, and the tests ask for the same one again and again. Each caller gets its own copy
+    to change."""
+    environment = {name: value for name, value in os.environ.items() if name != "PYTEST_CURRENT_TEST"}
+    key = (overrides, tuple(sorted(environment.items())))
     if key not in _COMPOSED:
         _COMPOSED[key] = cli.compose_config(*overrides)
     return copy.deepcopy(_COMPOSED[key])

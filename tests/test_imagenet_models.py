@@ -52,8 +52,8 @@ MEMORY_DIR = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 @functools.cache
 def imagenet_model(name: str, device: str = "cpu") -> nn.Module:
-    """torchvision's model at ImageNet's 1000 classes; on the meta device where only its structure is read (VGG-16's
-    weights take a second to initialise)."""
+    """torchvision's model at ImageNet's 1000 classes, built once per module: read only. On the meta device where only
+    its structure is read (VGG-16's weights take a second to initialise)."""
     with torch.device(device):
         return get_model_spec(name).build(1000)
 

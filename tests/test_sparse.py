@@ -270,13 +270,17 @@ def test_dead_channels_of_alexnet_go_through_padding_and_the_flatten_to_fc6():
         torch.testing.assert_close(build_sparse_model(exported)(images), model(images), rtol=1e-5, atol=1e-5)
 
 
-def test_a_model_rebuilt_from_its_state_keeps_a_buffer_its_state_dict_leaves_out():
-    spec = custom_spec("own_nets.Scaled", None, (1, 28, 28))
+@pytest.mark.parametrize("module", ["Scaled", "Offset", "Tied"])
+def test_a_model_rebuilt_from_its_state_keeps_what_its_state_dict_does_not_hold(module):
+    """A buffer left out of the state_dict (Scaled), a plain tensor attribute (Offset), a weight two layers share
+    (Tied): the rebuilt model computes what the original does, and a shared weight stays one tensor."""
+    spec = custom_spec(f"own_nets.{module}", None, (1, 28, 28))
     model, images = spec.build(10).eval(), torch.randn(2, 1, 28, 28)
-    rebuilt = model_from_state("own_nets.Scaled", model.state_dict(), spec)
-    assert rebuilt.scale.item() == 0.5
+    rebuilt = model_from_state(f"own_nets.{module}", model.state_dict(), spec)
     with torch.inference_mode():
         torch.testing.assert_close(rebuilt(images), model(images), rtol=0, atol=0)
+    if module == "Tied":
+        assert rebuilt.twin.weight is rebuilt.inner.weight
 
 
 def test_removal_keeps_units_whose_constant_has_no_bias_to_go_to():

@@ -268,14 +268,18 @@ def model_from_state(model_name: str, state: Mapping[str, Tensor], spec: ModelSp
 
 def _uninitialised(spec: ModelSpec, state: Mapping[str, Tensor]) -> nn.Module:
     """`spec`'s model shaped for `state`, its memory left as it comes: `state` overwrites all of it, and a random
-    initialisation to overwrite took AlexNet 0.8 s. Built for real where a module reads its values while it is
-    built, or holds a buffer that `state` lacks (persistent=False)."""
+    initialisation to overwrite took AlexNet 0.8 s. Built for real where `state` cannot stand for all of it: a
+    module that cannot be built on the meta device, a buffer `state` lacks (persistent=False), a tensor held as a
+    plain attribute, or a weight shared by two layers (`to_empty` would untie it)."""
     try:
         with torch.device("meta"):
             model = _fitted(spec, state)
-    except ValueError:
+    except Exception:  # a module reading its own values while it is built; building it for real says what is wrong
         return _fitted(spec, state)
-    if any(name not in state for name, _ in model.named_buffers()):
+    outside_state = any(name not in state for name, _ in model.named_buffers())
+    plain = any(isinstance(value, Tensor) for module in model.modules() for value in vars(module).values())
+    shared = len(list(model.parameters())) != len(list(model.named_parameters(remove_duplicate=False)))
+    if outside_state or plain or shared:
         return _fitted(spec, state)
     return model.to_empty(device="cpu")
 

@@ -64,4 +64,5 @@ def build_sparse_model(exported: dict, spec: ModelSpec | None = None) -> nn.Modu
 
 def sparse_model_from_state(state: dict[str, Tensor], model_name: str) -> nn.Module:
     """A sparse inference model straight from a pruned state_dict (no dead-unit removal)."""
-    return sparsify(model_from_state(model_name, state), get_model_spec(model_name).layers.values()).eval()
+    spec = get_model_spec(model_name)
+    return sparsify(model_from_state(model_name, state, spec), spec.layers.values()).eval()

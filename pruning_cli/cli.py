@@ -46,7 +46,7 @@ _REGISTERED: dict[tuple[str | None, str], object] = {}  # what this process put 
 def register_configs() -> None:
     """Put the typed schemas in Hydra's ConfigStore: the run's (first in `config.yaml`'s defaults) and one per
     kind of each group's choices (first in each choice's defaults). A schema already stored is not stored again:
-    storing converts it to an OmegaConf node, which took a sixth of each `compose_config`."""
+    storing converts it to an OmegaConf node, a sixth of each `compose_config` under the profiler."""
     store = ConfigStore.instance()
     schemas = {(None, "run_schema"): RunConfig}
     for group, group_schemas in {**GROUP_SCHEMAS, "pruning": policy_schemas()}.items():

@@ -268,9 +268,9 @@ def model_from_state(model_name: str, state: Mapping[str, Tensor], spec: ModelSp
 
 def _uninitialised(spec: ModelSpec, state: Mapping[str, Tensor]) -> nn.Module:
     """`spec`'s model shaped for `state`, its memory left as it comes: `state` overwrites all of it, and a random
-    initialisation to overwrite took AlexNet 0.8 s. Built for real where `state` cannot stand for all of it: a
-    module that cannot be built on the meta device, a buffer `state` lacks (persistent=False), a tensor held as a
-    plain attribute, or a weight shared by two layers (`to_empty` would untie it)."""
+    initialisation to overwrite took AlexNet 0.8 s under the profiler. Built for real where `state` cannot stand for
+    all of it: a module that cannot be built on the meta device, a buffer `state` lacks (persistent=False), a tensor
+    held as a plain attribute, or a weight shared by two layers (`to_empty` would untie it)."""
     try:
         with torch.device("meta"):
             model = _fitted(spec, state)
